@@ -30,6 +30,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def builder(self, name: str) -> Callable[..., T]:
+        return self._lookup(name)[0]
+
     def config_class(self, name: str) -> type:
         return self._lookup(name)[1]
 

@@ -1,0 +1,6 @@
+"""``python -m captioner`` (and ``torchrun -m captioner train ...``)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

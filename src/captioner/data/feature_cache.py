@@ -1,0 +1,176 @@
+"""Frozen-encoder features, extracted once into memory-mapped fp16 files.
+
+A cache folder is keyed by everything that changes the features: encoder name, options
+and a digest of its weights, the preprocessing, whether the spatial grid is kept, and the
+image list. A rerun with the same key reuses it (and an interrupted extraction resumes);
+anything else gets its own folder. Training then reads rows from the memmaps, never pixels,
+so resident memory stays far below the cache size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..io import atomic_write_text
+from .images import ImageReadError, PreprocessConfig
+from .loaders import ImageRows
+
+
+def default_cache_root() -> Path:
+    root = os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner"
+    return Path(root) / "features"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps."""
+
+    def __init__(self, root: str | Path, encoder, preprocess: PreprocessConfig, paths: list[str], with_grid: bool):
+        self.encoder = encoder
+        self.preprocess = preprocess
+        self.paths = [str(p) for p in paths]
+        self.with_grid = with_grid
+        key_source = json.dumps(
+            {
+                "encoder": encoder.name,
+                "options": asdict(encoder.config),
+                "weights": weights_digest(encoder),
+                "preprocess": preprocess.key(),
+                "grid": with_grid,
+                "images": self.paths,
+            },
+            sort_keys=True,
+        )
+        self.key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
+        self.folder = Path(root) / f"{encoder.name}-{self.key}"
+        self.pooled: np.ndarray | None = None
+        self.grid: np.ndarray | None = None
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.json"
+
+    def _meta(self) -> dict:
+        if self.meta_path.is_file():
+            return json.loads(self.meta_path.read_text())
+        return {}
+
+    def is_complete(self) -> bool:
+        return self._meta().get("done") == len(self.paths)
+
+    def build(
+        self,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+        shard: tuple[int, int] = (0, 1),
+    ) -> "FeatureCache":
+        """Extract what is missing (all of it, the rest after an interruption, or nothing).
+
+        ``shard=(rank, world)``: this process extracts only every world-th batch chunk; the
+        others extract theirs into the same files (call ``open`` after a barrier).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(self.paths)
+        meta = self._meta()
+        done_chunks = set(meta.get("chunks", []))
+        if meta.get("done") == n:
+            return self.open()
+        device = torch.device(device)
+        encoder = self.encoder.to(device).eval()
+        with torch.inference_mode():
+            probe = encoder(torch.zeros(1, 3, self.preprocess.crop_size, self.preprocess.crop_size, device=device))
+        pooled_shape = (n, probe.pooled.shape[1])
+        grid_shape = (n, *probe.grid.shape[1:])
+        pooled = self._memmap("pooled.npy", pooled_shape)
+        grid = self._memmap("grid.npy", grid_shape) if self.with_grid else None
+        rank, world = shard
+        chunk = batch_size * 8
+        chunks = [c for c in range(0, n, chunk) if (c // chunk) % world == rank and c not in done_chunks]
+        use_cuda = device.type == "cuda"
+        if use_cuda:
+            encoder = encoder.to(memory_format=torch.channels_last)
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, initial=n - sum(min(c + chunk, n) - c for c in chunks), disable=not progress,
+                   desc=f"features {self.encoder.name}", unit="img")
+        for start in chunks:
+            stop = min(start + chunk, n)
+            loader = DataLoader(
+                ImageRows(self.paths[start:stop], self.preprocess),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=use_cuda,
+            )
+            row = start
+            for pixels, _ in loader:
+                pixels = pixels.to(device, non_blocking=True)
+                if use_cuda:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=use_cuda):
+                    out = encoder(pixels)
+                pooled[row : row + len(pixels)] = out.pooled.float().cpu().numpy()
+                if grid is not None:
+                    grid[row : row + len(pixels)] = out.grid.float().cpu().numpy()
+                row += len(pixels)
+                bar.update(len(pixels))
+            pooled.flush()
+            if grid is not None:
+                grid.flush()
+            self._mark_done(start, n, chunk)
+        bar.close()
+        return self.open() if world == 1 else self
+
+    def _memmap(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.folder / name
+        if path.is_file():
+            array = np.load(path, mmap_mode="r+")
+            if array.shape == shape:
+                return array
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+
+    def _mark_done(self, start: int, n: int, chunk: int) -> None:
+        # Re-read: other ranks write their chunks into the same meta.
+        meta = self._meta()
+        chunks = sorted(set(meta.get("chunks", [])) | {start})
+        done = sum(min(c + chunk, n) - c for c in chunks)
+        meta = {"images": n, "grid": self.with_grid, "chunks": chunks, "done": done, "encoder": self.encoder.name}
+        atomic_write_text(self.meta_path, json.dumps(meta))
+
+    def open(self) -> "FeatureCache":
+        if not self.is_complete():
+            raise RuntimeError(f"feature cache {self.folder} is incomplete; build it first")
+        self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")
+        if self.with_grid:
+            self.grid = np.load(self.folder / "grid.npy", mmap_mode="r")
+        return self
+
+    def rows(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features for these rows as float32 tensors (reads only those rows from disk)."""
+        order = np.argsort(indices)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        sorted_rows = np.asarray(indices)[order]  # sorted reads are sequential on disk
+        pooled = torch.from_numpy(np.asarray(self.pooled[sorted_rows])[inverse]).float()
+        grid = None
+        if self.grid is not None:
+            grid = torch.from_numpy(np.asarray(self.grid[sorted_rows])[inverse]).float()
+        return pooled, grid
+
+
+__all__ = ["FeatureCache", "ImageReadError", "default_cache_root", "weights_digest"]

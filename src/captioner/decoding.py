@@ -1,0 +1,243 @@
+"""Greedy, beam search and sampling, written once over the decoder ``init_state`` / ``step``
+interface, batched over images (and beams), for every decoder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .decoders.base import Decoder, Features, State
+
+
+@dataclass
+class Hypothesis:
+    """One generated caption: word ids (no markers), its summed log-probability, the
+    ranking score (log-probability after the length penalty), and per-word attention."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    attention: Optional[torch.Tensor] = None  # (words, regions)
+
+
+@dataclass
+class DecodingConfig:
+    start_id: int
+    end_id: int
+    pad_id: int = 0
+    banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>)
+    max_length: int = 20
+
+
+def _map_state(state: State, fn, skip: tuple[str, ...] = ()) -> State:
+    def apply(value):
+        if isinstance(value, torch.Tensor):
+            return fn(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(apply(v) for v in value)
+        if isinstance(value, dict):
+            return {k: apply(v) for k, v in value.items()}
+        return value
+
+    return {k: (v if k in skip else apply(v)) for k, v in state.items()}
+
+
+def expand_state(state: State, times: int) -> State:
+    """Repeat each image's state ``times`` times along dim 0 (image-major)."""
+    return _map_state(state, lambda t: t.repeat_interleave(times, dim=0))
+
+
+def reorder_state(state: State, index: torch.Tensor, static: tuple[str, ...] = ()) -> State:
+    return _map_state(state, lambda t: t.index_select(0, index), skip=static)
+
+
+def _ban(log_probs: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
+    if ids:
+        log_probs[:, list(ids)] = float("-inf")
+    return log_probs
+
+
+def _attention_of(state: State) -> Optional[torch.Tensor]:
+    return state.get("attention")
+
+
+@torch.no_grad()
+def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list[list[Hypothesis]]:
+    """Pick the most likely word at each step; one hypothesis per image."""
+    batch = features.pooled.shape[0]
+    device = features.pooled.device
+    state = decoder.init_state(features)
+    tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    total = torch.zeros(batch, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    words, attentions = [], []
+    for _ in range(config.max_length):
+        log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
+        log_probs = _ban(log_probs.float(), config.banned_ids)
+        best, tokens = log_probs.max(dim=-1)
+        total += torch.where(finished, torch.zeros_like(best), best)
+        lengths += (~finished).long()
+        words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
+        if _attention_of(state) is not None:
+            attentions.append(_attention_of(state))
+        finished |= tokens == config.end_id
+        if finished.all():
+            break
+    words = torch.stack(words, 1).tolist()  # (batch, steps)
+    attention = torch.stack(attentions, 1) if attentions else None  # (batch, steps, regions)
+    results = []
+    for i in range(batch):
+        sequence = _strip(words[i], config)
+        results.append(
+            [
+                Hypothesis(
+                    sequence,
+                    float(total[i]),
+                    float(total[i]),
+                    attention[i, : len(sequence)].cpu() if attention is not None else None,
+                )
+            ]
+        )
+    return results
+
+
+def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
+    out = []
+    for i in ids:
+        if i == config.end_id or i == config.pad_id:
+            break
+        out.append(i)
+    return out
+
+
+def _length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT length penalty ((5 + length) / 6) ** alpha; alpha = 0 ranks by log-probability."""
+    return ((5.0 + lengths.float()) / 6.0) ** alpha
+
+
+def _banned_by_ngrams(sequences: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Mask (rows, vocab-independent) of (row, token) pairs that would repeat an n-gram.
+
+    Returns a (rows, steps) tensor of token ids to ban, -1 where nothing is banned.
+    """
+    if n <= 0 or sequences.shape[1] < n:
+        return None
+    windows = sequences.unfold(1, n, 1)  # (rows, steps - n + 1, n)
+    prefix = sequences[:, -(n - 1):] if n > 1 else sequences[:, :0]  # (rows, n - 1)
+    matches = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)  # (rows, windows)
+    return torch.where(matches, windows[:, :, -1], torch.full_like(windows[:, :, -1], -1))
+
+
+@torch.no_grad()
+def beam_search(
+    decoder: Decoder,
+    features: Features,
+    config: DecodingConfig,
+    beam_size: int = 3,
+    n_best: int = 1,
+    length_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
+) -> list[list[Hypothesis]]:
+    """Batched beam search; ``n_best`` hypotheses per image, best first.
+
+    Beams that emit ``<end>`` stay in the beam with their score frozen, competing with the
+    live ones on length-penalised score; the search stops when every beam has ended or at
+    ``max_length`` — then unfinished beams are returned as they are, so every image gets a
+    caption even when ``<end>`` never wins.
+    """
+    if n_best > beam_size:
+        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
+    batch, k = features.pooled.shape[0], beam_size
+    device = features.pooled.device
+    state = expand_state(decoder.init_state(features), k)
+    vocab = decoder.vocab_size
+    tokens = torch.full((batch * k,), config.start_id, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep one until the first step
+    finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(batch * k, dtype=torch.long, device=device)
+    sequences = torch.empty(batch * k, 0, dtype=torch.long, device=device)
+    attention = None
+    offsets = (torch.arange(batch, device=device) * k)[:, None]  # (batch, 1)
+    for step in range(config.max_length):
+        log_probs, state = decoder.step(tokens, state)  # (batch*k, vocab)
+        log_probs = _ban(log_probs.float(), config.banned_ids)
+        banned = _banned_by_ngrams(sequences, no_repeat_ngram_size)
+        if banned is not None:
+            rows = torch.arange(banned.shape[0], device=device)[:, None].expand_as(banned)
+            keep = banned >= 0
+            log_probs[rows[keep], banned[keep]] = float("-inf")
+        # A finished beam can only continue with <pad>, at no cost: its score is frozen.
+        log_probs[finished] = float("-inf")
+        log_probs[finished, config.pad_id] = 0.0
+        candidate_lengths = torch.where(finished, lengths, lengths + 1)  # (batch*k,)
+        raw = scores.view(-1, 1) + log_probs  # (batch*k, vocab)
+        ranked = raw / _length_penalty(candidate_lengths, length_penalty)[:, None]
+        ranked = ranked.view(batch, k * vocab)
+        top_ranked, top = ranked.topk(k, dim=-1)  # (batch, k)
+        beam = top // vocab  # which old beam each new beam extends
+        word = top % vocab
+        source = (beam + offsets).view(-1)  # (batch*k,) rows in the flat beam layout
+        scores = raw.view(batch, k * vocab).gather(1, top)
+        was_finished = finished[source]
+        lengths = torch.where(was_finished, lengths[source], lengths[source] + 1)
+        tokens = word.view(-1)
+        finished = was_finished | (tokens == config.end_id)
+        sequences = torch.cat([sequences[source], tokens[:, None]], dim=1)
+        state = reorder_state(state, source, decoder.static_state)
+        step_attention = _attention_of(state)
+        if step_attention is not None:
+            step_attention = step_attention[:, None]  # (batch*k, 1, regions)
+            attention = step_attention if attention is None else torch.cat([attention[source], step_attention], 1)
+        if finished.all():
+            break
+    final = scores / _length_penalty(lengths, length_penalty).view(batch, k)
+    order = final.argsort(dim=-1, descending=True)[:, :n_best]  # (batch, n_best)
+    sequences, scores_list, final_list = sequences.tolist(), scores.tolist(), final.tolist()
+    results = []
+    for i in range(batch):
+        hypotheses = []
+        for j in order[i].tolist():
+            row = i * k + j
+            words = _strip(sequences[row], config)
+            att = attention[row, : len(words)].cpu() if attention is not None else None
+            hypotheses.append(Hypothesis(words, scores_list[i][j], final_list[i][j], att))
+        results.append(hypotheses)
+    return results
+
+
+@torch.no_grad()
+def sample(
+    decoder: Decoder,
+    features: Features,
+    config: DecodingConfig,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """Draw one caption per image from the model's distribution (temperature, top-k)."""
+    batch = features.pooled.shape[0]
+    device = features.pooled.device
+    state = decoder.init_state(features)
+    tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    total = torch.zeros(batch, device=device)
+    words = []
+    for _ in range(config.max_length):
+        log_probs, state = decoder.step(tokens, state)
+        log_probs = _ban(log_probs.float(), config.banned_ids)
+        logits = log_probs / temperature
+        if top_k > 0:
+            threshold = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        tokens = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        chosen = log_probs.gather(1, tokens[:, None])[:, 0]
+        total += torch.where(finished, torch.zeros_like(chosen), chosen)
+        words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
+        finished |= tokens == config.end_id
+        if finished.all():
+            break
+    words = torch.stack(words, 1).tolist()
+    return [[Hypothesis(_strip(words[i], config), float(total[i]), float(total[i]))] for i in range(batch)]

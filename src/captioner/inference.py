@@ -1,0 +1,186 @@
+"""What the ``caption`` and ``evaluate`` commands do, beyond parsing their arguments."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data.images import ImageReadError, build_transform, load_image
+
+
+class _Images(Dataset):
+    """(pixels or None, index, error) per path, so one bad file never stops a batch."""
+
+    def __init__(self, paths: list[str], preprocess):
+        self.paths = paths
+        self.transform = build_transform(preprocess)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(load_image(self.paths[i])), i, None
+        except ImageReadError as e:
+            return None, i, str(e)
+        except Exception as e:  # a decoder crash inside PIL for one file
+            return None, i, f"{self.paths[i]}: {type(e).__name__}: {e}"
+
+
+def _collate(items):
+    good = [(pixels, i) for pixels, i, error in items if pixels is not None]
+    pixels = torch.stack([p for p, _ in good]) if good else None
+    return pixels, [i for _, i in good], [(i, error) for _, i, error in items if error is not None]
+
+
+def _done_images(output: Path) -> set[str]:
+    """Images already captioned in a JSON-lines output (a cut-off last line is ignored)."""
+    done = set()
+    if output.is_file():
+        for line in output.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "caption" in record:
+                done.add(record["image"])
+    return done
+
+
+def _shard(paths: list[str], output: Path | None):
+    """Under torchrun each rank takes every world-th image and writes its own part file."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return paths, output
+    rank = int(os.environ.get("RANK", "0"))
+    if output is not None:
+        output = output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
+    return paths[rank::world], output
+
+
+def caption_paths(args) -> int:
+    from .cli import expand_image_paths
+    from .model import Captioner
+    from .train.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    model = Captioner.from_pretrained(args.model, device=device)
+    paths, output = _shard(expand_image_paths(args.paths), Path(args.output) if args.output else None)
+    if output is not None:
+        done = _done_images(output)
+        skipped = sum(p in done for p in paths)
+        paths = [p for p in paths if p not in done]
+        if skipped:
+            print(f"{skipped} images already in {output}; captioning the other {len(paths)}", file=sys.stderr)
+    attention_out = Path(args.attention_out) if args.attention_out else None
+    if attention_out is not None and not model.decoder.has_attention:
+        print(
+            f"captioner caption: error: decoder {model.decoder.name!r} has no attention; --attention-out needs "
+            "an attention decoder (show-attend-tell, transformer)",
+            file=sys.stderr,
+        )
+        return 2
+    loader = DataLoader(
+        _Images(paths, model.preprocess),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    beam_options = {}
+    if args.length_penalty:
+        beam_options["length_penalty"] = args.length_penalty
+    if args.no_repeat_ngram_size:
+        beam_options["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    sink = open(output, "a", encoding="utf-8") if output is not None else sys.stdout
+    failures = 0
+    try:
+        for pixels, indices, errors in loader:
+            lines = {}
+            for i, error in errors:
+                failures += 1
+                print(f"captioner caption: error: {error}", file=sys.stderr)
+                if args.json or output is not None:
+                    lines[i] = json.dumps({"image": paths[i], "error": error})
+            if pixels is not None:
+                captions = model.caption_tensor(
+                    pixels.to(device), args.beam_size, args.n_best, args.max_length, **beam_options
+                )
+                for i, caption in zip(indices, captions):
+                    if args.json or output is not None:
+                        lines[i] = json.dumps({"image": paths[i], **caption.to_dict()}, ensure_ascii=False)
+                    else:
+                        lines[i] = f"{paths[i]}\t{caption.text}"
+                    if attention_out is not None:
+                        from .visualize import save_attention_figure
+
+                        save_attention_figure(paths[i], caption, attention_out, model.preprocess)
+            for i in sorted(lines):
+                if output is not None and "error" in lines[i]:
+                    continue  # errors go to stderr only, so a rerun retries those images
+                print(lines[i], file=sink, flush=True)
+    finally:
+        if output is not None:
+            sink.close()
+    if failures:
+        print(f"captioner caption: {failures} of {len(paths)} images could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def evaluate_command(args) -> int:
+    from .metrics import evaluate_captions, load_coco_references, load_coco_results
+
+    if args.predictions or args.references:
+        if not (args.predictions and args.references):
+            raise ValueError("--predictions and --references go together")
+        scores = evaluate_captions(load_coco_results(args.predictions), load_coco_references(args.references))
+    else:
+        if not args.data:
+            raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
+        scores, predictions = _evaluate_model(args)
+        output = Path(args.output or f"predictions-{args.split}.json")
+        from .io import atomic_write_text
+
+        results = [{"image_id": _coco_id(k), "caption": v} for k, v in predictions.items()]
+        atomic_write_text(output, json.dumps(results, ensure_ascii=False))
+        print(f"wrote {len(results)} captions to {output}", file=sys.stderr)
+    summary = {k: v for k, v in scores.items() if k not in ("per_image",)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+    return 0
+
+
+def _coco_id(key: str):
+    return int(key) if str(key).isdigit() else key
+
+
+def _evaluate_model(args):
+    from .data.loaders import CaptionPairs
+    from .data.sources import read_dataset, split_examples, validate_examples
+    from .model import Captioner
+    from .objectives import CaptionCrossEntropy
+    from .train.distributed import resolve_device
+    from .train.validation import caption_and_score
+
+    device = resolve_device(args.device)
+    model = Captioner.from_pretrained(args.model, device=device)
+    examples = split_examples(read_dataset(args.data, args.images, args.format), args.split)
+    if not examples:
+        raise ValueError(f"{args.data} has no {args.split!r} examples")
+    problems = validate_examples(examples)
+    if problems:
+        raise ValueError(f"{args.data} has problems:\n{problems.report()}")
+    rows = list(range(len(examples)))
+    pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
+    objective = CaptionCrossEntropy(model.vocab.pad_id)
+    all_metrics = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+    return caption_and_score(
+        model, objective, examples, rows, pairs, None, args.batch_size, args.beam_size, device, metrics=all_metrics
+    )

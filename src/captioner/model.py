@@ -1,0 +1,280 @@
+"""``Captioner``: encoder + decoder + vocabulary + preprocessing, saved and rebuilt as one
+self-describing model directory (``config.json``, ``vocab.json``, ``model.safetensors``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
+from .data.vocab import Vocabulary
+from .decoders import Decoder, Features, create_decoder
+from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
+from .encoders import Encoder, create_encoder
+from .io import atomic_write, atomic_write_text
+
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelDirectoryError(ValueError):
+    """A model directory that is missing, incomplete or tampered with."""
+
+
+@dataclass
+class Alternative:
+    text: str
+    score: float
+
+
+@dataclass
+class Caption:
+    """A caption for one image: its text, score (length-penalised log-probability), the
+    n-best ``alternatives`` (the best included, first) and, for attention decoders, the
+    per-word attention weights (words × regions) over a ``grid_shape`` grid."""
+
+    text: str
+    score: float
+    alternatives: list[Alternative] = field(default_factory=list)
+    attention: Optional[torch.Tensor] = None
+    grid_shape: Optional[tuple[int, int]] = None
+    words: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "caption": self.text,
+            "score": self.score,
+            "alternatives": [asdict(a) for a in self.alternatives],
+        }
+
+
+def default_model_dir() -> Path:
+    """The model bundled with the package (trained on emoji art, see MODEL_CARD.md)."""
+    return Path(__file__).parent / "pretrained" / "emoji-lite0"
+
+
+class Captioner(nn.Module):
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        vocab: Vocabulary,
+        preprocess: PreprocessConfig | None = None,
+        max_length: int = 20,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.vocab = vocab
+        self.preprocess = preprocess or encoder.default_preprocess
+        self.max_length = max_length
+
+    @classmethod
+    def build(
+        cls,
+        encoder: str,
+        decoder: str,
+        vocab: Vocabulary,
+        encoder_options: dict | None = None,
+        decoder_options: dict | None = None,
+        preprocess: PreprocessConfig | None = None,
+        max_length: int = 20,
+    ) -> "Captioner":
+        enc = create_encoder(encoder, **(encoder_options or {}))
+        dec = create_decoder(decoder, len(vocab), enc.pooled_dim, enc.grid_dim, **(decoder_options or {}))
+        return cls(enc, dec, vocab, preprocess, max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    def forward(self, inputs: Features | torch.Tensor, tokens: torch.Tensor):
+        """Teacher-forced scores; ``inputs`` are cached features or preprocessed pixels."""
+        features = self.encode(inputs) if isinstance(inputs, torch.Tensor) else inputs
+        return self.decoder(features, tokens)
+
+    # --- features -------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> Features:
+        """Preprocessed images (batch, 3, H, W) → the features the decoder needs."""
+        pooled, grid = self.encoder(images)
+        return Features(pooled, grid if self.decoder.needs_grid else None)
+
+    def decoding_config(self, max_length: int | None = None) -> DecodingConfig:
+        v = self.vocab
+        return DecodingConfig(
+            start_id=v.start_id,
+            end_id=v.end_id,
+            pad_id=v.pad_id,
+            banned_ids=(v.pad_id, v.start_id, v.unk_id),
+            max_length=max_length or self.max_length,
+        )
+
+    def generate(
+        self, features: Features, beam_size: int = 1, n_best: int = 1, max_length: int | None = None, **beam_options
+    ) -> list[list[Hypothesis]]:
+        """Decode from features: greedy when ``beam_size == 1`` and one caption is asked for."""
+        config = self.decoding_config(max_length)
+        if beam_size == 1 and n_best == 1 and not beam_options:
+            return greedy(self.decoder, features, config)
+        return beam_search(self.decoder, features, config, beam_size, n_best, **beam_options)
+
+    # --- captioning -----------------------------------------------------------------
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        beam_size: int = 3,
+        n_best: int = 1,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        **beam_options,
+    ) -> Caption | list[Caption]:
+        """Caption one image (path or PIL image) or a list of them, batched.
+
+        >>> Captioner.from_pretrained().caption("dog.png", beam_size=5).text
+        """
+        single = isinstance(images, (str, Path)) or hasattr(images, "convert")
+        items = [images] if single else list(images)
+        transform = build_transform(self.preprocess)
+        was_training = self.training
+        self.eval()
+        captions: list[Caption] = []
+        try:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                pixels = torch.stack([transform(load_image(item)) for item in chunk]).to(self.device)
+                captions.extend(self.caption_tensor(pixels, beam_size, max(n_best, 1), max_length, **beam_options))
+        finally:
+            self.train(was_training)
+        return captions[0] if single else captions
+
+    @torch.inference_mode()
+    def caption_tensor(self, pixels: torch.Tensor, beam_size=3, n_best=1, max_length=None, **beam_options):
+        """Caption a batch of already preprocessed images (batch, 3, H, W)."""
+        features = self.encode(pixels)
+        grid_side = None
+        if features.grid is not None:
+            side = int(round(features.grid.shape[1] ** 0.5))
+            grid_side = (side, side) if side * side == features.grid.shape[1] else None
+        results = self.generate(features, beam_size, n_best, max_length, **beam_options)
+        captions = []
+        for hypotheses in results:
+            best = hypotheses[0]
+            captions.append(
+                Caption(
+                    text=self.vocab.decode(best.tokens),
+                    score=best.score,
+                    alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
+                    attention=best.attention,
+                    grid_shape=grid_side if best.attention is not None else None,
+                    words=[self.vocab.itos[t] for t in best.tokens],
+                )
+            )
+        return captions
+
+    # --- persistence ----------------------------------------------------------------
+    def describe(self) -> dict:
+        """Everything needed to rebuild this model (config.json)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "captioner_version": __version__,
+            "encoder": {"name": self.encoder.name, "options": asdict(self.encoder.config)},
+            "decoder": self.decoder.describe(),
+            "preprocess": self.preprocess.to_dict(),
+            "vocab_size": len(self.vocab),
+            "max_length": self.max_length,
+            "encoder_weights_saved": self._saves_encoder_weights(),
+        }
+
+    def _saves_encoder_weights(self) -> bool:
+        # Frozen pretrained weights are rebuilt from their source; anything else is saved.
+        return not (self.encoder.config.pretrained and self.encoder.frozen)
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+        if self._saves_encoder_weights():
+            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write config.json, vocab.json and model.safetensors (each atomically)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_to_save()
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        self.vocab.save(directory / VOCAB_FILE)
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(directory / name, text)
+        # config.json last: a directory with a config is a complete model.
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(self.describe(), indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path | None = None, device: str | torch.device = "cpu"
+    ) -> "Captioner":
+        """Rebuild a model from its directory alone; no argument = the bundled model."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory) if directory is not None else default_model_dir()
+        if not directory.is_dir():
+            raise ModelDirectoryError(f"model directory not found: {directory}")
+        for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise ModelDirectoryError(
+                    f"{directory} is not a complete captioner model: {name} is missing "
+                    f"(a model directory holds {CONFIG_FILE}, {VOCAB_FILE} and {WEIGHTS_FILE})"
+                )
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            vocab = Vocabulary.load(directory / VOCAB_FILE)
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            raise ModelDirectoryError(f"{directory}: unreadable config.json or vocab.json ({e})") from None
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ModelDirectoryError(
+                f"{directory}: model format {config.get('format_version')!r} is not supported by this "
+                f"captioner (format {FORMAT_VERSION}); re-save it with a matching version"
+            )
+        if config["vocab_size"] != len(vocab):
+            raise ModelDirectoryError(
+                f"{directory}: vocab.json has {len(vocab)} words but config.json says {config['vocab_size']}"
+            )
+        try:
+            model = cls.build(
+                config["encoder"]["name"],
+                config["decoder"]["name"],
+                vocab,
+                encoder_options=config["encoder"]["options"],
+                decoder_options=config["decoder"]["options"],
+                preprocess=PreprocessConfig(**config["preprocess"]),
+                max_length=config["max_length"],
+            )
+            state = load_file(str(directory / WEIGHTS_FILE))
+        except SafetensorError as e:
+            raise ModelDirectoryError(f"{directory}/{WEIGHTS_FILE} is corrupt or truncated ({e})") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
+        model._load_weights(state, directory)
+        return model.to(device).eval()
+
+    def _load_weights(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+        parts = {"decoder": self.decoder}
+        if self._saves_encoder_weights():
+            parts["encoder"] = self.encoder
+        for prefix, module in parts.items():
+            sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            try:
+                module.load_state_dict(sub, strict=True)
+            except RuntimeError as e:
+                first = str(e).splitlines()[0:3]
+                raise ModelDirectoryError(
+                    f"{directory}/{WEIGHTS_FILE} does not match config.json ({' '.join(first)})"
+                ) from None

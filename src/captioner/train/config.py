@@ -1,0 +1,161 @@
+"""Training configuration: code defaults → YAML file → command-line overrides.
+
+Unknown keys are an error at every layer; the resolved config is written into the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # the captions file (any supported format)
+    images: Optional[str] = None  # image root; default: the captions file's folder
+    format: Optional[str] = None  # coco | karpathy | flickr8k | csv | jsonl; default: detected
+    val_fraction: float = 0.0  # for files without splits
+    skip_invalid: bool = False  # drop bad examples instead of stopping
+    min_word_count: int = 4
+    max_length: int = 20  # words per caption, training and generation
+    feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet152"
+    pretrained: bool = True
+    trainable_blocks: int = 0  # > 0: fine-tune the last N encoder stages (reads pixels)
+    decoder: str = "show-tell"
+    decoder_options: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)  # overrides of the encoder's preprocessing
+    word_vectors: Optional[str] = None  # GloVe/word2vec text file to initialise the embedding
+    freeze_word_vectors: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # Adam, as the seed
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    schedule: str = "constant"  # constant | cosine | step
+    warmup_steps: int = 0
+    step_size: int = 10  # epochs between ×gamma decays (schedule: step)
+    gamma: float = 0.5
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = ""
+    epochs: int = 5
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    val_beam_size: int = 1
+    val_max_images: int = 5000
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    log_every: int = 50
+    tensorboard: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not exist or does not fit its type."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint in (int, float, str):
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from None
+    if hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def merge(config, updates: dict, prefix: str = ""):
+    """Return ``config`` with ``updates`` (nested dicts) applied; unknown keys raise."""
+    hints = _field_types(type(config))
+    changes = {}
+    for key, value in updates.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(f"{prefix}{k}" for k in hints)
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {valid}")
+        current = getattr(config, key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            changes[key] = {**current, **value}  # layers add to a mapping rather than replace it
+        elif dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping of {type(current).__name__} keys")
+            changes[key] = merge(current, value, prefix=f"{dotted}.")
+        else:
+            changes[key] = _coerce(value, hints[key], dotted)
+    return dataclasses.replace(config, **changes)
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for dotted, value in overrides.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``optim.lr``)."""
+    config = TrainConfig()
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        config = merge(config, data)
+    if overrides:
+        config = merge(config, dotted_to_nested(overrides))
+    return config
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,85 @@
+"""Validation on *generated* captions (not teacher-forced argmax): CIDEr-D, BLEU, exact
+match — plus the teacher-forced loss on the same images."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.loaders import ImageRows
+from ..data.tokenizer import ptb_tokenize
+from ..decoders.base import Features
+
+
+def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
+    """(row offset, Features) chunks for the validation images, from the cache or pixels."""
+    if cache is not None:
+        for start in range(0, len(val_rows), batch_size):
+            pooled, grid = cache.rows(np.asarray(val_rows[start : start + batch_size]))
+            yield start, Features(pooled.to(device), grid.to(device) if grid is not None else None)
+        return
+    loader = DataLoader(ImageRows([str(e.path) for e in val_examples], model.preprocess), batch_size=batch_size)
+    for pixels, indices in loader:
+        yield int(indices[0]), model.encode(pixels.to(device))
+
+
+def exact_match(predictions: dict, references: dict) -> float:
+    """Share of images whose caption equals one of its references (after PTB tokenization)."""
+    hits = 0
+    for key, caption in predictions.items():
+        tokens = ptb_tokenize(caption)
+        hits += any(tokens == ptb_tokenize(ref) for ref in references[key])
+    return hits / max(len(predictions), 1)
+
+
+@torch.no_grad()
+def validate(model, objective, val_examples, val_rows, val_pairs, cache, config, device) -> dict:
+    """Metrics of one epoch's model on the val split (``record`` keys for metrics.jsonl)."""
+    record, _ = caption_and_score(
+        model, objective, val_examples, val_rows, val_pairs, cache, config.batch_size, config.val_beam_size, device
+    )
+    model.train()
+    return record
+
+
+@torch.no_grad()
+def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size, beam_size, device,
+                      metrics=("Bleu", "ROUGE_L", "CIDEr")):
+    """Generate a caption for every example and score them against its references.
+
+    Returns (record of metrics + teacher-forced loss, predictions {image_id: caption}).
+    """
+    from ..metrics import evaluate_captions
+
+    model.eval()
+    val_examples, val_rows, val_pairs = examples, rows, pairs
+    predictions, references = {}, {}
+    loss_sum, token_sum = 0.0, 0
+    for offset, features in iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
+        n = features.pooled.shape[0]
+        results = model.generate(features, beam_size=beam_size)
+        for i, hypotheses in enumerate(results):
+            example = val_examples[offset + i]
+            predictions[example.image_id] = model.vocab.decode(hypotheses[0].tokens)
+            references[example.image_id] = example.captions
+        # Teacher-forced loss on every caption of these images.
+        pair_index = np.nonzero(np.isin(val_pairs.image_rows, np.asarray(val_rows[offset : offset + n])))[0]
+        local = {row: i for i, row in enumerate(val_rows[offset : offset + n])}
+        select = torch.tensor([local[r] for r in val_pairs.image_rows[pair_index]], device=device)
+        pair_features = Features(
+            features.pooled[select], features.grid[select] if features.grid is not None else None
+        )
+        _, ce, tokens = objective(model, pair_features, val_pairs.captions(pair_index).to(device))
+        loss_sum += float(ce) * int(tokens)
+        token_sum += int(tokens)
+    scores = evaluate_captions(predictions, references, metrics=metrics)
+    val_loss = loss_sum / max(token_sum, 1)
+    record = {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(min(val_loss, 50)),
+        "exact_match": exact_match(predictions, references),
+        **{k: v for k, v in scores.items() if isinstance(v, float)},
+    }
+    return record, predictions
