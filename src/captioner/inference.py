@@ -180,7 +180,7 @@ def _evaluate_model(args):
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
     objective = CaptionCrossEntropy(model.vocab.pad_id)
-    all_metrics = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+    all_metrics = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
     return caption_and_score(
         model, objective, examples, rows, pairs, None, args.batch_size, args.beam_size, device, metrics=all_metrics
     )

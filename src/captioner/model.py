@@ -49,7 +49,7 @@ class Caption:
         return {
             "caption": self.text,
             "score": self.score,
-            "alternatives": [asdict(a) for a in self.alternatives],
+            "alternatives": [{"caption": a.text, "score": a.score} for a in self.alternatives],
         }
 
 

@@ -1,7 +1,6 @@
 """Training batches: (image, caption) pairs, length-bucketed, from the feature cache or pixels."""
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import numpy as np
@@ -40,8 +39,12 @@ class CaptionPairs:
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar caption length (less padding), sharded across ranks.
 
-    Each epoch: shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut
-    into batches, shuffle the batches. Every rank gets the same number of batches.
+    Each epoch: shuffle, cut into pools of ``pool`` global batches, sort each pool by length,
+    cut into global batches of ``batch_size × world_size``, shuffle them; rank r takes every
+    world-th pair of each global batch. So the union of the ranks' batches at a step is the
+    batch one process would train on with ``batch_size × world_size`` (same seed): with
+    gradients weighted by token share and synchronised BatchNorm, DDP computes the same
+    update. Every rank steps the same number of times; no batch is repeated.
     """
 
     def __init__(
@@ -54,6 +57,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool: int = 50,
         shuffle: bool = True,
     ):
+        if len(lengths) < world_size:
+            raise ValueError(f"{len(lengths)} training captions cannot be shared by {world_size} processes")
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
@@ -63,40 +68,55 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.epoch = 0
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def _smallest(self) -> int:
+        # BatchNorm cannot train on one sample, and every rank needs at least one.
+        return max(2, self.world_size)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _all_batches(self) -> list[np.ndarray]:
-        n = len(self.lengths)
+    def _pool_sizes(self) -> list[int]:
+        n, pool_size = len(self.lengths), self.global_batch_size * self.pool
+        sizes = [min(pool_size, n - start) for start in range(0, n, pool_size)]
+        if len(sizes) > 1 and sizes[-1] < self._smallest:
+            sizes[-2:] = [sum(sizes[-2:])]  # too few to batch alone: join the previous pool
+        return sizes
+
+    def _cut(self, size: int) -> list[int]:
+        """Batch boundaries of a pool of ``size`` pairs: a too-small leftover joins its neighbour."""
+        bounds = list(range(0, size, self.global_batch_size)) + [size]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self._smallest:
+            del bounds[-2]
+        return bounds
+
+    def global_batches(self) -> list[np.ndarray]:
+        """This epoch's batches over all ranks, in training order."""
         rng = np.random.default_rng((self.seed, self.epoch))
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
-        pool_size = self.batch_size * self.pool
-        batches = []
-        for start in range(0, n, pool_size):
-            chunk = order[start : start + pool_size]
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        batches, start = [], 0
+        for size in self._pool_sizes():
+            chunk = order[start : start + size]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            pool = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            if len(pool) > 1 and len(pool[-1]) == 1:
-                # BatchNorm cannot train on one sample: fold a lone leftover into its neighbour.
-                pool[-2:] = [np.concatenate(pool[-2:])]
-            batches.extend(pool)
+            bounds = self._cut(size)
+            batches.extend(chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+            start += size
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        batches = self._all_batches()
-        per_rank = len(self) if self.world_size > 1 else len(batches)
-        if self.world_size > 1:
-            # Pad by wrapping so every rank steps the same number of times (DDP needs it).
-            batches = (batches * math.ceil(per_rank * self.world_size / max(len(batches), 1)))[
-                : per_rank * self.world_size
-            ]
-        yield from batches[self.rank :: self.world_size]
+        for batch in self.global_batches():
+            # Strided, not contiguous: the batch is sorted by length, so each rank gets a
+            # similar share of tokens (balanced step times).
+            yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n_batches = math.ceil(len(self.lengths) / self.batch_size)
-        return math.ceil(n_batches / self.world_size)
+        return sum(len(self._cut(size)) - 1 for size in self._pool_sizes())
 
 
 class PixelPairs(Dataset):

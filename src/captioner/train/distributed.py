@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass
@@ -59,6 +60,80 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def token_weight(tokens: torch.Tensor, info: DistInfo) -> float:
+    """What to multiply this rank's token-mean loss by so that DDP's gradient average equals
+    the gradient of the token mean over the whole global batch.
+
+    Ranks hold different numbers of target tokens; DDP averages their gradients with equal
+    weight, so each rank's loss is weighted by ``world × its tokens / all tokens``.
+    """
+    if not info.enabled:
+        return 1.0
+    total = tokens.detach().to(torch.float64).reshape(1).clone()
+    dist.all_reduce(total)
+    return float(tokens) * info.world_size / float(total)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm that, in training under a process group, normalises with the statistics of
+    the whole global batch (all ranks) — ``nn.SyncBatchNorm`` for CPU/gloo, which that class
+    does not support. Gradients flow through the shared statistics (differentiable all-reduce)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (batch, channels, ...), got {input.dim()}D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]  # every dim but the channels
+        shape = [1, -1] + [1] * (input.dim() - 2)  # broadcast per channel
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype, device=input.device)
+        sums = all_reduce(torch.cat([input.sum(dims), count]))  # (channels + 1,)
+        n = sums[-1]
+        mean = sums[:-1] / n
+        centred = input - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum(dims)) / n  # biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / max(float(n) - 1, 1.0), momentum)  # unbiased
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Make the trainable BatchNorm layers of ``model`` (in place) normalise over the global batch.
+
+    Without this, each rank normalises with its own share of the batch, so DDP with world × B
+    trains a different model from one process with world·B. Only plain ``BatchNorm1d/2d/3d``
+    with trainable parameters are converted: frozen encoder layers run in eval mode anyway, and
+    subclasses (timm's ``BatchNormAct2d``) would lose what they add.
+    """
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for name, child in list(model.named_children()):
+        trainable = any(p.requires_grad for p in child.parameters(recurse=False))
+        if type(child) in plain and trainable:
+            replacement = (nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm)(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            replacement.weight, replacement.bias = child.weight, child.bias  # the same Parameters
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(replacement, buffer, getattr(child, buffer))
+            replacement.train(child.training)
+            setattr(model, name, replacement)
+        else:
+            sync_batchnorm(child, device)
+    return model
 
 
 def cleanup(info: DistInfo) -> None:

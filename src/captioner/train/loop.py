@@ -286,10 +286,12 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                 run.log(record)
                 log(run.summary(record, improved))
                 save_training_state(run, model, optimizer, scheduler, progress)
-                run.plot(progress.history)
                 stop = config.patience > 0 and bad_epochs >= config.patience
                 if stop:
                     log(f"early stop: no improvement for {bad_epochs} epochs (best epoch {progress.best_epoch})")
+            if info.is_main and (stop or progress.epoch % max(1, config.epochs // 10) == 0
+                                 or progress.epoch == config.epochs):
+                run.plot(progress.history)  # about ten times a run: a plot costs more than a tiny epoch
             if dist_utils.broadcast_flag(stop, info):
                 break
         log(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")

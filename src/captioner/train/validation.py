@@ -46,7 +46,7 @@ def validate(model, objective, val_examples, val_rows, val_pairs, cache, config,
 
 @torch.no_grad()
 def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size, beam_size, device,
-                      metrics=("Bleu", "ROUGE_L", "CIDEr")):
+                      metrics=("BLEU", "ROUGE_L", "CIDEr")):
     """Generate a caption for every example and score them against its references.
 
     Returns (record of metrics + teacher-forced loss, predictions {image_id: caption}).

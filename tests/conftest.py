@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny real-image dataset and one show-tell model trained on it."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Feature caches go to a temp folder, never the user's ~/.cache."""
+    os.environ["CAPTIONER_CACHE"] = str(tmp_path_factory.mktemp("captioner-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_csv() -> Path:
+    return TINY / "captions.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_one_caption(tmp_path_factory) -> Path:
+    """The tiny set with one caption per image (what the learning tests memorise)."""
+    out = tmp_path_factory.mktemp("tiny-one") / "captions.csv"
+    seen = set()
+    with open(TINY / "captions.csv") as f, open(out, "w", newline="") as g:
+        writer = csv.writer(g)
+        writer.writerow(["image", "caption"])
+        for row in csv.DictReader(f):
+            if row["image"] not in seen:
+                seen.add(row["image"])
+                writer.writerow([str(TINY / row["image"]), row["caption"]])
+    return out
+
+
+def train_tiny(data: Path, out: Path, decoder: str = "show-tell", epochs: int = 40, extra: list[str] = ()) -> Path:
+    """Train on the tiny set with real EfficientNet-Lite0 features; returns the model dir."""
+    from captioner.cli import main
+
+    code = main(
+        ["train", "--data", str(data), "--out", str(out), "--encoder", "efficientnet_lite0",
+         "--decoder", decoder, "--epochs", str(epochs), "--batch-size", "8", "--min-word-count", "1",
+         "--no-progress", "--set", "log_every=0", *extra]
+    )
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_show_tell(tiny_one_caption, tmp_path_factory) -> Path:
+    return train_tiny(tiny_one_caption, tmp_path_factory.mktemp("show-tell"))
