@@ -72,6 +72,8 @@ SKIN_TONES = {
     0x1F3FE: "medium-dark skin tone",
     0x1F3FF: "dark skin tone",
 }
+# Emoji components (skin-tone swatches, hair pieces): not fully-qualified emoji on their own.
+COMPONENT_KEYS = frozenset((c,) for c in (*SKIN_TONES, 0x1F9B0, 0x1F9B1, 0x1F9B2, 0x1F9B3))
 # Name parts that CLDR puts after a colon ("woman: medium skin tone, red hair").
 _COLON_PARTS = tuple(SKIN_TONES.values()) + ("red hair", "curly hair", "white hair", "bald", "blond hair", "beard")
 # OpenMoji groups that are not Unicode emoji (OpenMoji's own icons, brands, non-RGI sequences) or are
@@ -439,7 +441,8 @@ def _noto_font(path: str):
     from PIL import ImageFont
 
     if path not in _FONT_CACHE:
-        _FONT_CACHE[path] = ImageFont.truetype(path, NOTO_FONT_SIZE)
+        font = ImageFont.truetype(path, NOTO_FONT_SIZE)
+        _FONT_CACHE[path] = (font, font.getlength("\U0001F600"))
     return _FONT_CACHE[path]
 
 
@@ -448,8 +451,7 @@ def render_noto(text: str, font_path: str, size: int):
     (missing glyph, or a ZWJ sequence / flag it cannot join)."""
     from PIL import Image, ImageDraw
 
-    font = _noto_font(font_path)
-    reference = font.getlength("\U0001F600")
+    font, reference = _noto_font(font_path)
     if font.getlength(text) > 1.25 * reference:  # several glyphs: the sequence is not supported
         return None
     box = 128  # the glyphs are 136x128 with 4 px side bearings: a 128 square is the art's em box
@@ -506,6 +508,7 @@ class Item:
     cps: tuple[int, ...]  # fully-qualified code points
     caption: str
     input: str  # file path (google, openmoji) or the emoji text (noto)
+    name_origin: str = ""
 
     @property
     def filename(self) -> str:
@@ -515,9 +518,9 @@ class Item:
 def _caption_for(table: NameTable, cps: tuple[int, ...], fallback: str | None = None):
     hit = table.lookup(cps)
     if hit is not None:
-        return hit[0], normalize_name(hit[1])
+        return hit[0], normalize_name(hit[1]), table.origin[emoji_key(cps)]
     if fallback:
-        return tuple(cps), normalize_name(fallback)
+        return tuple(cps), normalize_name(fallback), "source's own name"
     return None
 
 
@@ -536,6 +539,9 @@ def collect_google(folder: Path, table: NameTable, skipped: Counter) -> list[Ite
             if variant.get("has_img_google") is False:
                 skipped["no google image"] += 1
                 continue
+            if emoji_key(parse_codepoints(variant["unified"])) in COMPONENT_KEYS:
+                skipped["component (skin tone / hair swatch)"] += 1
+                continue
             path = image_dir / variant.get("image", "")
             if not variant.get("image") or not path.is_file():
                 skipped["image file missing"] += 1
@@ -544,15 +550,15 @@ def collect_google(folder: Path, table: NameTable, skipped: Counter) -> list[Ite
             if named is None:
                 skipped["no name"] += 1
                 continue
-            items.append(Item("google", named[0], named[1], str(path)))
+            items.append(Item("google", named[0], named[1], str(path), named[2]))
     return items
 
 
 def collect_noto(entries: list, table: NameTable) -> list[Item]:
     items = []
     for cps, name in entries:
-        fq, caption = _caption_for(table, cps, name)
-        items.append(Item("noto", fq, caption, "".join(chr(c) for c in cps)))
+        fq, caption, origin = _caption_for(table, cps, name)
+        items.append(Item("noto", fq, caption, "".join(chr(c) for c in cps), origin))
     return items
 
 
@@ -577,7 +583,7 @@ def collect_openmoji(folder: Path, table: NameTable, skipped: Counter) -> list[I
         if named is None:
             skipped["no name"] += 1
             continue
-        items.append(Item("openmoji", named[0], named[1], str(path)))
+        items.append(Item("openmoji", named[0], named[1], str(path), named[2]))
     return items
 
 
@@ -684,6 +690,12 @@ def build_emoji_dataset(
         items += collect_google(found.google, table, skipped["google"])
     if found.noto_font is not None:
         items += collect_noto(test_entries, table)
+        from PIL import features
+
+        if not features.check("raqm"):
+            print("warning: noto: Pillow has no libraqm text layout, so skin tones, ZWJ sequences and flags "
+                  "cannot be joined into one glyph and are skipped (install libraqm: "
+                  "`apt-get install -y libraqm0`)", file=sys.stderr, flush=True)
     if found.openmoji is not None:
         items += collect_openmoji(found.openmoji, table, skipped["openmoji"])
 
@@ -719,6 +731,13 @@ def build_emoji_dataset(
             if result.startswith("error"):
                 log(f"  {item.source} {hex_string(item.cps)}: {result}")
 
+    # PNGs left by an earlier build in the folders of the sources built now and not part of this build.
+    current = {(it.source, it.filename) for it in kept}
+    for source in available:
+        for stale in sorted((image_root / source).glob("*.png")):
+            if (source, stale.name) not in current:
+                stale.unlink()
+
     # Splits over distinct captions (so the same caption never lands in two splits).
     split_of = assign_splits((it.caption for it in kept), test_fraction, val_fraction)
     images = []
@@ -738,7 +757,10 @@ def build_emoji_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text(out_dir / "dataset.json", json.dumps(dataset, ensure_ascii=False, separators=(",", ":")) + "\n")
 
-    summary = _summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package, table)
+    names_from = Counter()
+    for caption, origin in sorted({(it.caption, it.name_origin) for it in kept}):
+        names_from[origin] += 1
+    summary = _summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package, names_from)
     _write_text(out_dir / "SOURCES.md", _sources_markdown(summary))
     summary["out_dir"] = str(out_dir)
     summary["dataset_json"] = str(out_dir / "dataset.json")
@@ -775,7 +797,7 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package, table) -> dict:
+def _summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package, names_from) -> dict:
     per_source = {s: {split: 0 for split in SPLITS} for s in available}
     split_images = Counter()
     split_captions: dict[str, set] = {split: set() for split in SPLITS}
@@ -808,7 +830,7 @@ def _summarize(images, available, found, skipped, image_size, unicode_version, h
         "sources": available,
         "versions": versions,
         "emoji_test": f"emoji-test.txt {unicode_version}" if unicode_version else None,
-        "names_from": dict(sorted(Counter(table.origin.values()).items())),
+        "names_from": dict(sorted(names_from.items())),  # distinct captions per name source
         "emoji_package": has_emoji_package,
         "skipped": {s: dict(sorted(c.items())) for s, c in skipped.items() if c},
         "missing": dict(found.missing),
@@ -830,9 +852,12 @@ def _sources_markdown(summary: dict) -> str:
     for source in summary["sources"]:
         version = summary["versions"].get(source)
         lines.append(f"- **{source}**" + (f" ({version})" if version else "") + f": {LICENSES[source]}")
-    if summary["emoji_test"]:
-        lines.append(f"- Names: {summary['emoji_test']} (Unicode License), then OpenMoji annotations, then the "
-                     "`emoji` Python package (BSD).")
+    origins = ", ".join(f"{n} from {origin}" for origin, n in summary["names_from"].items())
+    lines.append(
+        f"- Captions (CLDR short names, lowercased): {origins}"
+        + (f" ({summary['emoji_test']}, Unicode License)" if summary["emoji_test"] else "")
+        + ". Lookup order: emoji-test.txt, OpenMoji `annotation`, the `emoji` Python package (BSD)."
+    )
     lines += [
         "- Not used: the Twemoji set (`emoji-datasource-twitter`), reserved for external held-out evaluation.",
         "",

@@ -40,16 +40,17 @@ PUNCTUATIONS = frozenset(
 # --------------------------------------------------------------------------
 # character classes
 # --------------------------------------------------------------------------
+_BMP_CATEGORIES = [
+    "Cs" if 0xD800 <= cp <= 0xDFFF else unicodedata.category(chr(cp)) for cp in range(0x10000)
+]
+
+
 def _ranges_to_class(pred) -> str:
-    """Regex class body of all BMP characters satisfying ``pred``."""
+    """Regex class body of all BMP characters whose category satisfies ``pred``."""
     out = []
     start = prev = None
-    for cp in range(0x10000):
-        if 0xD800 <= cp <= 0xDFFF:
-            ok = False
-        else:
-            ok = pred(chr(cp))
-        if ok:
+    for cp, cat in enumerate(_BMP_CATEGORIES):
+        if pred(cat):
             if start is None:
                 start = cp
             prev = cp
@@ -67,14 +68,14 @@ def _ranges_to_class(pred) -> str:
     return "".join(parts)
 
 
-_L = _ranges_to_class(lambda c: unicodedata.category(c).startswith("L"))
-_D = _ranges_to_class(lambda c: unicodedata.category(c) == "Nd")
+_L = _ranges_to_class(lambda c: c[0] == "L")
+_D = _ranges_to_class(lambda c: c == "Nd")
+del _BMP_CATEGORIES
 # extra "letters" PTBLexer accepts inside words (soft hyphen, combining marks, ...)
 _LX = "\u00ad\u0237-\u024f\u02c2-\u02c5\u02d2-\u02df\u02e5-\u02ff\u0300-\u036f\u0483-\u0487\u0591-\u05bd\u064b-\u065e\u0900-\u0903\u093c\u093e-\u094e"
 _LETTER = f"(?:[{_L}{_LX}]|&[aeiouAEIOU](?:acute|grave|uml);)"
 _ALNUM = f"[{_L}{_D}]"  # [:letter:]|[:digit:]
 _DIGIT = f"[{_D}]"
-_UPPER = _ranges_to_class(lambda c: unicodedata.category(c) == "Lu")
 
 _SPACE = "[ \t\u00a0\u2000-\u200a\u3000]"
 _NEWLINE = "(?:\r\n|[\r\n\u2028\u2029\u000b\u000c\u0085])"
@@ -140,6 +141,18 @@ _ABTITLE = (
 )
 _ABBREV4_WORDS = _ci("vs|alex|wm|jos|cie|a\\.k\\.a|cf|treas|invt|elec|natl|m[ft]g")
 _ABBREV4 = f"(?:{_ACRO}|{_ABTITLE}|{_ABBREV4_WORDS}|[A-Za-z])"
+_SENT_WORDS = "(?:" + "|".join(
+    w[0] + _ci(w[1:]) if len(w) > 1 else w
+    for w in sorted(
+        (
+            "About According Additionally After An A As At But Earlier He Her Here However If In It Last Many "
+            "More Now Once One Other Our She Since So Some Such That The Then There These They This We When "
+            "While What Yet You"
+        ).split(),
+        key=len,
+        reverse=True,
+    )
+) + "|M" + _ci("r") + "\\.|M" + _ci("s") + "\\.)"
 _INSENTP = "[,;:\u3001]"
 _PHONE = (
     "(?:(?:\\([0-9]{2,3}\\)[ \u00a0]?|(?:\\+\\+?)?(?:[0-9]{2,4}[- \u00a0])?[0-9]{2,4}[- \u00a0])[0-9]{3,4}[- \u00a0]?[0-9]{3,5}"
@@ -239,9 +252,9 @@ _RULES_SRC = [
     (_THING3, None, None, 0),
     (_DOLSIGN, None, None, 0),
     (_DOLSIGN2, None, _currency, 0),
-    # a lone letter + period at a sentence end loses its period ("letter b." -> "b")
-    ("[A-Za-z]\\.", f"{_SPACENL}(?:{_SPACENL}|[A-Z]|{_SGML})|\\Z", lambda t: t[:-1], 0),
-    (f"{_ABBREV1}", f"{_SPACENL}(?:{_SPACENL}|[{_UPPER}]|{_SGML})", None, 0),
+    # a lone letter + period followed by a typical sentence start ("b. The") loses its period
+    ("[A-Za-z]\\.", f"{_SPACENL}+{_SENT_WORDS}{_SPACE}", lambda t: t[:-1], 0),
+    (f"{_ABBREV1}", f"{_SPACENL}(?:{_SPACENL}|[A-Z]|{_SGML})", None, 0),
     (_ABBREV1, None, None, 0),
     (f"{_ABNUM}\\.", f"{_SPACENL}?{_DIGIT}", None, 0),
     (f"{_ABBREV4}\\.", None, None, 0),
@@ -293,7 +306,7 @@ def _compile_rules():
     return rules
 
 
-_RULES = _compile_rules()
+_RULES: list = []  # compiled lazily (about half a second), see _lex
 
 
 def _lex(text: str, limit: int | None = None) -> list[str]:
@@ -303,6 +316,8 @@ def _lex(text: str, limit: int | None = None) -> list[str]:
     ``limit``, only tokens starting before ``text[limit]`` are produced (the
     rest of ``text`` only serves as right context).
     """
+    if not _RULES:
+        _RULES.extend(_compile_rules())
     out: list[str] = []
     pos = 0
     n = len(text) if limit is None else limit
@@ -353,7 +368,7 @@ _CHUNK_RX = re.compile(f"({_WS}+)")
 _WS_SET = frozenset(" \t\u00a0\u3000\r\n\u2028\u2029\u000b\u000c\u0085\u200b\u200e\u200f\ufeff\x00").union(
     chr(c) for c in range(0x2000, 0x200B)
 )
-_SPANNING_RX = re.compile(f"<|{_DIGIT}[- \u00a0]{_DIGIT}|[0-9][ \u00a0]+[0-9(]|\\)[ \u00a0][0-9]|\\.[ \u00a0]\\.")
+_SPANNING_RX = re.compile(f"(?<![^{_WS[1:-1]}])[A-Za-z]\\.(?![^{_WS[1:-1]}])|<|{_DIGIT}[- \u00a0]{_DIGIT}|[0-9][ \u00a0]+[0-9(]|\\)[ \u00a0][0-9]|\\.[ \u00a0]\\.")
 _ASTRAL_RX = re.compile("[\U00010000-\U0010ffff]")
 _SIMPLE_RX = re.compile(r"[a-z]+")
 _SIMPLE_SPECIAL = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
@@ -386,9 +401,37 @@ def _norm_char(d: str) -> str:
     return d
 
 
+_FAST_RX = re.compile("[A-Za-z ,]*")
+_FAST_SPECIAL_RX = re.compile("cannot|gonna|gotta|lemme|gimme|wanna")
+
+
+def _fast_tokens(text: str, text_follow: str) -> list[str] | None:
+    """Plain captions (ASCII letters, spaces, commas, one final . ! or ?) without the lexer."""
+    t = text.rstrip(" ")
+    end = t[-1:]
+    if end and end in ".!?":
+        t = t[:-1]
+    if not _FAST_RX.fullmatch(t):
+        return None
+    low = t.lower()
+    if _FAST_SPECIAL_RX.search(low):
+        return None
+    toks = low.replace(",", " ").split()
+    if end == "." and toks and t[-1] != " " and t[-1] != ",":
+        # "word." at the end: abbreviations ("etc.", "st.", "b.") may keep their period
+        last = t[t.rfind(" ") + 1 :]
+        if "," in last:
+            return None
+        toks[-1:] = _lex_chunk(last + ".", text_follow[:1] + _norm_char(text_follow[1:2]))
+    return toks
+
+
 def _tokenize_text(text: str, text_follow: str = "") -> list[str]:
     """Tokens of one caption (no newlines in it) followed by ``text_follow``: ``""`` if the
-    caption ends the input, else ``"\\n"`` + the first character of the next line."""
+    caption ends the input, else ``"\\n"`` + the start of the next line."""
+    fast = _fast_tokens(text, text_follow)
+    if fast is not None:
+        return fast
     if _ASTRAL_RX.search(text):
         # PTBLexer (UTF-16 based) cannot tokenize surrogate halves: they are deleted.
         text = _ASTRAL_RX.sub("\x00", text)
@@ -405,12 +448,12 @@ def _tokenize_text(text: str, text_follow: str = "") -> list[str]:
         if not chunk:
             continue
         if i < last:
-            rest = parts[i + 1] + (parts[i + 2] or text_follow)
+            rest = parts[i + 1] + (parts[i + 2] or text_follow[1:2])
             follow = _FOLLOW_MAP.get(rest[0], " ") + (
                 _FOLLOW_MAP.get(rest[1], " ") if rest[1:2] and rest[1] in _WS_SET else _norm_char(rest[1:2])
             )
         else:
-            follow = text_follow
+            follow = text_follow[:1] + _norm_char(text_follow[1:2])
         toks.extend(_lex_chunk(chunk, follow))
     return toks
 
@@ -444,7 +487,7 @@ def tokenize_corpus(captions: Mapping[Hashable, Iterable[str]]) -> dict[Hashable
     # the stdin copy, which the Java tool ignores; the temp file holds '\n'.join(captions).
     lines = [c.replace("\n", " ") for _, c in items]
     for idx, (k, _) in enumerate(items):
-        follow = "" if idx == n - 1 else "\n" + _norm_char(lines[idx + 1][:1] or "\n")
+        follow = "" if idx == n - 1 else "\n" + (lines[idx + 1][:24] or "\n")
         toks = _tokenize_text(lines[idx], follow)
         out.setdefault(k, []).append(" ".join(toks))
     for k in captions:

@@ -1,0 +1,254 @@
+"""One-call caption evaluation with coco-caption's metrics and conventions."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+
+__all__ = ["ALL_METRICS", "evaluate_captions", "load_coco_references", "load_coco_results"]
+
+def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:
+    """Accept ``{id: "caption"}`` or pycocoevalcap-style ``{id: ["caption"]}``."""
+    out = {}
+    for k, v in candidates.items():
+        if isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, Sequence) and len(v) == 1 and isinstance(v[0], str):
+            out[k] = v[0]
+        else:
+            raise ValueError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
+    return out
+
+
+def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashable, Sequence[str]]):
+    """Validate and return ``(ids, cands, refs)``, ids in the references' order."""
+    cands = as_candidates(candidates)
+    if set(cands) != set(references):
+        missing_c = [k for k in references if k not in cands]
+        missing_r = [k for k in cands if k not in references]
+        raise ValueError(
+            f"candidate/reference ids differ: {len(missing_c)} ids without candidate {missing_c[:10]}, "
+            f"{len(missing_r)} ids without references {missing_r[:10]}"
+        )
+    ids = list(references)
+    refs = {}
+    for k in ids:
+        r = references[k]
+        if isinstance(r, str) or not isinstance(r, Sequence) or len(r) == 0:
+            raise ValueError(f"references for id {k!r} must be a non-empty list of strings")
+        refs[k] = list(r)
+    return ids, cands, refs
+
+
+#: Canonical metric groups, in coco-caption's order.
+ALL_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+_ALIASES = {
+    "bleu": "BLEU", "bleu_1": "BLEU", "bleu_2": "BLEU", "bleu_3": "BLEU", "bleu_4": "BLEU", "bleu4": "BLEU",
+    "meteor": "METEOR",
+    "rouge": "ROUGE_L", "rouge_l": "ROUGE_L", "rougel": "ROUGE_L",
+    "cider": "CIDEr", "cider_d": "CIDEr", "cider-d": "CIDEr", "ciderd": "CIDEr",
+    "spice": "SPICE",
+}
+
+
+def _metric_set(metrics: Iterable[str] | None) -> list[str]:
+    if metrics is None:
+        return list(ALL_METRICS)
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    out = []
+    for m in metrics:
+        key = _ALIASES.get(str(m).lower())
+        if key is None:
+            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
+        if key not in out:
+            out.append(key)
+    return [m for m in ALL_METRICS if m in out]
+
+
+def _predictions(pred: Any) -> dict[Hashable, str]:
+    if isinstance(pred, Mapping):
+        out = {}
+        for k, v in pred.items():
+            if isinstance(v, (list, tuple)) and len(v) == 1:
+                v = v[0]
+            if isinstance(v, Mapping) and "caption" in v:
+                v = v["caption"]
+            if not isinstance(v, str):
+                raise ValueError(f"prediction for image {k!r} must be a caption string, got {type(v).__name__}")
+            out[k] = v
+        return out
+    if isinstance(pred, Sequence) and not isinstance(pred, (str, bytes)):
+        out = {}
+        for i, item in enumerate(pred):
+            if not isinstance(item, Mapping) or "image_id" not in item or "caption" not in item:
+                raise ValueError(f"results entry {i} must be a dict with 'image_id' and 'caption': {item!r:.100}")
+            if not isinstance(item["caption"], str):
+                raise ValueError(f"results entry {i}: 'caption' must be a string")
+            if item["image_id"] in out:
+                raise ValueError(f"results contain image_id {item['image_id']!r} more than once")
+            out[item["image_id"]] = item["caption"]
+        return out
+    raise ValueError("predictions must be a mapping image_id -> caption or a COCO results list")
+
+
+def _references(refs: Any) -> dict[Hashable, list[str]]:
+    if isinstance(refs, Mapping) and "annotations" in refs:
+        anns = refs["annotations"]
+        if not isinstance(anns, Sequence):
+            raise ValueError("'annotations' must be a list")
+        out: dict[Hashable, list[str]] = {}
+        for i, a in enumerate(anns):
+            if not isinstance(a, Mapping) or "image_id" not in a or not isinstance(a.get("caption"), str):
+                raise ValueError(f"annotation {i} must be a dict with 'image_id' and string 'caption'")
+            out.setdefault(a["image_id"], []).append(a["caption"])
+        # images listed without captions are an error only if predicted; keep order of "images" if present
+        return out
+    if isinstance(refs, Mapping):
+        out = {}
+        for k, v in refs.items():
+            if isinstance(v, str) or not isinstance(v, Sequence):
+                raise ValueError(f"references for image {k!r} must be a list of strings")
+            caps = []
+            for c in v:
+                if isinstance(c, Mapping) and "caption" in c:
+                    c = c["caption"]
+                if not isinstance(c, str):
+                    raise ValueError(f"references for image {k!r} must be strings")
+                caps.append(c)
+            if not caps:
+                raise ValueError(f"image {k!r} has no reference captions")
+            out[k] = caps
+        return out
+    raise ValueError("references must be a mapping image_id -> [captions] or a COCO captions dict")
+
+
+def _check_ids(pred: Mapping, refs: Mapping) -> None:
+    missing_pred = [k for k in refs if k not in pred]
+    missing_ref = [k for k in pred if k not in refs]
+    if missing_pred or missing_ref:
+        parts = []
+        if missing_pred:
+            parts.append(f"{len(missing_pred)} image id(s) have references but no prediction: {missing_pred[:10]}")
+        if missing_ref:
+            parts.append(f"{len(missing_ref)} image id(s) have a prediction but no references: {missing_ref[:10]}")
+        raise ValueError("prediction and reference image ids do not match; " + "; ".join(parts))
+
+
+def evaluate_captions(
+    predictions: Mapping[Hashable, str] | Sequence[Mapping[str, Any]],
+    references: Mapping[Hashable, Sequence[str]] | Mapping[str, Any],
+    metrics: Iterable[str] | None = None,
+    tokenize: bool = True,
+    java_timeout: float = 300.0,
+) -> dict[str, Any]:
+    """Score captions like coco-caption's ``COCOEvalCap``.
+
+    ``predictions``: ``{image_id: caption}`` or a COCO results list
+    ``[{"image_id": ..., "caption": ...}]``.  ``references``: ``{image_id:
+    [captions]}`` or a COCO captions dict (with ``"annotations"``).  With
+    ``tokenize`` the captions go through :func:`captioner.data.tokenizer.tokenize_corpus`
+    (PTB tokenization + punctuation removal, references and predictions
+    tokenized as two separate batches like coco-caption).
+
+    Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE": float,
+    "skipped": {metric: reason}, "per_image": {image_id: {metric: float}}}``;
+    metrics that cannot run (Java / pycocoevalcap / SPICE models missing, timeout)
+    are listed in ``"skipped"`` instead.
+    """
+    wanted = _metric_set(metrics)
+    pred = _predictions(predictions)
+    refs = _references(references)
+    _check_ids(pred, refs)
+    ids = list(refs)
+    if tokenize:
+        from ..data.tokenizer import tokenize_corpus
+
+        gts = tokenize_corpus({k: refs[k] for k in ids})
+        res_l = tokenize_corpus({k: [pred[k]] for k in ids})
+        res = {k: res_l[k][0] for k in ids}
+    else:
+        gts = {k: list(refs[k]) for k in ids}
+        res = {k: pred[k] for k in ids}
+    ids, res, gts = check_pair(res, gts)
+
+    result: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    per_image: dict[Hashable, dict[str, float]] = {k: {} for k in ids}
+
+    def put(name: str, total: float, scores) -> None:
+        result[name] = float(total)
+        for k, s in zip(ids, scores):
+            per_image[k][name] = float(s)
+
+    java_status = None
+    for m in wanted:
+        if m == "BLEU":
+            from .bleu import compute_bleu
+
+            totals, per = compute_bleu(res, gts)
+            for j in range(4):
+                put(f"Bleu_{j + 1}", totals[j], per[j])
+        elif m == "ROUGE_L":
+            from .rouge import compute_rouge_l
+
+            put("ROUGE_L", *compute_rouge_l(res, gts))
+        elif m == "CIDEr":
+            from .cider import compute_cider_d
+
+            put("CIDEr", *compute_cider_d(res, gts))
+        else:  # Java metrics
+            from . import java
+
+            if java_status is None:
+                java_status = java.java_metrics_status()
+            reason = java_status.get(m)
+            if reason is not None:
+                skipped[m] = reason
+                continue
+            fn = java.meteor_score if m == "METEOR" else java.spice_score
+            try:
+                put(m, *fn(res, gts, timeout=java_timeout))
+            except java.JavaMetricError as e:
+                skipped[m] = str(e)
+    result["skipped"] = skipped
+    result["per_image"] = per_image
+    return result
+
+
+# --------------------------------------------------------------------------
+# file helpers
+# --------------------------------------------------------------------------
+def _load_json(path: str | os.PathLike, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
+
+
+def load_coco_results(path: str | os.PathLike) -> dict[Hashable, str]:
+    """Read a COCO results file ``[{"image_id": ..., "caption": ...}, ...]`` -> ``{image_id: caption}``."""
+    data = _load_json(path, "results")
+    if not isinstance(data, list):
+        raise ValueError(f"results file {path} must contain a JSON list of {{'image_id', 'caption'}} objects")
+    try:
+        return _predictions(data)
+    except ValueError as e:
+        raise ValueError(f"results file {path}: {e}") from None
+
+
+def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
+    """Read a COCO captions file (``{"annotations": [{"image_id", "caption"}, ...]}``) or a plain
+    ``{image_id: [captions]}`` JSON -> ``{image_id: [captions]}``."""
+    data = _load_json(path, "references")
+    if not isinstance(data, dict):
+        raise ValueError(f"references file {path} must contain a JSON object")
+    try:
+        return _references(data)
+    except ValueError as e:
+        raise ValueError(f"references file {path}: {e}") from None

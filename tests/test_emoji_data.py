@@ -1,0 +1,250 @@
+"""The emoji-art dataset builder (`captioner data emoji`) on a tiny fake source tree.
+
+Fixtures (tests/fixtures/emoji): synthetic PNGs in the emoji-datasource-google layout, synthetic SVGs in
+the OpenMoji layout, and a subset of Unicode's emoji-test.txt. The Noto part runs only where the Debian
+font is installed (`apt-get install -y fonts-noto-color-emoji`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner.data import emoji as emoji_data
+
+FIXTURES = Path(__file__).parent / "fixtures" / "emoji"
+GOOGLE = FIXTURES / "google"
+OPENMOJI = FIXTURES / "openmoji"
+EMOJI_TEST = FIXTURES / "emoji-test.txt"
+NOTO_FONT = next((Path(p) for p in emoji_data.NOTO_FONT_CANDIDATES if Path(p).is_file()), None)
+needs_noto = pytest.mark.skipif(NOTO_FONT is None, reason="no Noto Color Emoji font (apt-get install fonts-noto-color-emoji)")
+
+try:
+    import cairosvg  # noqa: F401
+
+    HAVE_CAIROSVG = True
+except (ImportError, OSError):
+    HAVE_CAIROSVG = False
+needs_cairosvg = pytest.mark.skipif(not HAVE_CAIROSVG, reason="cairosvg not installed (pip install 'captioner[emoji]')")
+
+
+def build(out, sources=("google", "openmoji"), **kwargs):
+    options = dict(
+        google_dir=GOOGLE, openmoji_dir=OPENMOJI, emoji_test=EMOJI_TEST, noto_font=NOTO_FONT,
+        image_size=32, progress=False, jobs=1, cache_dir=Path(out).parent / "empty-cache",
+    )
+    options.update(kwargs)
+    return emoji_data.build_emoji_dataset(out, sources, **options)
+
+
+def load(out) -> dict:
+    return json.loads((Path(out) / "dataset.json").read_text(encoding="utf-8"))
+
+
+def captions_by_split(dataset) -> dict[str, set[str]]:
+    found = defaultdict(set)
+    for image in dataset["images"]:
+        for sentence in image["sentences"]:
+            found[image["split"]].add(sentence["raw"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emoji") / "dataset"
+    sources = ("google", "openmoji") + (("noto",) if NOTO_FONT else ())
+    if not HAVE_CAIROSVG:
+        sources = tuple(s for s in sources if s != "openmoji")
+    summary = build(out, sources)
+    return out, summary, load(out)
+
+
+def test_karpathy_layout_and_cldr_captions(built):
+    out, summary, dataset = built
+    assert dataset["dataset"] == "emoji"
+    images = dataset["images"]
+    assert [im["imgid"] for im in images] == list(range(len(images)))
+    by_emoji = defaultdict(dict)
+    for im in images:
+        assert im["filepath"] == f"images/{im['source']}"
+        assert (out / im["filepath"] / im["filename"]).is_file()
+        assert im["split"] in ("train", "val", "test")
+        [sentence] = im["sentences"]
+        assert sentence["tokens"] == emoji_data.tokenize(sentence["raw"])
+        by_emoji[im["emoji"]][im["source"]] = sentence["raw"]
+    # Google's capitals replaced by the CLDR names, skin-tone variants named, qualified code points.
+    assert by_emoji["1F44B-1F3FE"]["google"] == "waving hand: medium-dark skin tone"
+    assert by_emoji["1F3C3-200D-2640-FE0F"]["google"] == "woman running"
+    assert by_emoji["1F1EB-1F1F7"]["google"] == "flag: france"
+    assert emoji_data.tokenize("waving hand: medium-dark skin tone") == ["waving", "hand", "medium-dark", "skin", "tone"]
+    assert "1F47B" not in by_emoji or "google" not in by_emoji["1F47B"]  # has_img_google false
+    assert "1F3FB" not in by_emoji  # a bare skin-tone swatch is a component, not an emoji
+    assert summary["skipped"]["google"] == {"component (skin tone / hair swatch)": 1, "no google image": 1}
+    assert summary["per_source"]["google"]["total"] == 19
+    assert summary["images"] == len(images)
+    assert summary["vocab_size"] == len({t for im in images for s in im["sentences"] for t in s["tokens"]})
+
+
+@needs_cairosvg
+def test_openmoji_extras_dropped_and_names_shared(built):
+    _, summary, dataset = built
+    openmoji = {im["emoji"]: im["sentences"][0]["raw"] for im in dataset["images"] if im["source"] == "openmoji"}
+    # 263A in openmoji.json is the unqualified form: stored as the fully-qualified 263A-FE0F.
+    assert openmoji == {
+        "1F436": "dog face", "1F431": "cat face", "1F600": "grinning face", "263A-FE0F": "smiling face",
+        "1F44B-1F3FB": "waving hand: light skin tone",
+    }
+    skipped = summary["skipped"]["openmoji"]
+    assert skipped == {"group component": 1, "group extras-openmoji": 1, "group extras-unicode": 1}
+    # The same emoji from two sources: same caption, same split.
+    splits = defaultdict(set)
+    for im in dataset["images"]:
+        splits[im["emoji"]].add(im["split"])
+    assert all(len(s) == 1 for s in splits.values())
+
+
+def test_compositional_splits(built):
+    _, summary, dataset = built
+    captions = captions_by_split(dataset)
+    assert captions["test"] and captions["val"]
+    assert not captions["test"] & captions["train"]
+    assert not captions["val"] & captions["train"]
+    assert not captions["test"] & captions["val"]
+    train_words = {w for c in captions["train"] for w in emoji_data.tokenize(c)}
+    for caption in captions["test"] | captions["val"]:
+        assert set(emoji_data.tokenize(caption)) <= train_words, caption
+    assert "flag: france" in captions["train"]  # "france" occurs nowhere else: never held out
+    assert summary["splits"]["test"]["emoji"] == round(0.1 * summary["distinct_captions"])
+
+
+def test_images_are_rgb_pngs_on_white(built):
+    out, summary, dataset = built
+    for im in dataset["images"]:
+        with Image.open(out / im["filepath"] / im["filename"]) as image:
+            assert image.format == "PNG"
+            assert image.mode == "RGB"
+            assert image.size == (32, 32)
+            assert image.getpixel((0, 0)) == (255, 255, 255)  # transparent corner composited onto white
+
+
+def test_sources_md(built):
+    out, summary, _ = built
+    text = (out / "SOURCES.md").read_text(encoding="utf-8")
+    assert "Apache" in text and "Twemoji" in text
+    if "openmoji" in summary["sources"]:
+        assert "CC BY-SA 4.0" in text
+    if "noto" in summary["sources"]:
+        assert "Open Font License" in text
+    for source, counts in summary["per_source"].items():
+        assert f"| {source} | {counts['train']} | {counts['val']} | {counts['test']} | {counts['total']} |" in text
+
+
+def test_build_is_deterministic(tmp_path):
+    build(tmp_path / "a", ("google",))
+    build(tmp_path / "b", ("google",))
+    for name in ("dataset.json", "SOURCES.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    for png in sorted((tmp_path / "a" / "images" / "google").glob("*.png")):
+        assert png.read_bytes() == (tmp_path / "b" / "images" / "google" / png.name).read_bytes()
+
+
+def test_assign_splits_properties():
+    bases = ["waving hand", "thumbs up", "raised fist", "clapping hands", "ok hand", "vulcan salute"]
+    tones = ["light", "medium-light", "medium", "medium-dark", "dark"]
+    captions = [b for b in bases] + [f"{b}: {t} skin tone" for b in bases for t in tones] + ["flag: france"]
+    first = emoji_data.assign_splits(captions, 0.1, 0.05)
+    assert first == emoji_data.assign_splits(list(reversed(captions)), 0.1, 0.05)
+    held = {c: s for c, s in first.items() if s != "train"}
+    assert sum(s == "test" for s in held.values()) == round(0.1 * len(captions))
+    assert sum(s == "val" for s in held.values()) == round(0.05 * len(captions))
+    train_words = {w for c, s in first.items() if s == "train" for w in emoji_data.tokenize(c)}
+    assert all(set(emoji_data.tokenize(c)) <= train_words for c in held)
+    assert first["flag: france"] == "train"
+
+
+def test_missing_source_is_reported_and_others_build(tmp_path, capsys):
+    summary = build(tmp_path / "out", ("google", "openmoji", "noto"), openmoji_dir=tmp_path / "no-openmoji",
+                    noto_font=tmp_path / "no-font.ttf")
+    assert summary["sources"] == ["google"]
+    assert "npm pack openmoji@17.0.0" in summary["missing"]["openmoji"]
+    assert "apt-get install -y fonts-noto-color-emoji unicode-data" in summary["missing"]["noto"]
+    err = capsys.readouterr().err
+    assert "npm pack openmoji@17.0.0" in err and "fonts-noto-color-emoji" in err
+    assert {im["source"] for im in load(tmp_path / "out")["images"]} == {"google"}
+
+
+def test_no_source_available_is_an_error(tmp_path):
+    with pytest.raises(emoji_data.EmojiSourceError) as info:
+        build(tmp_path / "out", ("google", "noto"), google_dir=tmp_path / "nothing", noto_font=tmp_path / "x.ttf")
+    message = str(info.value)
+    assert "npm pack emoji-datasource-google@16.0.0" in message
+    assert "apt-get install -y fonts-noto-color-emoji" in message
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
+def test_default_cache_dir_and_missing_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    assert emoji_data.default_cache_dir() == tmp_path / "cache" / "emoji-sources"
+    found = emoji_data.resolve_sources(["google"], log=lambda m: None)
+    assert found.google is None
+    assert str(tmp_path / "cache" / "emoji-sources" / "emoji-datasource-google-16.0.0") in found.missing["google"]
+    assert "--fetch" in found.missing["google"]
+
+
+def test_twemoji_is_refused(tmp_path):
+    with pytest.raises(emoji_data.EmojiSourceError, match="held-out"):
+        build(tmp_path / "out", ("twitter",))
+    fake = tmp_path / "emoji-datasource-twitter"
+    shutil.copytree(GOOGLE, fake)
+    (fake / "package.json").write_text(json.dumps({"name": "emoji-datasource-twitter"}), encoding="utf-8")
+    with pytest.raises(emoji_data.EmojiSourceError, match="held-out"):
+        build(tmp_path / "out", ("google",), google_dir=fake)
+
+
+def test_google_names_without_emoji_test(tmp_path):
+    """Without emoji-test.txt the names come from the emoji package (or, lacking it, Google's own)."""
+    build(tmp_path / "out", ("google",), emoji_test=tmp_path / "missing.txt")
+    names = {im["emoji"]: im["sentences"][0]["raw"] for im in load(tmp_path / "out")["images"]}
+    try:
+        import emoji  # noqa: F401
+    except ImportError:
+        assert names["1F44B-1F3FC"] == "waving hand sign: medium-light skin tone"
+    else:
+        assert names["1F44B-1F3FC"] == "waving hand: medium-light skin tone"
+        assert names["1F1EB-1F1F7"] == "flag: france"
+
+
+@needs_noto
+def test_noto_renders_from_emoji_test(built):
+    out, summary, dataset = built
+    noto = {im["emoji"]: im for im in dataset["images"] if im["source"] == "noto"}
+    # Every fully-qualified entry of the fixture emoji-test.txt (components and unqualified lines skipped).
+    assert {"1F600", "263A-FE0F", "1F47B", "1F436", "1F1EB-1F1F7"} <= set(noto)
+    assert "263A" not in noto and "1F3FB" not in noto
+    assert noto["1F47B"]["sentences"][0]["raw"] == "ghost"
+    with Image.open(out / noto["1F436"]["filepath"] / noto["1F436"]["filename"]) as image:
+        assert len(image.getcolors(maxcolors=32 * 32)) > 20  # a real colour glyph, not a blank square
+
+
+def test_cli_arguments_and_run(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    emoji_data.add_arguments(parser)
+    args = parser.parse_args([
+        "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),
+        "--emoji-test", str(EMOJI_TEST), "--image-size", "24", "--cache-dir", str(tmp_path / "cache"),
+        "--jobs", "1", "--quiet",
+    ])
+    assert emoji_data.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "google" in printed and "19" in printed
+    assert Image.open(tmp_path / "out" / "images" / "google" / "1f436.png").size == (24, 24)
+
+    args = parser.parse_args(["--out", str(tmp_path / "x"), "--sources", "openmoji",
+                              "--openmoji-dir", str(tmp_path / "none"), "--quiet"])
+    assert emoji_data.run(args) == 2
+    assert "npm pack openmoji@17.0.0" in capsys.readouterr().err
