@@ -75,3 +75,33 @@ def test_invalid_dataset_stops_before_heavy_work(tmp_path, capsys):
     data.write_text("image,caption\nmissing.jpg,a thing\n")
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--encoder", "efficientnet_lite0"]) == 2
     assert "1 missing image files" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_state_and_resume_finishes(tiny_one_caption, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_one_caption), "--out", str(out),
+               "--encoder", "efficientnet_lite0", "--batch-size", "4", "--min-word-count", "1", "--no-progress",
+               "--set", "log_every=1"]
+    process = subprocess.Popen([*command, "--epochs", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().count('"epoch"') >= 1:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    state = torch.load(out / "last/training_state.pt", weights_only=True)
+    steps_done = state["progress"]["step"]
+    assert steps_done >= 8  # at least the first epoch (31 captions / 4 per batch)
+    finish = subprocess.run([*command, "--epochs", "8", "--resume"], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+    state = torch.load(out / "last/training_state.pt", weights_only=True)
+    assert state["progress"]["epoch"] == 8 and state["progress"]["step"] > steps_done

@@ -43,8 +43,8 @@ class Progress:
     history: list = field(default_factory=list)
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C / SIGTERM after its state was saved."""
 
 
 def seed_everything(seed: int) -> None:
@@ -204,10 +204,10 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
     seed_everything(config.seed + info.rank)
     run = RunFiles(Path(config.out), info.is_main)
     log = run.print
+    restore_signals = lambda: None  # noqa: E731
     try:
         if config.tensorboard:
             run.enable_tensorboard()
-        install_interrupt_handler(run)
         examples, vocab = prepare_data(config, log)
         if resume:
             model, progress = load_training_state(run, config)
@@ -252,6 +252,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if resume:
             run.restore_optimizer(optimizer, scheduler)
         bad_epochs = 0
+        restore_signals = install_interrupt_handler(run)  # after extraction: Ctrl-C there stops at once
         while progress.epoch < config.epochs:
             sampler.set_epoch(progress.epoch)
             started = time.perf_counter()
@@ -297,21 +298,24 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         log(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")
         return run.out
     finally:
+        restore_signals()
         run.close()
         dist_utils.cleanup(info)
 
 
-def install_interrupt_handler(run: RunFiles) -> None:
-    """First Ctrl-C / SIGTERM: finish the batch, save state, stop. Second: stop now."""
+def install_interrupt_handler(run: RunFiles):
+    """First Ctrl-C / SIGTERM: finish the batch, save state, stop. Second: stop now.
+    Returns a function that puts the previous handlers back."""
 
     def handler(signum, frame):
         if run.interrupted:
             sys.exit(130)
         run.interrupted = True
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
 
 
 __all__ = ["main", "train_one_epoch", "prepare_data", "build_model", "Progress", "Interrupted"]

@@ -1,0 +1,106 @@
+"""Single-image captioning latency on the CPU: read → preprocess → encode → beam search.
+
+Compares, in one run, the variants worth trying for the bundled model: input size,
+channels-last, and (when installed) ONNX Runtime for the encoder. Prints a Markdown table of
+median / p90 milliseconds per stage.
+
+    python benchmarks/bench_latency.py [--model DIR] [--image examples/...] [--repeats 50]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from captioner import Captioner
+from captioner.data.images import PreprocessConfig, build_transform, load_image
+
+
+def timed(fn, repeats: int):
+    fn()  # warm-up
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(0.9 * (len(samples) - 1))], out
+
+
+def onnx_encoder(model: Captioner, size: int):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import io
+
+    buffer = io.BytesIO()
+    pooled_only = torch.nn.Module()
+    pooled_only.forward = lambda x: model.encoder(x).pooled  # type: ignore[assignment]
+    torch.onnx.export(model.encoder, torch.randn(1, 3, size, size), buffer, input_names=["pixels"],
+                      output_names=["pooled", "grid"], opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return lambda pixels: session.run(["pooled", "grid"], {"pixels": pixels.numpy()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    parser.add_argument("--image", default=str(Path(__file__).parent.parent / "tests/fixtures/tiny/images/emoji_1f436.png"))
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--sizes", default="224,160")
+    args = parser.parse_args()
+
+    model = Captioner.from_pretrained(args.model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model or 'bundled'}")
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        preprocess = PreprocessConfig(**{**model.preprocess.to_dict(), "crop_size": size, "resize_size": size})
+        transform = build_transform(preprocess)
+        read_ms, _, pixels = timed(lambda: transform(load_image(args.image))[None], args.repeats)
+        for variant in ("eager", "channels_last", "onnxruntime"):
+            if variant == "onnxruntime":
+                run = onnx_encoder(model, size)
+                if run is None:
+                    continue
+                encode = lambda: run(pixels)  # noqa: E731
+            else:
+                encoder = model.encoder
+                x = pixels
+                if variant == "channels_last":
+                    encoder = encoder.to(memory_format=torch.channels_last)
+                    x = pixels.contiguous(memory_format=torch.channels_last)
+
+                def encode(encoder=encoder, x=x):
+                    with torch.inference_mode():
+                        return encoder(x)
+
+            encode_ms, _, _ = timed(encode, args.repeats)
+            with torch.inference_mode():
+                features = model.encode(pixels)
+            decode_ms, _, _ = timed(lambda: model.generate(features, beam_size=args.beam_size), args.repeats)
+            model.encoder.to(memory_format=torch.contiguous_format)
+
+            def end_to_end():
+                with torch.inference_mode():
+                    return model.caption_tensor(transform(load_image(args.image))[None], args.beam_size)
+
+            total_ms, total_p90, _ = timed(end_to_end, args.repeats) if variant == "eager" else (
+                read_ms + encode_ms + decode_ms, float("nan"), None)
+            rows.append((size, variant, read_ms, encode_ms, decode_ms, total_ms, total_p90))
+    print("\n| input | encoder | read+preprocess ms | encode ms | beam-%d ms | end to end ms (median) | p90 |" % args.beam_size)
+    print("|---|---|---|---|---|---|---|")
+    for size, variant, read_ms, encode_ms, decode_ms, total_ms, total_p90 in rows:
+        print(f"| {size} | {variant} | {read_ms:.1f} | {encode_ms:.1f} | {decode_ms:.1f} | {total_ms:.1f} | "
+              f"{'' if total_p90 != total_p90 else f'{total_p90:.1f}'} |")
+
+
+if __name__ == "__main__":
+    main()
