@@ -82,3 +82,24 @@ def test_evaluate_model_on_data(trained_show_tell, tiny_one_caption, tmp_path, c
     assert scores["exact_match"] >= 0.9 and scores["CIDEr"] > 5 and scores["Bleu_4"] > 0.8
     predictions = json.loads(out.read_text())
     assert len(predictions) == 31 and {"image_id", "caption"} <= set(predictions[0])
+
+
+def test_evaluate_predictions_file_against_references(tmp_path, capsys):
+    references = json.loads((TINY / "captions_coco.json").read_text())
+    first = {}
+    for annotation in references["annotations"]:
+        first.setdefault(annotation["image_id"], annotation["caption"])
+    predictions = [{"image_id": i, "caption": c} for i, c in first.items()]
+    predictions[0]["caption"] = "a completely different caption"
+    (tmp_path / "preds.json").write_text(json.dumps(predictions))
+    code = main(["evaluate", "--predictions", str(tmp_path / "preds.json"),
+                 "--references", str(TINY / "captions_coco.json"), "--json"])
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out)
+    for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert 0 < scores[key] <= 10, key
+    assert scores["Bleu_1"] < 1.0 and "per_image" not in scores
+    predictions.pop()
+    (tmp_path / "preds.json").write_text(json.dumps(predictions))
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds.json"),
+                 "--references", str(TINY / "captions_coco.json")]) == 2

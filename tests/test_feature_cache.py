@@ -64,3 +64,12 @@ def test_interrupted_extraction_resumes_where_it_stopped(tmp_path):
     cache.build(batch_size=1, progress=False)
     assert sum(calls) - 1 == 8  # only the missing chunk (images 8..15) was encoded
     assert cache.is_complete()
+
+
+def test_a_grid_cache_serves_pooled_only_requests(tmp_path):
+    encoder, calls = counting_encoder()
+    config = PreprocessConfig(crop_size=64)
+    with_grid = FeatureCache(tmp_path, encoder, config, PATHS, with_grid=True).build(batch_size=4, progress=False)
+    calls.clear()
+    pooled_only = FeatureCache(tmp_path, encoder, config, PATHS, with_grid=False).build(batch_size=4, progress=False)
+    assert calls == [] and pooled_only.folder == with_grid.folder and pooled_only.grid is None

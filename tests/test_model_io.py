@@ -121,3 +121,12 @@ def test_efficientnet_lite0_weights_are_real_imagenet_weights():
         top = encoder.classifier(encoder(pixels).pooled).topk(3).indices
     assert {"tabby", "tiger cat", "Egyptian cat"} & {categories[i] for i in top[0]}
     assert categories[top[1][0]] == "espresso"
+
+
+def test_half_precision_weights_load_into_a_float_model(random_model, tmp_path):
+    path = random_model.save_pretrained(tmp_path / "m16", weights_dtype=torch.float16)
+    full = random_model.save_pretrained(tmp_path / "m32")
+    assert (path / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = Captioner.from_pretrained(path)
+    assert next(loaded.decoder.parameters()).dtype == torch.float32
+    assert loaded.caption(IMAGES[0], beam_size=2).text == random_model.caption(IMAGES[0], beam_size=2).text

@@ -179,6 +179,11 @@ def add_serve(sub) -> None:
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="images per model call (1 = no micro-batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    p.add_argument("--max-files", type=int, default=16, help="images per request")
     _add_device(p)
     p.set_defaults(run=run_serve)
 

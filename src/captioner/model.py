@@ -201,13 +201,21 @@ class Captioner(nn.Module):
             state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        """Write config.json, vocab.json and model.safetensors (each atomically)."""
+    def save_pretrained(
+        self, directory: str | Path, extra_files: dict[str, str] | None = None, weights_dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write config.json, vocab.json and model.safetensors (each atomically).
+
+        ``weights_dtype=torch.float16`` halves the file (the bundled model); weights are
+        cast back to the model's dtype on load.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_to_save()
+        if weights_dtype is not None:
+            state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         self.vocab.save(directory / VOCAB_FILE)
         for name, text in (extra_files or {}).items():

@@ -36,6 +36,15 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _read_meta(folder: Path) -> dict:
+    path = folder / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _is_complete(folder: Path, n: int) -> bool:
+    return _read_meta(folder).get("done") == n
+
+
 class FeatureCache:
     """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps."""
 
@@ -44,33 +53,40 @@ class FeatureCache:
         self.preprocess = preprocess
         self.paths = [str(p) for p in paths]
         self.with_grid = with_grid
+        digest = weights_digest(encoder)
+        self.folder = self._folder(root, digest, with_grid)
+        if not with_grid:
+            # A complete cache that also kept the grid serves pooled-only requests too.
+            with_grid_folder = self._folder(root, digest, True)
+            if _is_complete(with_grid_folder, len(self.paths)):
+                self.folder = with_grid_folder
+        self.key = self.folder.name
+        self.pooled: np.ndarray | None = None
+        self.grid: np.ndarray | None = None
+
+    def _folder(self, root, digest: str, with_grid: bool) -> Path:
         key_source = json.dumps(
             {
-                "encoder": encoder.name,
-                "options": asdict(encoder.config),
-                "weights": weights_digest(encoder),
-                "preprocess": preprocess.key(),
+                "encoder": self.encoder.name,
+                "options": asdict(self.encoder.config),
+                "weights": digest,
+                "preprocess": self.preprocess.key(),
                 "grid": with_grid,
                 "images": self.paths,
             },
             sort_keys=True,
         )
-        self.key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
-        self.folder = Path(root) / f"{encoder.name}-{self.key}"
-        self.pooled: np.ndarray | None = None
-        self.grid: np.ndarray | None = None
+        return Path(root) / f"{self.encoder.name}-{hashlib.sha256(key_source.encode()).hexdigest()[:20]}"
 
     @property
     def meta_path(self) -> Path:
         return self.folder / "meta.json"
 
     def _meta(self) -> dict:
-        if self.meta_path.is_file():
-            return json.loads(self.meta_path.read_text())
-        return {}
+        return _read_meta(self.folder)
 
     def is_complete(self) -> bool:
-        return self._meta().get("done") == len(self.paths)
+        return _is_complete(self.folder, len(self.paths))
 
     def build(
         self,
@@ -156,7 +172,7 @@ class FeatureCache:
         if not self.is_complete():
             raise RuntimeError(f"feature cache {self.folder} is incomplete; build it first")
         self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")
-        if self.with_grid:
+        if self.with_grid:  # (a pooled-only request served by a grid cache leaves the grid unread)
             self.grid = np.load(self.folder / "grid.npy", mmap_mode="r")
         return self
 

@@ -23,6 +23,7 @@ class DataConfig:
     min_word_count: int = 4
     max_length: int = 20  # words per caption, training and generation
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
+    cache_grid: bool = False  # keep the grid even if this decoder does not need it (attention runs can share)
     num_workers: int = 0
 
 

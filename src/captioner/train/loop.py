@@ -231,7 +231,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if model.encoder.frozen:
             cache = FeatureCache(
                 config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
-                with_grid=model.decoder.needs_grid,
+                with_grid=model.decoder.needs_grid or config.data.cache_grid,
             )
             cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
                         shard=(info.local_rank, info.local_world_size))
