@@ -1,6 +1,8 @@
 """Building blocks shared by several decoders."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -22,3 +24,38 @@ class LSTMStack(nn.LSTM):
             hx = (state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous())
         outputs, (h, c) = self(inputs, hx)
         return outputs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau-style soft attention over image regions (Xu et al. 2015, eq. 4-6).
+
+    The region projection does not depend on the decoder state, so it is computed once per
+    image (``project_regions``) and reused at every step.
+    """
+
+    def __init__(self, region_dim: int, query_dim: int, attention_dim: int):
+        super().__init__()
+        self.region_proj = nn.Linear(region_dim, attention_dim)
+        self.query_proj = nn.Linear(query_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.region_proj(regions)  # (batch, regions, attention)
+
+    def forward(self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor):
+        """regions (batch, R, region_dim), projected (batch, R, attention), query (batch, query_dim)
+        → context (batch, region_dim), weights (batch, R)."""
+        energy = torch.tanh(projected + self.query_proj(query)[:, None])  # (batch, R, attention)
+        weights = self.score(energy).squeeze(-1).softmax(dim=-1)  # (batch, R)
+        context = torch.bmm(weights[:, None], regions).squeeze(1)  # (batch, region_dim)
+        return context, weights
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos position table of Vaswani et al. 2017: (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table

@@ -1,0 +1,374 @@
+"""Every registered decoder: shapes, gradients, step-vs-teacher-forcing agreement, decoding,
+save/load — plus learning runs for the attention decoders, attention pictures, pretrained
+word vectors and encoder fine-tuning."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from captioner import Captioner, create_decoder, list_decoders
+from captioner.data.images import PreprocessConfig
+from captioner.data.tokenizer import ptb_tokenize
+from captioner.data.vocab import Vocabulary
+from captioner.decoders import Features
+from captioner.decoding import DecodingConfig, beam_search, greedy
+
+from conftest import train_tiny
+
+VOCAB = 30
+POOLED_DIM, GRID_DIM, REGIONS = 20, 12, 4
+
+TINY_OPTIONS = {
+    "show-tell": {"embed_dim": 16, "hidden_dim": 24},
+    "show-attend-tell": {"embed_dim": 16, "hidden_dim": 24, "attention_dim": 12},
+    "transformer": {"d_model": 16, "num_layers": 2, "num_heads": 2, "ff_dim": 32, "max_positions": 24},
+    "merge": {"embed_dim": 16, "hidden_dim": 24},
+    "one-shot": {"hidden_dim": 24, "max_length": 24},
+}
+DECODERS = list_decoders()
+
+
+def tiny_decoder(name: str, **overrides):
+    return create_decoder(name, VOCAB, POOLED_DIM, GRID_DIM, **{**TINY_OPTIONS.get(name, {}), **overrides})
+
+
+def random_features(batch: int = 3, seed: int = 0) -> Features:
+    g = torch.Generator().manual_seed(seed)
+    return Features(torch.randn(batch, POOLED_DIM, generator=g), torch.randn(batch, REGIONS, GRID_DIM, generator=g))
+
+
+def random_tokens(batch: int = 3, length: int = 9, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, VOCAB, (batch, length), generator=g)
+    tokens[:, 0] = Vocabulary.start_id
+    return tokens
+
+
+def teacher_forced(decoder, features, tokens):
+    kwargs = {"return_attention": True} if decoder.has_attention else {}
+    return decoder(features, tokens, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models multiply small matrices: one thread is faster than two fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+DECODING = DecodingConfig(start_id=1, end_id=2, pad_id=0, banned_ids=(0, 1, 3), max_length=8)
+
+
+# --- the interface, for every decoder ---------------------------------------------------
+@pytest.mark.parametrize("name", DECODERS)
+def test_forward_backward_shapes(name):
+    torch.manual_seed(0)
+    decoder = tiny_decoder(name).train()
+    features, tokens = random_features(), random_tokens()
+    output = teacher_forced(decoder, features, tokens)
+    assert output.logits.shape == (3, 9, VOCAB)
+    if decoder.has_attention:
+        assert output.attention.shape == (3, 9, REGIONS)
+        assert (output.attention >= 0).all() and (output.attention.sum(-1) <= 1 + 1e-5).all()
+    loss = output.logits.logsumexp(-1).mean() + (output.aux_loss if output.aux_loss is not None else 0)
+    loss.backward()
+    trainable = [p for p in decoder.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable), "every parameter takes part in the forward pass"
+    assert any(p.grad.abs().sum() > 0 for p in trainable)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_step_matches_teacher_forcing(name):
+    torch.manual_seed(0)
+    decoder = tiny_decoder(name).eval()
+    features, tokens = random_features(), random_tokens()
+    with torch.no_grad():
+        output = teacher_forced(decoder, features, tokens)
+        expected = output.logits.log_softmax(-1)  # (batch, T, vocab)
+        state = decoder.init_state(features)
+        for t in range(tokens.shape[1]):
+            log_probs, state = decoder.step(tokens[:, t], state)
+            torch.testing.assert_close(log_probs, expected[:, t], atol=1e-5, rtol=0)
+            if decoder.has_attention:
+                torch.testing.assert_close(state["attention"], output.attention[:, t], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_beam_of_one_is_greedy(name):
+    torch.manual_seed(0)
+    decoder = tiny_decoder(name).eval()
+    features = random_features(batch=4)
+    greedy_hypotheses = greedy(decoder, features, DECODING)
+    beam_hypotheses = beam_search(decoder, features, DECODING, beam_size=1)
+    for g, b in zip(greedy_hypotheses, beam_hypotheses):
+        assert g[0].tokens == b[0].tokens
+        assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-4)
+        if decoder.has_attention:
+            torch.testing.assert_close(g[0].attention, b[0].attention)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_beam_search_batches_independently(name):
+    """A batch of images decodes as each image alone (state expansion and reordering are right)."""
+    torch.manual_seed(0)
+    decoder = tiny_decoder(name).eval()
+    features = random_features(batch=3)
+    together = beam_search(decoder, features, DECODING, beam_size=3)
+    for i in range(3):
+        alone = beam_search(decoder, Features(features.pooled[i : i + 1], features.grid[i : i + 1]), DECODING, 3)
+        assert alone[0][0].tokens == together[i][0].tokens
+
+
+@pytest.fixture(scope="module")
+def random_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("random-images")
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(2):
+        pixels = (torch.rand(48, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+        path = folder / f"random{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def small_captioner(decoder: str, words=("a", "cat", "dog", "on", "red", "mat")) -> Captioner:
+    vocab = Vocabulary(words)
+    return Captioner.build(
+        "efficientnet_lite0",
+        decoder,
+        vocab,
+        encoder_options={"pretrained": False},
+        decoder_options=TINY_OPTIONS.get(decoder, {}),
+        preprocess=PreprocessConfig(crop_size=64, resize_size=64, mean=(0.5,) * 3, std=(0.5,) * 3),
+        max_length=8,
+    )
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_save_load_same_captions(name, random_images, tmp_path):
+    torch.manual_seed(0)
+    model = small_captioner(name).eval()
+    before = model.caption(random_images, beam_size=2, n_best=2)
+    model.save_pretrained(tmp_path / "model")
+    loaded = Captioner.from_pretrained(tmp_path / "model")
+    after = loaded.caption(random_images, beam_size=2, n_best=2)
+    assert [c.text for c in after] == [c.text for c in before]
+    for b, a in zip(before, after):
+        assert [x.text for x in a.alternatives] == [x.text for x in b.alternatives]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["decoder"]["name"] == name
+    assert TINY_OPTIONS.get(name, {}).items() <= config["decoder"]["options"].items()
+
+
+# --- decoder-specific behaviour -------------------------------------------------------
+def test_transformer_variants_agree_with_their_steps():
+    for options in ({"positions": "sinusoidal", "tie_embeddings": True}, {"pooled_token": False}):
+        decoder = tiny_decoder("transformer", **options).eval()
+        features, tokens = random_features(), random_tokens()
+        with torch.no_grad():
+            output = decoder(features, tokens, return_attention=True)
+            assert output.attention.shape == (3, 9, REGIONS)
+            state = decoder.init_state(features)
+            for t in range(tokens.shape[1]):
+                log_probs, state = decoder.step(tokens[:, t], state)
+                torch.testing.assert_close(log_probs, output.logits[:, t].log_softmax(-1), atol=1e-5, rtol=0)
+        assert decoder(features, tokens).attention is None  # fused kernels unless weights are asked for
+    tied = tiny_decoder("transformer", tie_embeddings=True)
+    assert not any("head.weight" in k for k in tied.state_dict())  # the embedding is the output weight
+
+
+def test_doubly_stochastic_regulariser_ignores_padding():
+    decoder = tiny_decoder("show-attend-tell", doubly_stochastic_weight=2.0).eval()
+    features, tokens = random_features(batch=1), random_tokens(batch=1, length=5)
+    padded = torch.cat([tokens, torch.tensor([[Vocabulary.end_id, 0, 0]])], dim=1)
+    with torch.no_grad():
+        short, long = decoder(features, tokens), decoder(features, padded)
+        coverage = short.attention.sum(dim=1)  # (1, regions)
+    assert short.aux_loss == pytest.approx(float(2.0 * ((1 - coverage) ** 2).mean()), abs=1e-6)
+    assert long.aux_loss == pytest.approx(float(short.aux_loss), abs=1e-6)
+    assert tiny_decoder("show-attend-tell", doubly_stochastic_weight=0.0)(features, tokens).aux_loss is None
+
+
+def test_one_shot_ignores_the_words():
+    decoder = tiny_decoder("one-shot").eval()
+    features = random_features()
+    with torch.no_grad():
+        a = decoder(features, random_tokens(seed=1)).logits
+        b = decoder(features, random_tokens(seed=2)).logits
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="max_length"):
+        decoder(features, random_tokens(length=25))
+
+
+# --- learning on real images ----------------------------------------------------------
+def exact_matches(model_dir, data) -> dict[int, float]:
+    rows = list(csv.DictReader(open(data)))
+    model = Captioner.from_pretrained(model_dir)
+    shares = {}
+    for beam_size in (1, 3):
+        captions = model.caption([r["image"] for r in rows], beam_size=beam_size)
+        hits = sum(ptb_tokenize(c.text) == ptb_tokenize(r["caption"]) for c, r in zip(captions, rows))
+        shares[beam_size] = hits / len(rows)
+    return shares
+
+
+# Small widths and a high learning rate: each run memorises the 31 captions in well under a minute.
+LEARNING_RUNS = {
+    "show-attend-tell": (
+        30,
+        ["--set", "optim.lr=3e-3",
+         "--set", "model.decoder_options={embed_dim: 64, hidden_dim: 128, attention_dim: 64, dropout: 0.1}"],
+    ),
+    "transformer": (
+        60,
+        ["--set", "optim.lr=3e-3",
+         "--set", "model.decoder_options={d_model: 64, num_layers: 2, num_heads: 4, ff_dim: 128, dropout: 0.1}"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_attention_models(tiny_one_caption, tmp_path_factory):
+    models = {}
+    for name, (epochs, extra) in LEARNING_RUNS.items():
+        models[name] = train_tiny(tiny_one_caption, tmp_path_factory.mktemp(name), name, epochs, extra)
+    return models
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING_RUNS))
+def test_attention_decoder_learns_tiny_set(name, trained_attention_models, tiny_one_caption):
+    shares = exact_matches(trained_attention_models[name], tiny_one_caption)
+    assert shares[1] >= 0.9, f"greedy exact match {shares[1]:.2f}"
+    assert shares[3] >= 0.9, f"beam-3 exact match {shares[3]:.2f}"
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING_RUNS))
+def test_attention_pictures_via_cli(name, trained_attention_models, tiny_one_caption, tmp_path, capsys):
+    from captioner.cli import main
+
+    images = [r["image"] for r in csv.DictReader(open(tiny_one_caption))]
+    out = tmp_path / "attention"
+    code = main(["caption", *images, "--model", str(trained_attention_models[name]), "--attention-out", str(out),
+                 "--beam-size", "1"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(images)
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == len(images)
+    for png in pngs:
+        with Image.open(png) as picture:
+            picture.verify()
+        with Image.open(png) as picture:
+            assert picture.format == "PNG" and picture.width > 100 and picture.height > 100
+
+
+def test_attention_pictures_refused_without_attention(random_images, tmp_path, capsys):
+    from captioner.cli import main
+
+    model_dir = small_captioner("show-tell").save_pretrained(tmp_path / "show-tell")
+    code = main(["caption", *random_images, "--model", str(model_dir), "--attention-out", str(tmp_path / "att")])
+    assert code == 2
+    assert "has no attention" in capsys.readouterr().err
+    assert not (tmp_path / "att").exists()
+
+
+def test_attention_figure_layout(random_images, tmp_path):
+    from captioner.model import Caption
+    from captioner.visualize import save_attention_figure
+
+    words = ["a", "red", "cat", "on", "a", "mat", "again"]  # 8 panels → two rows
+    attention = torch.softmax(torch.randn(len(words), 4), dim=-1)
+    caption = Caption(" ".join(words), -1.0, attention=attention, grid_shape=(2, 2), words=words)
+    preprocess = PreprocessConfig(crop_size=32, resize_size=40)
+    path = save_attention_figure(random_images[0], caption, tmp_path, preprocess)
+    assert path == tmp_path / "random0.png"
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height
+
+
+# --- pretrained word vectors ----------------------------------------------------------
+@pytest.fixture
+def glove_file(tmp_path):
+    path = tmp_path / "glove.4d.txt"
+    path.write_text("cat 0.1 0.2 0.3 0.4\nDog 1 2 3 4\nzebra 9 9 9 9\nmat -1 -2 -3 -4\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_word_vectors_rows_copied(glove_file, header):
+    from captioner.data.word_vectors import load_word_vectors
+
+    if header:  # word2vec text format
+        glove_file.write_text("4 4\n" + glove_file.read_text(encoding="utf-8"), encoding="utf-8")
+    vocab = Vocabulary(["a", "cat", "dog", "mat"])
+    decoder = create_decoder("show-tell", len(vocab), POOLED_DIM, embed_dim=4, hidden_dim=8)
+    before = decoder.embedding.weight.detach().clone()
+    found = load_word_vectors(decoder.embedding, vocab, glove_file)
+    assert found == 3  # cat, dog (from "Dog"), mat; "a" has none
+    weight = decoder.embedding.weight.detach()
+    torch.testing.assert_close(weight[vocab.stoi["cat"]], torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    torch.testing.assert_close(weight[vocab.stoi["dog"]], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    torch.testing.assert_close(weight[vocab.stoi["a"]], before[vocab.stoi["a"]])
+    assert decoder.embedding.weight.requires_grad
+
+
+def test_word_vectors_frozen(glove_file):
+    from captioner.data.word_vectors import load_word_vectors
+
+    vocab = Vocabulary(["cat"])
+    decoder = create_decoder("merge", len(vocab), POOLED_DIM, embed_dim=4, hidden_dim=8)
+    load_word_vectors(decoder.embedding, vocab, glove_file, freeze=True)
+    assert not decoder.embedding.weight.requires_grad
+
+
+def test_word_vectors_dimension_mismatch(glove_file):
+    from captioner.data.word_vectors import load_word_vectors
+
+    vocab = Vocabulary(["cat"])
+    decoder = create_decoder("show-tell", len(vocab), POOLED_DIM, embed_dim=6, hidden_dim=8)
+    with pytest.raises(ValueError, match=r"dimension 4 .*dimension 6"):
+        load_word_vectors(decoder.embedding, vocab, glove_file)
+
+
+def test_word_vectors_through_training(tiny_one_caption, tmp_path):
+    """``--word-vectors`` with freezing: the trained model keeps the file's rows."""
+    vectors = {"cat": torch.linspace(-1, 1, 256), "astronaut": torch.linspace(1, -1, 256)}
+    path = tmp_path / "vectors.txt"
+    path.write_text("".join(f"{w} " + " ".join(f"{x:.6f}" for x in v.tolist()) + "\n" for w, v in vectors.items()))
+    model_dir = train_tiny(tiny_one_caption, tmp_path / "run", "show-tell", 1,
+                           ["--word-vectors", str(path), "--set", "model.freeze_word_vectors=true"])
+    model = Captioner.from_pretrained(model_dir)
+    for word, vector in vectors.items():
+        torch.testing.assert_close(model.decoder.embedding.weight[model.vocab.stoi[word]], vector, atol=1e-6, rtol=0)
+
+
+def test_one_shot_has_no_word_embedding():
+    with pytest.raises(ValueError, match="no word embedding"):
+        tiny_decoder("one-shot").embedding
+
+
+# --- encoder fine-tuning --------------------------------------------------------------
+def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
+    from safetensors.torch import load_file
+
+    from captioner import create_encoder
+
+    model_dir = train_tiny(tiny_one_caption, tmp_path / "fine-tuned", "show-tell", 1, ["--trainable-blocks", "1"])
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["encoder"]["options"]["trainable_blocks"] == 1 and config["encoder_weights_saved"]
+    saved = load_file(str(model_dir / "model.safetensors"))
+    original = create_encoder("efficientnet_lite0").state_dict()
+    assert {k for k in saved if k.startswith("encoder.")} == {f"encoder.{k}" for k in original}
+    last_stage = [k for k in original if k.startswith("head.") and not k.endswith("num_batches_tracked")]
+    earlier = [k for k in original if k.startswith(("stem.", "blocks."))]
+    assert any(not torch.equal(saved[f"encoder.{k}"], original[k]) for k in last_stage if "weight" in k)
+    changed = [k for k in earlier if not torch.equal(saved[f"encoder.{k}"], original[k])]
+    assert changed == [], f"frozen stages changed: {changed[:5]}"
