@@ -18,6 +18,17 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models on 2 cores: one intra-op thread is faster, and never oversubscribes when
+    tests start subprocesses (they inherit OMP_NUM_THREADS)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_csv() -> Path:
     return TINY / "captions.csv"

@@ -28,6 +28,15 @@ class DecodingConfig:
     pad_id: int = 0
     banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>)
     max_length: int = 20
+    min_length: int = 1  # words before <end> may be chosen: no empty captions
+
+
+def _prepare(log_probs: torch.Tensor, config: DecodingConfig, step: int) -> torch.Tensor:
+    """Step log-probs with banned tokens (and <end> before ``min_length`` words) at -inf."""
+    log_probs = _ban(log_probs.float(), config.banned_ids)
+    if step < config.min_length:
+        log_probs[:, config.end_id] = float("-inf")
+    return log_probs
 
 
 def _map_state(state: State, fn, skip: tuple[str, ...] = ()) -> State:
@@ -73,9 +82,9 @@ def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list
     total = torch.zeros(batch, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     words, attentions = [], []
-    for _ in range(config.max_length):
+    for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
-        log_probs = _ban(log_probs.float(), config.banned_ids)
+        log_probs = _prepare(log_probs, config, step)
         best, tokens = log_probs.max(dim=-1)
         total += torch.where(finished, torch.zeros_like(best), best)
         lengths += (~finished).long()
@@ -163,7 +172,7 @@ def beam_search(
     offsets = (torch.arange(batch, device=device) * k)[:, None]  # (batch, 1)
     for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch*k, vocab)
-        log_probs = _ban(log_probs.float(), config.banned_ids)
+        log_probs = _prepare(log_probs, config, step)
         banned = _banned_by_ngrams(sequences, no_repeat_ngram_size)
         if banned is not None:
             rows = torch.arange(banned.shape[0], device=device)[:, None].expand_as(banned)
@@ -225,9 +234,9 @@ def sample(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     total = torch.zeros(batch, device=device)
     words = []
-    for _ in range(config.max_length):
+    for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)
-        log_probs = _ban(log_probs.float(), config.banned_ids)
+        log_probs = _prepare(log_probs, config, step)
         logits = log_probs / temperature
         if top_k > 0:
             threshold = logits.topk(top_k, dim=-1).values[:, -1:]

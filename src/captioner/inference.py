@@ -62,6 +62,17 @@ def _shard(paths: list[str], output: Path | None):
     return paths[rank::world], output
 
 
+def _unique_stems(paths: list[str]) -> list[str]:
+    """File stems for per-image outputs; a stem seen twice (a/x.jpg, b/x.jpg) gets -2, -3 …"""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
 def caption_paths(args) -> int:
     from .cli import expand_image_paths
     from .model import Captioner
@@ -84,6 +95,7 @@ def caption_paths(args) -> int:
             file=sys.stderr,
         )
         return 2
+    figure_names = _unique_stems(paths)
     loader = DataLoader(
         _Images(paths, model.preprocess),
         batch_size=args.batch_size,
@@ -118,7 +130,7 @@ def caption_paths(args) -> int:
                     if attention_out is not None:
                         from .visualize import save_attention_figure
 
-                        save_attention_figure(paths[i], caption, attention_out, model.preprocess)
+                        save_attention_figure(paths[i], caption, attention_out, model.preprocess, figure_names[i])
             for i in sorted(lines):
                 if output is not None and "error" in lines[i]:
                     continue  # errors go to stderr only, so a rerun retries those images

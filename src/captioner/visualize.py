@@ -61,8 +61,10 @@ def _overlay(view: np.ndarray, heatmap: np.ndarray, colormap, alpha: float = 0.5
     return (1 - alpha) * view + alpha * colormap(heatmap)[..., :3]  # (size, size, 3)
 
 
-def save_attention_figure(image_path: ImageInput, caption, out_dir: str | Path, preprocess: PreprocessConfig) -> Path:
-    """Write ``out_dir/<image name>.png``: the image as the model saw it, then one panel per
+def save_attention_figure(
+    image_path: ImageInput, caption, out_dir: str | Path, preprocess: PreprocessConfig, name: str | None = None
+) -> Path:
+    """Write ``out_dir/<name or image name>.png``: the image as the model saw it, then one panel per
     generated word with the smoothed attention map over it and the word written on it.
 
     ``caption`` is a :class:`captioner.model.Caption` from an attention decoder (its
@@ -106,7 +108,8 @@ def save_attention_figure(image_path: ImageInput, caption, out_dir: str | Path, 
         axes.text(left + gap, top + gap, label, ha="left", va="top", fontsize=11,
                   bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
-    name = Path(image_path).stem if isinstance(image_path, (str, Path)) else "image"
+    if name is None:
+        name = Path(image_path).stem if isinstance(image_path, (str, Path)) else "image"
     out = Path(out_dir) / f"{name}.png"
     atomic_write(out, lambda tmp: figure.savefig(tmp, format="png", dpi=80, pil_kwargs={"compress_level": 1}))
     return out

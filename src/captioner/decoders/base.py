@@ -4,7 +4,8 @@ A decoder is given the image features and
 
 - ``forward(features, tokens)`` scores a whole caption prefix at once (teacher forcing):
   ``tokens`` (batch, T) are ``<start> w1 .. w_{T-1}``; the logits at position t predict
-  token t+1;
+  token t+1; attention decoders also take ``return_attention=True`` to fill
+  ``DecoderOutput.attention`` (otherwise they may use fused kernels that do not expose it);
 - ``init_state(features)`` → ``state`` and ``step(tokens, state)`` → ``(log_probs, state)``
   decode one token at a time. ``state`` is a dict of tensors with the batch on dim 0, so
   ``decoding.py`` can expand and reorder it for beam search without knowing the model;
