@@ -71,23 +71,22 @@ def _attention_of(state: State) -> Optional[torch.Tensor]:
     return state.get("attention")
 
 
-@torch.no_grad()
-def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list[list[Hypothesis]]:
-    """Pick the most likely word at each step; one hypothesis per image."""
+def _one_per_image(decoder: Decoder, features: Features, config: DecodingConfig, choose) -> list[list[Hypothesis]]:
+    """The left-to-right loop greedy search and sampling share: ``choose(log_probs)`` picks
+    one token per image at each step."""
     batch = features.pooled.shape[0]
     device = features.pooled.device
     state = decoder.init_state(features)
     tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     total = torch.zeros(batch, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
     words, attentions = [], []
     for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
         log_probs = _prepare(log_probs, config, step)
-        best, tokens = log_probs.max(dim=-1)
-        total += torch.where(finished, torch.zeros_like(best), best)
-        lengths += (~finished).long()
+        tokens = choose(log_probs)  # (batch,)
+        chosen = log_probs.gather(1, tokens[:, None])[:, 0]
+        total += torch.where(finished, torch.zeros_like(chosen), chosen)
         words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
         if _attention_of(state) is not None:
             attentions.append(_attention_of(state))
@@ -99,17 +98,15 @@ def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list
     results = []
     for i in range(batch):
         sequence = _strip(words[i], config)
-        results.append(
-            [
-                Hypothesis(
-                    sequence,
-                    float(total[i]),
-                    float(total[i]),
-                    attention[i, : len(sequence)].cpu() if attention is not None else None,
-                )
-            ]
-        )
+        att = attention[i, : len(sequence)].cpu() if attention is not None else None
+        results.append([Hypothesis(sequence, float(total[i]), float(total[i]), att)])
     return results
+
+
+@torch.no_grad()
+def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list[list[Hypothesis]]:
+    """Pick the most likely word at each step; one hypothesis per image."""
+    return _one_per_image(decoder, features, config, lambda log_probs: log_probs.argmax(dim=-1))
 
 
 def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
@@ -227,26 +224,12 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """Draw one caption per image from the model's distribution (temperature, top-k)."""
-    batch = features.pooled.shape[0]
-    device = features.pooled.device
-    state = decoder.init_state(features)
-    tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    total = torch.zeros(batch, device=device)
-    words = []
-    for step in range(config.max_length):
-        log_probs, state = decoder.step(tokens, state)
-        log_probs = _prepare(log_probs, config, step)
+
+    def choose(log_probs: torch.Tensor) -> torch.Tensor:
         logits = log_probs / temperature
         if top_k > 0:
             threshold = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
-        tokens = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-        chosen = log_probs.gather(1, tokens[:, None])[:, 0]
-        total += torch.where(finished, torch.zeros_like(chosen), chosen)
-        words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
-        finished |= tokens == config.end_id
-        if finished.all():
-            break
-    words = torch.stack(words, 1).tolist()
-    return [[Hypothesis(_strip(words[i], config), float(total[i]), float(total[i]))] for i in range(batch)]
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+    return _one_per_image(decoder, features, config, choose)
