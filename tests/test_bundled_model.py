@@ -1,0 +1,54 @@
+"""The model that ships inside the package: offline, no dataset, sensible captions."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner import Captioner
+from captioner.model import default_model_dir
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Captioner.from_pretrained()
+
+
+def test_bundled_model_is_small_and_complete():
+    folder = default_model_dir()
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "vocab.json", "model.safetensors", "MODEL_CARD.md"} <= names
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 12 * 1024 * 1024
+
+
+def test_bundled_model_captions_emoji_sensibly(bundled):
+    assert bundled.caption(EXAMPLES / "emoji-cat-face.png").text == "cat face"
+    assert bundled.caption(EXAMPLES / "emoji-rocket.png").text == "rocket"
+    # A held-out (test-split) emoji: at least the skin tone and the person are recognised.
+    golfer = bundled.caption(EXAMPLES / "emoji-man-golfing-medium-dark.png", beam_size=3).text
+    assert "skin tone" in golfer
+
+
+def test_caption_examples_from_the_command_line_offline(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*", "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "captioner", "caption", str(EXAMPLES)], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))
+    assert [Path(path).name for path, _ in lines] == [p.name for p in images]
+    assert all(caption.strip() for _, caption in lines)
+
+
+def test_bundled_model_draws_attention(tmp_path):
+    from captioner.cli import main
+
+    assert main(["caption", str(EXAMPLES / "emoji-heart-on-fire.png"), "--attention-out", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "emoji-heart-on-fire.png") as figure:
+        figure.verify()
