@@ -271,6 +271,70 @@ def test_fast_cider_equals_plain(seed):
     np.testing.assert_allclose(scorer.score(cands[:7], refs[:7]), fast[:7], atol=1e-12)
 
 
+def test_fast_cider_prepared_references_and_index():
+    rng = random.Random(5)
+    vocab = [f"w{i}" for i in range(20)]
+    refs = [[_random_caption(rng, vocab, 1) for _ in range(rng.randint(1, 5))] for _ in range(40)]
+    cands = [_random_caption(rng, vocab + ["unseen"]) for _ in range(40)]
+    scorer = CiderD.from_corpus(refs)
+    _, plain = compute_cider_d(dict(enumerate(cands)), dict(enumerate(refs)))
+    prepared = scorer.prepare_references(refs)
+    assert len(prepared) == 40
+    for _ in range(2):  # prepared once, scored repeatedly
+        np.testing.assert_allclose(scorer.score(cands, prepared), plain, atol=1e-9, rtol=0)
+    # self-critical style: several samples per image, images in any order, repeated
+    index = np.array([3, 3, 0, 39, 3, 17, 0])
+    samples = [cands[i] for i in index[:4]] + ["w1 w2 w3", cands[17], ""]
+    got = scorer.score(samples, prepared, index=index)
+    want = scorer.score(samples, [refs[i] for i in index])
+    np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got[[0, 1, 2, 3, 5]], plain[[3, 3, 0, 39, 17]], atol=1e-9, rtol=0)
+    assert got[6] == 0.0
+    np.testing.assert_allclose(scorer.score(samples, refs, index=index), got, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="another"):
+        CiderD.from_corpus(refs).score(cands, prepared)
+    with pytest.raises(ValueError):
+        scorer.score(cands[:3], prepared)
+    with pytest.raises(ValueError):
+        scorer.score(["a"], prepared, index=[40])
+    with pytest.raises(ValueError):
+        scorer.score(["a", "b"], prepared, index=[1])
+
+
+def test_fast_cider_tokenisation_edge_cases():
+    # str.split() semantics: tabs/newlines, ASCII separators \x1c-\x1f, Unicode spaces; long
+    # words that differ only after 8 or 16 bytes; NUL is not whitespace; non-ASCII words
+    refs = [
+        ["abcdefghX one\ttwo", "abcdefghijklmnopQ  one two\n", "caf\u00e9 \u00fcber\u00a0x"],
+        ["a\x00 b", "a b\x1cc", "  "],
+        ["x\u3000y z", "\u65e5\u672c \u8a9e", "abcdefghijklmnopqrstuvwxyz0123456789 q"],
+    ]
+    cands = ["abcdefghY one two", "a b c", "x y z"]
+    _, plain = compute_cider_d(dict(enumerate(cands)), dict(enumerate(refs)))
+    scorer = CiderD.from_corpus(refs)
+    np.testing.assert_allclose(scorer.score(cands, refs), plain, atol=1e-9, rtol=0)
+    cands2 = ["abcdefghX one two", "a\x00 b", "\u65e5\u672c \u8a9e"]
+    _, plain2 = compute_cider_d(dict(enumerate(cands2)), dict(enumerate(refs)))
+    np.testing.assert_allclose(scorer.score(cands2, refs), plain2, atol=1e-9, rtol=0)
+    assert plain2[0] > 0 and plain2[1] > 0 and plain2[2] > 0
+
+
+def test_fast_cider_hash_prefix_clashes(monkeypatch):
+    # force the (image, n-gram) hash prefixes used for grouping to clash: still exact
+    from captioner.metrics import cider
+
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(12)]
+    refs = [[_random_caption(rng, vocab, 1) for _ in range(rng.randint(1, 4))] for _ in range(30)]
+    cands = [_random_caption(rng, vocab) for _ in range(30)]
+    _, plain = compute_cider_d(dict(enumerate(cands)), dict(enumerate(refs)))
+    scorer = CiderD.from_corpus(refs)
+    monkeypatch.setattr(cider, "_MIN_LOW_BITS", 61)
+    np.testing.assert_allclose(scorer.score(cands, refs), plain, atol=1e-9, rtol=0)
+    prepared = scorer.prepare_references(refs)
+    np.testing.assert_allclose(scorer.score(cands, prepared), plain, atol=1e-9, rtol=0)
+
+
 def test_fast_cider_validation():
     scorer = CiderD.from_corpus([["a b"], ["c d"]])
     with pytest.raises(ValueError):
