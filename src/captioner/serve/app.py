@@ -108,6 +108,13 @@ def _field_name(loc) -> str:
     return ".".join(parts) or "request"
 
 
+async def _drain(receive) -> None:
+    while True:
+        event = await receive()
+        if event["type"] != "http.request" or not event.get("more_body", False):
+            return
+
+
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` (413): by Content-Length before reading,
     and by counting for chunked uploads, so a huge upload is never buffered."""
@@ -127,6 +134,11 @@ class BodySizeLimit:
             except ValueError:
                 return await _error(400, "invalid Content-Length header")(scope, receive, send)
             if too_large:
+                if int(length) <= 4 * self.max_bytes:
+                    # Read (and drop) a moderately oversized body before answering: closing a
+                    # socket with unread data makes the kernel reset it, and the client would
+                    # see a broken connection instead of the 413.
+                    await _drain(receive)
                 return await _error(413, message, {"Connection": "close"})(scope, receive, send)
         received = 0
 
