@@ -44,6 +44,7 @@ def add_caption(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
+    p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
     _add_device(p)
     p.set_defaults(run=run_caption)
 

@@ -80,6 +80,8 @@ def caption_paths(args) -> int:
 
     device = resolve_device(args.device)
     model = Captioner.from_pretrained(args.model, device=device)
+    if args.onnx:
+        model.use_onnxruntime()
     paths, output = _shard(expand_image_paths(args.paths), Path(args.output) if args.output else None)
     if output is not None:
         done = _done_images(output)
