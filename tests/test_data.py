@@ -1,10 +1,8 @@
 """Dataset readers, validation, vocabulary and image preprocessing on real fixture files."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

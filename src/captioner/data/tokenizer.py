@@ -289,7 +289,7 @@ _RULES_SRC = [
     (_THING, None, None, 0),
     (f"{_THINGA}\\.", _INSENTP, lambda t: t.replace("&amp;", "&"), 0),
     (_THINGA, None, lambda t: t.replace("&amp;", "&"), 0),
-    ("'", f"[A-Za-z][^ \t\n\r\u00a0]", lambda t: _latex_quotes(t, True), 0),
+    ("'", "[A-Za-z][^ \t\n\r\u00a0]", lambda t: _latex_quotes(t, True), 0),
     (_REDAUX, None, lambda t: _latex_quotes(t, False), 0),
     (_QUOTES, None, lambda t: _latex_quotes(t, False), 0),
     (_MISCSYMBOL, None, None, 0),

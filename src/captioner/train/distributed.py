@@ -76,10 +76,27 @@ def token_weight(tokens: torch.Tensor, info: DistInfo) -> float:
     return float(tokens) * info.world_size / float(total)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) that gradients flow through: each rank's input feeds every rank's
+    output, so its gradient is the sum of every rank's output gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm that, in training under a process group, normalises with the statistics of
     the whole global batch (all ranks) — ``nn.SyncBatchNorm`` for CPU/gloo, which that class
-    does not support. Gradients flow through the shared statistics (differentiable all-reduce)."""
+    does not support. Gradients flow through the shared statistics."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -88,17 +105,15 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(input)
         dims = [0, *range(2, input.dim())]  # every dim but the channels
         shape = [1, -1] + [1] * (input.dim() - 2)  # broadcast per channel
         count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype, device=input.device)
-        sums = all_reduce(torch.cat([input.sum(dims), count]))  # (channels + 1,)
+        sums = _SumOverRanks.apply(torch.cat([input.sum(dims), count]))  # (channels + 1,)
         n = sums[-1]
         mean = sums[:-1] / n
         centred = input - mean.view(shape)
-        var = all_reduce(centred.pow(2).sum(dims)) / n  # biased, as BatchNorm normalises
+        var = _SumOverRanks.apply(centred.pow(2).sum(dims)) / n  # biased, as BatchNorm normalises
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

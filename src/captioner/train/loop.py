@@ -2,7 +2,6 @@
 teacher-forced training, each followed by validation on *generated* captions."""
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..data.feature_cache import FeatureCache, default_cache_root
 from ..data.images import PreprocessConfig
-from ..data.loaders import BucketBatchSampler, CaptionPairs, ImageRows, PixelPairs
+from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
