@@ -91,6 +91,9 @@ def add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. optim.schedule=cosine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (DDP through torchrun: one per GPU, or CPU processes); "
+                        "--batch-size is per process")
     p.set_defaults(run=run_train)
 
 
@@ -117,6 +120,8 @@ def parse_overrides(args) -> dict:
 
 
 def run_train(args) -> int:
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch_torchrun(args.nproc, args.argv)
     from .train.config import load_config
     from .train.loop import main
 
@@ -125,6 +130,23 @@ def run_train(args) -> int:
         raise ValueError("captioner train needs --data FILE and --out DIR (or data.path / out in --config)")
     main(config, resume=args.resume)
     return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command as ``nproc`` torchrun processes on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for item in argv:  # without --nproc: torchrun would take it for its own (ambiguous) option
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "captioner", *rest]
+    return subprocess.call(command)
 
 
 # --- evaluate ----------------------------------------------------------------------
@@ -205,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -51,6 +51,29 @@ def _done_images(output: Path) -> set[str]:
     return done
 
 
+def _drop_cut_off_line(output: Path) -> None:
+    """Truncate a JSON-lines file back to its last complete line.
+
+    An interrupted run can leave a last line without its newline; appending after it would
+    glue the next record onto it, losing both. Its image is captioned again instead.
+    """
+    if not output.is_file():
+        return
+    with open(output, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            start = max(0, position - (1 << 16))
+            f.seek(start)
+            newline = f.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                if start + newline + 1 < end:
+                    f.truncate(start + newline + 1)
+                return
+            position = start
+        f.truncate(0)
+
+
 def _shard(paths: list[str], output: Path | None):
     """Under torchrun each rank takes every world-th image and writes its own part file."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -84,6 +107,7 @@ def caption_paths(args) -> int:
         model.use_onnxruntime()
     paths, output = _shard(expand_image_paths(args.paths), Path(args.output) if args.output else None)
     if output is not None:
+        _drop_cut_off_line(output)
         done = _done_images(output)
         skipped = sum(p in done for p in paths)
         paths = [p for p in paths if p not in done]

@@ -36,13 +36,17 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _read_meta(folder: Path) -> dict:
-    path = folder / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _done_chunks(folder: Path) -> list[tuple[int, int]]:
+    """(start, stop) of every extracted chunk: one marker file each, so ranks extracting
+    side by side never rewrite a shared file."""
+    chunks = folder / "chunks"
+    if not chunks.is_dir():
+        return []
+    return sorted(tuple(int(x) for x in p.stem.split("-")) for p in chunks.glob("*.done"))
 
 
 def _is_complete(folder: Path, n: int) -> bool:
-    return _read_meta(folder).get("done") == n
+    return sum(stop - start for start, stop in _done_chunks(folder)) == n
 
 
 class FeatureCache:
@@ -82,9 +86,6 @@ class FeatureCache:
     def meta_path(self) -> Path:
         return self.folder / "meta.json"
 
-    def _meta(self) -> dict:
-        return _read_meta(self.folder)
-
     def is_complete(self) -> bool:
         return _is_complete(self.folder, len(self.paths))
 
@@ -95,27 +96,36 @@ class FeatureCache:
         num_workers: int = 0,
         progress: bool = True,
         shard: tuple[int, int] = (0, 1),
+        barrier=None,
     ) -> "FeatureCache":
         """Extract what is missing (all of it, the rest after an interruption, or nothing).
 
         ``shard=(rank, world)``: this process extracts only every world-th batch chunk; the
-        others extract theirs into the same files (call ``open`` after a barrier).
+        others extract theirs into the same files. ``barrier`` (a callable) lets rank 0 create
+        the files before the others open them; call ``open`` after a final barrier.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         n = len(self.paths)
-        meta = self._meta()
-        done_chunks = set(meta.get("chunks", []))
-        if meta.get("done") == n:
+        if self.is_complete():
             return self.open()
+        done_chunks = {start for start, _ in _done_chunks(self.folder)}
+        rank, world = shard
         device = torch.device(device)
         encoder = self.encoder.to(device).eval()
         with torch.inference_mode():
             probe = encoder(torch.zeros(1, 3, self.preprocess.crop_size, self.preprocess.crop_size, device=device))
-        pooled_shape = (n, probe.pooled.shape[1])
-        grid_shape = (n, *probe.grid.shape[1:])
-        pooled = self._memmap("pooled.npy", pooled_shape)
-        grid = self._memmap("grid.npy", grid_shape) if self.with_grid else None
-        rank, world = shard
+        shapes = {"pooled.npy": (n, probe.pooled.shape[1])}
+        if self.with_grid:
+            shapes["grid.npy"] = (n, *probe.grid.shape[1:])
+        if rank == 0:  # one process creates the files; the others open them after the barrier
+            arrays = {name: self._memmap(name, shape) for name, shape in shapes.items()}
+            atomic_write_text(self.meta_path, json.dumps(
+                {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes}))
+        if barrier is not None:
+            barrier()
+        if rank != 0:
+            arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
+        pooled, grid = arrays["pooled.npy"], arrays.get("grid.npy")
         chunk = batch_size * 8
         chunks = [c for c in range(0, n, chunk) if (c // chunk) % world == rank and c not in done_chunks]
         use_cuda = device.type == "cuda"
@@ -161,12 +171,9 @@ class FeatureCache:
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
 
     def _mark_done(self, start: int, n: int, chunk: int) -> None:
-        # Re-read: other ranks write their chunks into the same meta.
-        meta = self._meta()
-        chunks = sorted(set(meta.get("chunks", [])) | {start})
-        done = sum(min(c + chunk, n) - c for c in chunks)
-        meta = {"images": n, "grid": self.with_grid, "chunks": chunks, "done": done, "encoder": self.encoder.name}
-        atomic_write_text(self.meta_path, json.dumps(meta))
+        stop = min(start + chunk, n)
+        (self.folder / "chunks").mkdir(exist_ok=True)
+        (self.folder / "chunks" / f"{start}-{stop}.done").touch()
 
     def open(self) -> "FeatureCache":
         if not self.is_complete():

@@ -173,6 +173,10 @@ def train_one_epoch(model, objective, batches, optimizer, scheduler, config, pro
             continue  # already trained before an interruption
         with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
             loss, ce, tokens = objective(model, inputs, captions)
+        if info.enabled:
+            # DDP averages ranks' gradients with equal weight; weight each rank's token mean
+            # by its share of the global batch's tokens so the update is one process's.
+            loss = loss * dist_utils.token_weight(tokens, info)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.optim.grad_clip > 0:
@@ -233,7 +237,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                 with_grid=model.decoder.needs_grid or config.data.cache_grid,
             )
             cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
-                        shard=(info.local_rank, info.local_world_size))
+                        shard=(info.local_rank, info.local_world_size), barrier=lambda: dist_utils.barrier(info))
             dist_utils.barrier(info)
             cache.open()
             batches = FeatureBatches(cache, pairs, sampler, device)
@@ -244,6 +248,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         objective = CaptionCrossEntropy(vocab.pad_id, config.optim.label_smoothing)
+        if info.enabled:
+            dist_utils.sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.enabled else model
         optimizer = make_optimizer(model, config)
