@@ -34,8 +34,6 @@ class ShowAttendTell(Decoder):
 
     def __init__(self, name, config: ShowAttendTellConfig, vocab_size, pooled_dim, grid_dim=None):
         super().__init__(name, config, vocab_size, pooled_dim, grid_dim)
-        if grid_dim is None:
-            raise ValueError(f"decoder {name!r} attends over a region grid; the encoder must provide grid_dim")
         self.attention = AdditiveAttention(grid_dim, config.hidden_dim, config.attention_dim)
         self.embed = nn.Embedding(vocab_size, config.embed_dim)
         self.init_h = nn.Linear(grid_dim, config.hidden_dim)

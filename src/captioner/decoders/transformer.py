@@ -108,8 +108,6 @@ class TransformerDecoder(Decoder):
 
     def __init__(self, name, config: TransformerConfig, vocab_size, pooled_dim, grid_dim=None):
         super().__init__(name, config, vocab_size, pooled_dim, grid_dim)
-        if grid_dim is None:
-            raise ValueError(f"decoder {name!r} attends over a region grid; the encoder must provide grid_dim")
         if config.positions not in ("learned", "sinusoidal"):
             raise ValueError(f"transformer positions must be 'learned' or 'sinusoidal', got {config.positions!r}")
         d = config.d_model
