@@ -170,3 +170,19 @@ def test_attention_overlay_is_drawn_per_word(server, browser, tmp_path):
     assert bottom_right > 100 > top_left
     assert buttons[1].get_attribute("aria-pressed") == "true"
     browser.save_screenshot(str(tmp_path / "attention-word1.png"))
+
+
+def test_bundled_attention_model_end_to_end(browser, tmp_path):
+    """The bundled show-attend-tell model: real attention weights reach the page's overlay."""
+    examples = Path(__file__).parent.parent / "examples"
+    with BackgroundServer(create_app()) as bundled:
+        browser.get(bundled.url)
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "show-attend-tell" in d.find_element(By.ID, "model-info").text)
+        caption = upload_and_wait(browser, wait, examples / "emoji-rocket.png")
+        assert caption == "rocket"
+        overlay = browser.find_element(By.ID, "overlay")
+        wait.until(lambda d: overlay.get_attribute("data-drawn") == "true")
+        assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#words button")] == ["rocket"]
+        browser.save_screenshot(str(tmp_path / "bundled-attention.png"))
+        assert severe_console_errors(browser) == []
