@@ -30,6 +30,11 @@ def test_show_tell_learns_its_training_captions(trained_show_tell, tiny_one_capt
     epochs = [r for r in records if "epoch" in r]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 5
     assert (run / "train_config.yaml").is_file() and (run / "last" / "training_state.pt").is_file()
+    # CIDEr-D document frequencies of the training captions travel with the model.
+    from captioner.metrics import CiderD
+
+    cider = CiderD.from_dict(json.loads((run / "cider_df.json").read_text()))
+    assert cider.score(["dog face"], [["dog face"]])[0] > 0
 
 
 def test_resume_continues_exactly(tiny_one_caption, tmp_path):

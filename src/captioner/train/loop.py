@@ -2,6 +2,7 @@
 teacher-forced training, each followed by validation on *generated* captions."""
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -222,6 +223,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         model.to(device)
         if info.is_main:
             save_config(config, run.out / "train_config.yaml")
+            save_cider_df(run.out, split_examples(examples, "train"))
         train_examples = split_examples(examples, "train")
         val_examples = split_examples(examples, "val")[: config.val_max_images]
         paths = [str(e.path) for e in train_examples + val_examples]
@@ -306,6 +308,18 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         restore_signals()
         run.close()
         dist_utils.cleanup(info)
+
+
+def save_cider_df(out: Path, train_examples) -> None:
+    """CIDEr-D document frequencies of the training references, saved beside the model
+    (``cider_df.json``) for scoring sampled captions as a training reward."""
+    from ..io import atomic_write_text
+    from ..metrics import CiderD
+
+    path = out / "cider_df.json"
+    if not path.exists():
+        cider = CiderD.from_corpus([e.captions for e in train_examples])
+        atomic_write_text(path, json.dumps(cider.to_dict()))
 
 
 def install_interrupt_handler(run: RunFiles):
