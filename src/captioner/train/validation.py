@@ -54,24 +54,23 @@ def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size
     from ..metrics import evaluate_captions
 
     model.eval()
-    val_examples, val_rows, val_pairs = examples, rows, pairs
     predictions, references = {}, {}
     loss_sum, token_sum = 0.0, 0
-    for offset, features in iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
+    for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
         n = features.pooled.shape[0]
         results = model.generate(features, beam_size=beam_size)
         for i, hypotheses in enumerate(results):
-            example = val_examples[offset + i]
+            example = examples[offset + i]
             predictions[example.image_id] = model.vocab.decode(hypotheses[0].tokens)
             references[example.image_id] = example.captions
         # Teacher-forced loss on every caption of these images.
-        pair_index = np.nonzero(np.isin(val_pairs.image_rows, np.asarray(val_rows[offset : offset + n])))[0]
-        local = {row: i for i, row in enumerate(val_rows[offset : offset + n])}
-        select = torch.tensor([local[r] for r in val_pairs.image_rows[pair_index]], device=device)
+        pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]
+        local = {row: i for i, row in enumerate(rows[offset : offset + n])}
+        select = torch.tensor([local[r] for r in pairs.image_rows[pair_index]], device=device)
         pair_features = Features(
             features.pooled[select], features.grid[select] if features.grid is not None else None
         )
-        _, ce, tokens = objective(model, pair_features, val_pairs.captions(pair_index).to(device))
+        _, ce, tokens = objective(model, pair_features, pairs.captions(pair_index).to(device))
         loss_sum += float(ce) * int(tokens)
         token_sum += int(tokens)
     scores = evaluate_captions(predictions, references, metrics=metrics)
