@@ -1,8 +1,11 @@
 """``captioner caption DIR --output preds.jsonl`` at scale: resumable, every image once,
-image-decoding workers, one part file per torchrun rank."""
+image-decoding workers, torchrun ranks merged into one output."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,13 +96,39 @@ def test_image_decoding_workers_give_the_same_captions(model_dir, full_run, tmp_
     assert records(output) == full_run  # same captions, same order
 
 
-def test_each_torchrun_rank_writes_its_share(model_dir, full_run, tmp_path, monkeypatch):
+def test_torchrun_ranks_share_the_images_and_merge_into_one_output(model_dir, full_run, tmp_path):
+    """Two real processes (gloo): each captions its share into a part file, rank 0 merges them
+    into ``--output`` in input order after the 5 records an earlier run had written."""
     output = tmp_path / "preds.jsonl"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank in range(2):
-        monkeypatch.setenv("RANK", str(rank))
-        assert caption(model_dir, output) == 0
-    parts = [records(tmp_path / f"preds.rank{rank}.jsonl") for rank in range(2)]
-    assert not output.exists()
-    images = [r["image"] for part in parts for r in part]
-    assert sorted(images) == sorted(r["image"] for r in full_run) and len(set(images)) == len(images)
+    output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in full_run[:5]), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "captioner", "caption", str(IMAGES), "--model", str(model_dir), "--output", str(output),
+               "--beam-size", "2", "--batch-size", "8", "--device", "cpu"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"5 images already in {output}; captioning the other {len(full_run) - 5}" in done.stderr
+    assert records(output) == full_run  # every image once, same captions, input order
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"]  # part files merged away
+
+
+def test_parts_left_by_an_interrupted_torchrun_run_are_merged_not_recaptioned(model_dir, full_run, counted,
+                                                                             tmp_path):
+    """Killed mid-run under torchrun: the output, two part files (one cut off mid-line, one
+    repeating an image the output already has), and a part of a rank a larger run had."""
+    output = tmp_path / "preds.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in full_run]
+    output.write_text("".join(lines[:3]), encoding="utf-8")
+    (tmp_path / "preds.rank0.jsonl").write_text("".join(lines[3:10]) + lines[10][:30], encoding="utf-8")
+    (tmp_path / "preds.rank1.jsonl").write_text(lines[2] + "".join(lines[12:15]), encoding="utf-8")
+    (tmp_path / "preds.rank3.jsonl").write_text(lines[15], encoding="utf-8")
+
+    assert caption(model_dir, output) == 0  # one process now
+
+    captioned_before = 3 + 7 + 3 + 1
+    assert sum(counted) == len(full_run) - captioned_before  # the cut-off image (10) is captioned again
+    final = records(output)
+    assert final[:captioned_before] == full_run[:10] + full_run[12:16]  # the parts, merged in input order
+    assert sorted(r["image"] for r in final) == sorted(r["image"] for r in full_run)  # each image once
+    assert {r["image"]: r["caption"] for r in final} == {r["image"]: r["caption"] for r in full_run}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"]

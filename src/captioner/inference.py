@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.images import ImageReadError, build_transform, load_image
+from .train import distributed as dist_utils
 
 
 class _Images(Dataset):
@@ -37,18 +38,61 @@ def _collate(items):
     return pixels, [i for _, i in good], [(i, error) for _, i, error in items if error is not None]
 
 
-def _done_images(output: Path) -> set[str]:
-    """Images already captioned in a JSON-lines output (a cut-off last line is ignored)."""
-    done = set()
-    if output.is_file():
-        for line in output.read_text(encoding="utf-8").splitlines():
+def _records(path: Path):
+    """(image, line) for each captioned record of a JSON-lines output; lines that do not
+    parse (a cut-off last line) and error records are skipped."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "caption" in record:
-                done.add(record["image"])
-    return done
+            if isinstance(record, dict) and "caption" in record:
+                yield record["image"], line.rstrip("\n")
+
+
+def _part_files(output: Path) -> list[Path]:
+    """The per-rank part files of ``output`` (``preds.rank0.jsonl`` …) that torchrun ranks write."""
+    prefix, suffix = f"{output.stem}.rank", output.suffix
+    return sorted(
+        path
+        for path in output.parent.glob(f"{prefix}*{suffix}")
+        if path.name[len(prefix) : len(path.name) - len(suffix)].isdigit()
+    )
+
+
+def _done_images(output: Path) -> set[str]:
+    """Images already captioned in a JSON-lines output."""
+    return {image for image, _ in _records(output)}
+
+
+def _merge_parts(output: Path, order: list[str]) -> None:
+    """Drop a cut-off last line of ``output``, append the records of its part files (input
+    order, each image once) and delete them.
+
+    Appending, not rewriting: a merge that is cut short leaves the part files in place, and the
+    next run drops the cut-off line and merges again without duplicating what already landed.
+    """
+    _drop_cut_off_line(output)
+    parts = _part_files(output)
+    if not parts:
+        return
+    landed = {image for image, _ in _records(output)}
+    new: dict[str, str] = {}
+    for part in parts:
+        for image, line in _records(part):
+            if image not in landed:
+                new.setdefault(image, line)
+    position = {path: i for i, path in enumerate(order)}
+    with open(output, "a", encoding="utf-8") as f:
+        for image in sorted(new, key=lambda image: position.get(image, len(position))):
+            f.write(new[image] + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for part in parts:
+        part.unlink()
 
 
 def _drop_cut_off_line(output: Path) -> None:
@@ -74,15 +118,23 @@ def _drop_cut_off_line(output: Path) -> None:
         f.truncate(0)
 
 
-def _shard(paths: list[str], output: Path | None):
-    """Under torchrun each rank takes every world-th image and writes its own part file."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return paths, output
-    rank = int(os.environ.get("RANK", "0"))
-    if output is not None:
-        output = output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
-    return paths[rank::world], output
+def _shard(paths: list[str], output: Path | None, info) -> tuple[list[str], Path | None]:
+    """Skip images already in the output (resume); under torchrun each rank then takes every
+    world-th remaining image and appends to its own part file, merged into ``output`` at the end."""
+    if output is None:
+        return paths[info.rank :: info.world_size], None
+    if info.is_main:  # what an interrupted run left: a cut-off line, part files of its ranks
+        _merge_parts(output, paths)
+    dist_utils.barrier(info)
+    done = _done_images(output)
+    dist_utils.barrier(info)  # every rank has read the same files before any rank appends to them
+    remaining = [p for p in paths if p not in done]
+    if len(remaining) < len(paths) and info.is_main:
+        print(f"{len(paths) - len(remaining)} images already in {output}; captioning the other {len(remaining)}",
+              file=sys.stderr)
+    if info.enabled:
+        output = output.with_name(f"{output.stem}.rank{info.rank}{output.suffix}")
+    return remaining[info.rank :: info.world_size], output
 
 
 def _unique_stems(paths: list[str]) -> list[str]:
@@ -97,22 +149,24 @@ def _unique_stems(paths: list[str]) -> list[str]:
 
 
 def caption_paths(args) -> int:
+    device = dist_utils.resolve_device(args.device)
+    info = dist_utils.setup(device, backend="gloo")  # under torchrun: only barriers, whatever the device
+    try:
+        return _caption_paths(args, device, info)
+    finally:
+        dist_utils.cleanup(info)
+
+
+def _caption_paths(args, device, info) -> int:
     from .cli import expand_image_paths
     from .model import Captioner
-    from .train.distributed import resolve_device
 
-    device = resolve_device(args.device)
     model = Captioner.from_pretrained(args.model, device=device)
     if args.onnx:
         model.use_onnxruntime()
-    paths, output = _shard(expand_image_paths(args.paths), Path(args.output) if args.output else None)
-    if output is not None:
-        _drop_cut_off_line(output)
-        done = _done_images(output)
-        skipped = sum(p in done for p in paths)
-        paths = [p for p in paths if p not in done]
-        if skipped:
-            print(f"{skipped} images already in {output}; captioning the other {len(paths)}", file=sys.stderr)
+    all_paths = expand_image_paths(args.paths)
+    final_output = Path(args.output) if args.output else None
+    paths, output = _shard(all_paths, final_output, info)
     attention_out = Path(args.attention_out) if args.attention_out else None
     if attention_out is not None and not model.decoder.has_attention:
         print(
@@ -164,6 +218,10 @@ def caption_paths(args) -> int:
     finally:
         if output is not None:
             sink.close()
+    if final_output is not None:
+        dist_utils.barrier(info)  # every rank has written its part
+        if info.is_main:
+            _merge_parts(final_output, all_paths)
     if failures:
         print(f"captioner caption: {failures} of {len(paths)} images could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -208,10 +266,9 @@ def _evaluate_model(args):
     from .data.sources import read_dataset, split_examples, validate_examples
     from .model import Captioner
     from .objectives import CaptionCrossEntropy
-    from .train.distributed import resolve_device
     from .train.validation import caption_and_score
 
-    device = resolve_device(args.device)
+    device = dist_utils.resolve_device(args.device)
     model = Captioner.from_pretrained(args.model, device=device)
     examples = split_examples(read_dataset(args.data, args.images, args.format), args.split)
     if not examples:

@@ -25,13 +25,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); no-op alone."""
+def setup(device: torch.device, backend: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU, unless
+    ``backend`` says); no-op alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
     return DistInfo(
         rank=dist.get_rank(),
         world_size=world_size,
