@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,51 @@ def test_fine_tuned_encoder_is_refused():
     with pytest.raises(ValueError, match="frozen"):
         model.use_onnxruntime()
     assert model._onnx_encoder is None
+
+
+def test_onnx_extraction_fills_the_cache_torch_would(tmp_path):
+    """``train --onnx``: same cache key (so either engine's cache serves the other) and the
+    same features within the cache's fp16 rounding, on real images and real Lite0 weights."""
+    from captioner import create_encoder
+    from captioner.data.feature_cache import FeatureCache
+    from captioner.data.images import PreprocessConfig
+
+    encoder = create_encoder("efficientnet_lite0")
+    config = PreprocessConfig(crop_size=96, resize_size=96)
+    paths = [str(p) for p in IMAGES]
+    by_torch = FeatureCache(tmp_path / "torch", encoder, config, paths, with_grid=True).build(
+        batch_size=4, progress=False)
+    by_onnx = FeatureCache(tmp_path / "onnx", encoder, config, paths, with_grid=True).build(
+        batch_size=4, progress=False, onnx=True)
+    from captioner.encoders.onnx_runtime import default_onnx_cache
+
+    assert list(default_onnx_cache().glob("efficientnet_lite0-*-96.onnx"))  # ONNX Runtime did extract
+    assert by_onnx.folder.name == by_torch.folder.name
+    rows = np.arange(len(paths))
+    for a, b in zip(by_torch.rows(rows), by_onnx.rows(rows)):
+        torch.testing.assert_close(b, a, atol=2e-2, rtol=1e-2)
+
+
+def test_onnx_extraction_is_refused_off_the_cpu(tmp_path):
+    from captioner import create_encoder
+    from captioner.data.feature_cache import FeatureCache
+
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    cache = FeatureCache(tmp_path, encoder, encoder.default_preprocess, [str(IMAGES[0])], with_grid=False)
+    with pytest.raises(ValueError, match="ONNX Runtime extracts features on the CPU"):
+        cache.build(device="meta", progress=False, onnx=True)
+
+
+def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_path, capsys):
+    from captioner.cli import main
+    from captioner.encoders.onnx_runtime import default_onnx_cache
+
+    args = ["train", "--data", str(tiny_one_caption), "--encoder", "efficientnet_lite0", "--epochs", "1",
+            "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--onnx", "--set", "log_every=0",
+            "--set", "model.preprocess={crop_size: 64, resize_size: 64}"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert list(default_onnx_cache().glob("efficientnet_lite0-*-64.onnx"))
+
+    assert main([*args, "--out", str(tmp_path / "fine-tune"), "--trainable-blocks", "1"]) == 2
+    assert "training reads pixels" in capsys.readouterr().err

@@ -89,6 +89,8 @@ def add_train(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", default=None, help="drop invalid examples")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder weights (tests)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--onnx", action="store_true", default=None,
+                   help="extract the feature cache with ONNX Runtime (CPU; the 'onnx' extra): 1.5-4x faster there")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. optim.schedule=cosine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -111,6 +113,8 @@ def parse_overrides(args) -> dict:
         overrides["model.pretrained"] = False
     if args.no_progress:
         overrides["progress"] = False
+    if args.onnx:
+        overrides["data.onnx"] = True
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

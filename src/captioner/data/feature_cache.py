@@ -92,13 +92,20 @@ class FeatureCache:
     def build(
         self,
         device: torch.device | str = "cpu",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         num_workers: int = 0,
         progress: bool = True,
+        onnx: bool = False,
         shard: tuple[int, int] = (0, 1),
         barrier=None,
     ) -> "FeatureCache":
         """Extract what is missing (all of it, the rest after an interruption, or nothing).
+
+        ``batch_size``: default 64 on CUDA, 16 on the CPU (ResNet-152 and EfficientNet-Lite0
+        encoded 25–50 % more images per second at 16 than at 64 on a 2-core CPU).
+        ``onnx``: run the encoder in ONNX Runtime (CPU only; same features within float
+        rounding, same cache key). On a 2-core CPU, batch 16, it extracted EfficientNet-Lite0
+        features 3.8× and ResNet-152 1.5× faster than PyTorch eager.
 
         ``shard=(rank, world)``: this process extracts only every world-th batch chunk; the
         others extract theirs into the same files. ``barrier`` (a callable) lets rank 0 create
@@ -111,7 +118,15 @@ class FeatureCache:
         done_chunks = {start for start, _ in _done_chunks(self.folder)}
         rank, world = shard
         device = torch.device(device)
+        batch_size = batch_size or (64 if device.type == "cuda" else 16)
         encoder = self.encoder.to(device).eval()
+        if onnx:
+            if device.type != "cpu":
+                raise ValueError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
+                                 "drop --onnx (data.onnx) or use --device cpu")
+            from ..encoders.onnx_runtime import OnnxEncoder
+
+            encoder = OnnxEncoder(encoder, self.preprocess.crop_size)
         with torch.inference_mode():
             probe = encoder(torch.zeros(1, 3, self.preprocess.crop_size, self.preprocess.crop_size, device=device))
         shapes = {"pooled.npy": (n, probe.pooled.shape[1])}

@@ -24,6 +24,7 @@ class DataConfig:
     max_length: int = 20  # words per caption, training and generation
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
     cache_grid: bool = False  # keep the grid even if this decoder does not need it (attention runs can share)
+    onnx: bool = False  # extract features with ONNX Runtime (CPU, frozen encoder; the 'onnx' extra)
     num_workers: int = 0
 
 

@@ -239,11 +239,15 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                 with_grid=model.decoder.needs_grid or config.data.cache_grid,
             )
             cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
-                        shard=(info.local_rank, info.local_world_size), barrier=lambda: dist_utils.barrier(info))
+                        onnx=config.data.onnx, shard=(info.local_rank, info.local_world_size),
+                        barrier=lambda: dist_utils.barrier(info))
             dist_utils.barrier(info)
             cache.open()
             batches = FeatureBatches(cache, pairs, sampler, device)
         else:
+            if config.data.onnx:
+                raise ValueError("--onnx (data.onnx) extracts a frozen encoder's features; with "
+                                 f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
             batches = PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers)
         log(f"train: {len(train_examples)} images, {len(pairs)} captions; val: {len(val_examples)} images; "
             f"vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
