@@ -5,7 +5,9 @@ rewritten here only as far as a benchmark needs (no pickles, no hub weights): a 
 ResNet-152 recomputed for every (image, caption) pair at every step, Linear → BatchNorm1d,
 a packed 1-layer LSTM, Adam 1e-3, greedy ``sample`` for 20 steps. Captioner trains
 show-tell on its feature cache (extracted in the first epoch, read in the others) with the
-real ``train_one_epoch``, and captions with batched beam search (beam 5).
+real ``train_one_epoch``, and captions with batched beam search (beam 5). On the CPU it also
+times the ``--onnx`` paths (``train --onnx`` extraction, ``caption --onnx``) when the
+``onnx`` extra is installed; on CUDA, bf16 autocast + channels-last captioning.
 
 Both get the same random images (256², as the seed's ``resize.py`` leaves them; the encoders
 see 224² crops), the same random captions (8–20 words, ~10k-word vocabulary), the same batch
@@ -18,7 +20,9 @@ checks both compute the same loss). Weights are random: no hub downloads here.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -320,13 +324,22 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
         later.append(clock.seconds)
     first_seconds = extraction.seconds + first.seconds
     later_seconds = statistics.mean(later)
-    return {
+    result = {
         "extraction_seconds": extraction.seconds,
         "first_epoch_seconds": first_seconds,
         "first_epoch_pairs_per_s": len(pairs) / first_seconds,
         "cached_epoch_seconds": later_seconds,
         "cached_epoch_pairs_per_s": len(pairs) / later_seconds,
     }
+    if device.type == "cpu" and onnx_available():  # train --onnx: the same extraction in ONNX Runtime
+        with Clock(device) as onnx_extraction:  # reuses the .onnx file the captioning runs exported
+            FeatureCache(cache_root / "onnx", model.encoder, model.preprocess, data.images,
+                         with_grid=model.decoder.needs_grid).build(device, progress=False, onnx=True,
+                                                                   num_workers=args.num_workers)
+        onnx_first = onnx_extraction.seconds + first.seconds
+        result |= {"onnx_extraction_seconds": onnx_extraction.seconds,
+                   "onnx_first_epoch_pairs_per_s": len(pairs) / onnx_first}
+    return result
 
 
 def seed_caption_batch(encoder, decoder, vocab, images) -> list[str]:
@@ -362,6 +375,10 @@ def bench_seed_captioning(encoder, decoder, data: Data, args, device, model_prep
     return {"images_per_s": len(data.images) / clock.seconds, "latency_ms": 1000 * statistics.median(latencies[1:])}
 
 
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
 class ImagesOnly(Dataset):
     def __init__(self, paths, transform):
         self.paths, self.transform = paths, transform
@@ -374,9 +391,13 @@ class ImagesOnly(Dataset):
 
 
 def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_size: int, amp: bool = False,
-                               warm_up: bool = True) -> dict:
-    """What ``captioner caption DIR`` does: decode in workers, encode + decode in batches."""
+                               onnx: bool = False, warm_up: bool = True) -> dict:
+    """What ``captioner caption DIR`` does: decode in workers, encode + decode in batches.
+    ``amp``: bf16 autocast + channels-last (CUDA); ``onnx``: the encoder in ONNX Runtime
+    (``caption --onnx``, CPU; exported once into $CAPTIONER_CACHE, not timed)."""
     model.eval()
+    if onnx:
+        model.use_onnxruntime()
     loader = DataLoader(ImageRows(data.images, model.preprocess), batch_size=args.batch_size,
                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
     if amp:
@@ -402,6 +423,8 @@ def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_
         latencies.append(one.seconds)
     if amp:
         model.encoder.to(memory_format=torch.contiguous_format)
+    if onnx:
+        model.use_onnxruntime(False)
     return {"images_per_s": len(data.images) / clock.seconds, "latency_ms": 1000 * statistics.median(latencies[1:])}
 
 
@@ -427,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         tmp = Path(tmp)
+        os.environ["CAPTIONER_CACHE"] = str(tmp / "captioner-cache")  # the ONNX export goes here
         (tmp / "images").mkdir()
         data = make_data(tmp / "images", args.images, args.captions_per_image, args.vocab_size)
         encoder, decoder, model = build_pair(args.encoder, data.vocab, device)
@@ -452,6 +476,9 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             runs["captioner_beam5_bf16"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
                                                                                     amp=True, warm_up=first)
+        elif onnx_available():
+            runs["captioner_beam5_onnx"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
+                                                                                    onnx=True, warm_up=first)
         for repeat in range(args.repeats):
             for key, run in runs.items():
                 result = run(repeat == 0)
@@ -475,11 +502,15 @@ def report(results: dict) -> None:
         ("training, captioner later epochs (cache)", ours["cached_epoch_pairs_per_s"],
          ours["cached_epoch_pairs_per_s"] / seed["pairs_per_s"]),
     ]
+    if "onnx_first_epoch_pairs_per_s" in ours:
+        rows.insert(2, ("training, captioner epoch 1, --onnx extraction", ours["onnx_first_epoch_pairs_per_s"],
+                        ours["onnx_first_epoch_pairs_per_s"] / seed["pairs_per_s"]))
     greedy = results["seed_greedy"]
     for key, label in (("seed_greedy", "captioning, seed greedy (20 steps)"),
                        ("captioner_greedy", "captioning, captioner greedy"),
                        ("captioner_beam5", "captioning, captioner beam 5"),
-                       ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last")):
+                       ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last"),
+                       ("captioner_beam5_onnx", "captioning, captioner beam 5, --onnx encoder")):
         if key in results:
             rows.append((label, results[key]["images_per_s"], None if key == "seed_greedy"
                          else results[key]["images_per_s"] / greedy["images_per_s"]))
@@ -488,7 +519,8 @@ def report(results: dict) -> None:
         print(f"{label:52s} {rate:9.2f} {'' if ratio is None else f'{ratio:7.2f}×':>8s}")
     print("single-image latency (load → caption), median ms: " + ", ".join(
         f"{key} {results[key]['latency_ms']:.0f}" for key in
-        ("seed_greedy", "captioner_greedy", "captioner_beam5", "captioner_beam5_bf16") if key in results))
+        ("seed_greedy", "captioner_greedy", "captioner_beam5", "captioner_beam5_bf16", "captioner_beam5_onnx")
+        if key in results))
     print(f"(training rates are (image, caption) pairs per second; captioner's first epoch spent "
           f"{ours['extraction_seconds']:.1f} s of {ours['first_epoch_seconds']:.1f} s extracting features)")
 
