@@ -57,7 +57,7 @@ def records(output: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def full_run(model_dir, tmp_path_factory) -> list[dict]:
-    output = tmp_path_factory.mktemp("full") / "preds.jsonl"
+    output = tmp_path_factory.mktemp("full") / "not-yet" / "preds.jsonl"  # the folder is created
     assert caption(model_dir, output) == 0
     return records(output)
 

@@ -124,6 +124,7 @@ def _shard(paths: list[str], output: Path | None, info) -> tuple[list[str], Path
     if output is None:
         return paths[info.rank :: info.world_size], None
     if info.is_main:  # what an interrupted run left: a cut-off line, part files of its ranks
+        output.parent.mkdir(parents=True, exist_ok=True)
         _merge_parts(output, paths)
     dist_utils.barrier(info)
     done = _done_images(output)
