@@ -331,7 +331,7 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
         "cached_epoch_seconds": later_seconds,
         "cached_epoch_pairs_per_s": len(pairs) / later_seconds,
     }
-    if device.type == "cpu" and onnx_available():  # train --onnx: the same extraction in ONNX Runtime
+    if device.type == "cpu" and onnx_available() and not args.compile:  # train --onnx: the same, in ONNX Runtime
         with Clock(device) as onnx_extraction:  # reuses the .onnx file the captioning runs exported
             FeatureCache(cache_root / "onnx", model.encoder, model.preprocess, data.images,
                          with_grid=model.decoder.needs_grid).build(device, progress=False, onnx=True,
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             runs["captioner_beam5_bf16"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
                                                                                     amp=True, warm_up=first)
-        elif onnx_available():
+        elif onnx_available() and not args.compile:  # --compile times torch.compile alone
             runs["captioner_beam5_onnx"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
                                                                                     onnx=True, warm_up=first)
         for repeat in range(args.repeats):
