@@ -24,18 +24,29 @@ class ObjectiveResult:
 
     loss: torch.Tensor  # scalar to backpropagate: a mean over ``weight`` units
     weight: torch.Tensor | int  # how many units (target tokens, images) ``loss`` is a mean over
-    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)  # detached scalars, each a mean over ``weight``
+    # Numbers to log (detached scalars), each a mean over ``weight`` units.
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 class Objective:
-    """What the train loop optimises. Subclasses set ``log_names`` (the keys of every result's
-    ``logs``, fixed so that ranks reduce the same numbers), ``weight_unit`` (names the epoch's
-    throughput, ``tokens_per_second``) and implement ``__call__``."""
+    """What the train loop optimises.
+
+    Subclasses implement ``__call__`` and ``from_run`` and may set:
+    ``log_names``, the keys of every result's ``logs`` (fixed, so that every rank reduces the same
+    numbers; ``"loss"`` must be one: without validation data it picks the best epoch);
+    ``weight_unit``, what the weight counts (it names the epoch's ``<unit>_per_second``).
+    """
 
     log_names: tuple[str, ...] = ("loss",)
     weight_unit: str = "tokens"
 
+    @classmethod
+    def from_run(cls, *, vocab, config) -> "Objective":
+        """This objective for a run with this vocabulary and ``TrainConfig`` (``create_objective``)."""
+        raise NotImplementedError
+
     def __call__(self, model, inputs: Features | torch.Tensor, targets) -> ObjectiveResult:
+        """One batch: ``inputs`` (features or pixels) and ``targets`` as the run's batches yield them."""
         raise NotImplementedError
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
@@ -48,8 +59,8 @@ _OBJECTIVES: dict[str, Callable[..., Objective]] = {}
 
 
 def register_objective(name: str):
-    """Class decorator: make ``create_objective(name, ...)`` build this objective through its
-    ``from_run(vocab=..., config=...)`` classmethod. A duplicate name raises."""
+    """Class decorator: ``create_objective(name, ...)`` builds this objective with its
+    ``from_run``. A duplicate name raises."""
 
     def register(cls):
         if name in _OBJECTIVES:

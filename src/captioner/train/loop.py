@@ -182,8 +182,8 @@ def train_one_epoch(ctx: TrainContext, progress: Progress) -> tuple[dict[str, fl
     model.train()
     use_amp = config.amp and ctx.device.type == "cuda"
     sums, total_weight = dict.fromkeys(objective.log_names, 0.0), 0
-    bar = tqdm(total=len(ctx.batches), initial=progress.batch_in_epoch,
-               desc=f"epoch {progress.epoch + 1}/{config.epochs}", disable=not (config.progress and info.is_main), leave=False)
+    bar = tqdm(total=len(ctx.batches), initial=progress.batch_in_epoch, leave=False,
+               desc=f"epoch {progress.epoch + 1}/{config.epochs}", disable=not (config.progress and info.is_main))
     for index, (inputs, targets) in enumerate(ctx.batches):
         if index < progress.batch_in_epoch:
             continue  # already trained before an interruption
@@ -240,6 +240,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             run.check_fresh()
             model, progress = build_model(config, vocab), Progress()
         model.to(device)
+        objective = create_objective(config.objective, vocab=vocab, config=config)  # a bad name fails here, early
         train_examples = split_examples(examples, "train")
         val_examples = split_examples(examples, "val")[: config.val_max_images]
         if info.is_main:
@@ -255,7 +256,6 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             f"vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
-        objective = create_objective(config.objective, vocab=vocab, config=config)
         if info.enabled:
             dist_utils.sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
