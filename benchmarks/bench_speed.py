@@ -44,10 +44,10 @@ from captioner.data.feature_cache import FeatureCache
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs, ImageRows
 from captioner.data.sources import Example
 from captioner.data.vocab import Vocabulary
-from captioner.objectives import CaptionCrossEntropy
+from captioner.objectives import create_objective
 from captioner.train.config import TrainConfig
-from captioner.train.distributed import DistInfo
-from captioner.train.loop import FeatureBatches, Progress, make_optimizer, make_scheduler, train_one_epoch
+from captioner.train.loop import FeatureBatches, TrainContext, make_optimizer, make_scheduler, train_one_epoch
+from captioner.train.state import Progress
 
 EMBED_SIZE, HIDDEN_SIZE, SEED_MAX_STEPS = 256, 512, 20
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -266,15 +266,6 @@ class Clock:
         self.seconds = time.perf_counter() - self.start
 
 
-class _NoRun:
-    """The part of the loop's RunFiles that ``train_one_epoch`` touches."""
-
-    interrupted = False
-
-    def log(self, record):
-        pass
-
-
 def bench_seed_training(encoder, decoder, data: Data, args, device, model_preprocess) -> dict:
     ids = [data.vocab.encode(c, 20) for c in data.captions]
     normalise = (model_preprocess.mean, model_preprocess.std)
@@ -297,18 +288,17 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
     config = TrainConfig(batch_size=args.batch_size, progress=False, log_every=0)
     pairs = CaptionPairs(examples, list(range(len(examples))), model.vocab, 20)
     sampler = BucketBatchSampler(pairs.lengths, args.batch_size, seed=0)
-    objective = CaptionCrossEntropy(model.vocab.pad_id)
+    objective = create_objective(config.objective, vocab=model.vocab, config=config)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(sampler))
     with torch.inference_mode():  # warm-up, not timed: first CNN call, first LSTM call
         model.eval()
         model.caption_tensor(torch.zeros(2, 3, 224, 224, device=device), beam_size=1, max_length=2)
-    info = DistInfo()
 
     def epoch(batches, number):
         sampler.set_epoch(number)
-        progress = Progress(epoch=number)
-        return train_one_epoch(model, objective, batches, optimizer, scheduler, config, progress, _NoRun(), info, device)
+        context = TrainContext(model, objective, batches, optimizer, scheduler, config, device)
+        return train_one_epoch(context, Progress(epoch=number))
 
     with Clock(device) as extraction:  # the cache key hashes the encoder weights: counted too
         cache = FeatureCache(cache_root, model.encoder, model.preprocess, data.images,

@@ -36,12 +36,13 @@ from captioner.data.feature_cache import FeatureCache, default_cache_root
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
 from captioner.data.sources import read_dataset, split_examples, validate_examples
 from captioner.data.vocab import Vocabulary
-from captioner.objectives import CaptionCrossEntropy
+from captioner.objectives import create_objective
 from captioner.train.config import load_config
-from captioner.train.distributed import DistInfo, resolve_device
+from captioner.train.distributed import resolve_device
 from captioner.train.loop import (
-    FeatureBatches, Progress, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
+    FeatureBatches, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
 )
+from captioner.train.state import Progress
 from captioner.train.validation import caption_and_score
 
 # The article's order: no feedback, then image-as-first-word, merge, attention, transformer.
@@ -57,15 +58,6 @@ def same_width_options(width: int) -> dict[str, dict]:
         "show-attend-tell": {"embed_dim": width, "hidden_dim": width, "attention_dim": width},
         "transformer": {"d_model": width, "num_layers": 2, "num_heads": 4, "ff_dim": 4 * width},
     }
-
-
-class _NoRun:
-    """The part of the loop's RunFiles that ``train_one_epoch`` touches."""
-
-    interrupted = False
-
-    def log(self, record):
-        pass
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,21 +122,21 @@ def train_and_score(name, options, encoder, vocab, preprocess, cache, train, tes
     test_pairs = CaptionPairs(test, test_rows, vocab, args.max_length)
     sampler = BucketBatchSampler(pairs.lengths, args.batch_size, args.seed)
     batches = FeatureBatches(cache, pairs, sampler, device)
-    objective = CaptionCrossEntropy(vocab.pad_id)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(batches))
+    objective = create_objective(config.objective, vocab=vocab, config=config)
+    context = TrainContext(model, objective, batches, optimizer, scheduler, config, device)
     progress, seconds, losses = Progress(), [], []
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         progress = replace(progress, epoch=epoch, batch_in_epoch=0)
         started = time.perf_counter()
-        loss, _ = train_one_epoch(model, objective, batches, optimizer, scheduler, config, progress, _NoRun(),
-                                  DistInfo(), device)
+        loss = train_one_epoch(context, progress)[0]["loss"]
         seconds.append(time.perf_counter() - started)
         losses.append(loss)
         print(f"  {name} epoch {epoch + 1}: train loss {loss:.3f} ({seconds[-1]:.1f} s)", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    record, predictions = caption_and_score(model, objective, test, test_rows, test_pairs, cache, args.batch_size,
+    record, predictions = caption_and_score(model, test, test_rows, test_pairs, cache, args.batch_size,
                                             args.beam_size, device)
     return {
         "decoder": name,

@@ -62,7 +62,8 @@ def test_same_loss_and_gradients_on_the_same_batch(bench, models, batch):
     per_token = F.cross_entropy(seed_scores, targets, reduction="none")
     start_terms = per_token[: len(lengths)]  # packed step 0: each caption's <start>, scored from the image
 
-    loss, ce, tokens = CaptionCrossEntropy(pad_id=0)(model, images, captions)
+    result = CaptionCrossEntropy(pad_id=0)(model, images, captions)
+    loss, ce, tokens = result.loss, result.logs["loss"], result.weight
     assert int(tokens) == sum(lengths) - len(lengths)
     torch.testing.assert_close(ce, per_token[len(lengths):].mean(), rtol=1e-5, atol=1e-6)
     rebuilt = (ce * tokens + start_terms.sum()) / sum(lengths)

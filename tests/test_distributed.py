@@ -4,7 +4,7 @@ With DDP each rank trains on its share of a global batch and gradients are avera
 reference is one process with ``batch_size × world`` whose batches are exactly those unions
 (``BucketBatchSampler`` guarantees the composition). Two things would otherwise break the
 equality: the loss is a mean over tokens, and ranks hold different numbers of tokens
-(``token_weight``); BatchNorm would normalise each rank's share with its own statistics
+(``rank_weight``); BatchNorm would normalise each rank's share with its own statistics
 (``sync_batchnorm``).
 """
 from __future__ import annotations
@@ -71,14 +71,14 @@ def _ddp_worker(rank, world, init_file, result_file):
     x, targets = _toy_data()
     share = slice(rank, None, world)
     loss, tokens = _token_mean_loss(ddp, x[share], targets[share])
-    (loss * dist_utils.token_weight(tokens, info)).backward()
+    (loss * dist_utils.rank_weight(tokens, info, torch.device("cpu"))).backward()
     if rank == 0:
         torch.save({k: p.grad for k, p in model.named_parameters()} | {
             "running_mean": model[1].running_mean, "running_var": model[1].running_var}, result_file)
     dist.destroy_process_group()
 
 
-def test_token_weight_and_sync_batchnorm_make_ddp_gradients_exact(tmp_path):
+def test_rank_weight_and_sync_batchnorm_make_ddp_gradients_exact(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
     ddp = torch.load(tmp_path / "grads.pt")
     model = _toy_model()

@@ -110,3 +110,72 @@ def test_ctrl_c_saves_state_and_resume_finishes(tiny_one_caption, tmp_path):
     assert finish.returncode == 0, finish.stderr
     state = torch.load(out / "last/training_state.pt", weights_only=True)
     assert state["progress"]["epoch"] == 8 and state["progress"]["step"] > steps_done
+
+
+def test_cross_entropy_objective_by_name_weighs_by_tokens_and_smooths_labels():
+    import torch.nn.functional as F
+
+    from captioner import create_decoder
+    from captioner.data.vocab import Vocabulary
+    from captioner.decoders.base import Features
+    from captioner.objectives import create_objective
+
+    vocab = Vocabulary(f"w{i}" for i in range(20))
+    torch.manual_seed(0)
+    decoder = create_decoder("show-tell", len(vocab), 16, embed_dim=8, hidden_dim=8).eval()
+    features = Features(torch.randn(3, 16), None)
+    captions = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 10, 2, 0]])  # 4 + 2 + 3 targets
+    logits = decoder(features, captions[:, :-1]).logits.flatten(0, 1)
+    targets = captions[:, 1:].flatten()
+    for smoothing in (0.0, 0.1):
+        config = load_config(overrides={"optim.label_smoothing": smoothing})
+        result = create_objective(config.objective, vocab=vocab, config=config)(decoder, features, captions)
+        expected = F.cross_entropy(logits, targets, ignore_index=0, label_smoothing=smoothing)
+        assert int(result.weight) == 9
+        torch.testing.assert_close(result.loss, expected)
+        torch.testing.assert_close(result.logs["loss"], expected)
+    with pytest.raises(ValueError, match="unknown objective 'nope'.*cross-entropy"):
+        create_objective("nope", vocab=vocab, config=config)
+
+
+def test_train_one_epoch_reads_only_the_objective_result_and_stops_on_request():
+    """Epoch logs are the results' logs averaged by their weights; step records go to ``log``;
+    a stop request ends the epoch after the batch in hand, and the next call resumes after it."""
+    from captioner.objectives import Objective, ObjectiveResult
+    from captioner.train.interrupt import Interrupted
+    from captioner.train.loop import TrainContext, make_scheduler, train_one_epoch
+    from captioner.train.state import Progress
+
+    class MeanSquaredError(Objective):
+        log_names = ("loss", "mean_target")
+        weight_unit = "rows"
+
+        def __call__(self, model, inputs, targets):
+            loss = ((model(inputs).squeeze(-1) - targets) ** 2).mean()
+            return ObjectiveResult(loss, len(targets), {"loss": loss.detach(), "mean_target": targets.mean()})
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8)
+    batches = [(x[:1], y[:1]), (x[1:4], y[1:4]), (x[4:], y[4:])]  # weights 1, 3, 4
+    config = load_config(overrides={"progress": False, "log_every": 1, "epochs": 1})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed weights: the averages are known
+    records = []
+    context = TrainContext(model, MeanSquaredError(), batches, optimizer, make_scheduler(optimizer, config, 3),
+                           config, torch.device("cpu"), log=records.append)
+    means, weight = train_one_epoch(context, Progress())
+    with torch.no_grad():
+        assert weight == 8
+        assert means["loss"] == pytest.approx(float(((model(x).squeeze(-1) - y) ** 2).mean()), rel=1e-6)
+        assert means["mean_target"] == pytest.approx(float(y.mean()), rel=1e-6)
+    assert [r["step"] for r in records] == [1, 2, 3] and set(records[0]) == {"step", "loss", "mean_target", "lr"}
+
+    context.should_stop = lambda: True
+    progress = Progress()
+    with pytest.raises(Interrupted):
+        train_one_epoch(context, progress)
+    assert (progress.step, progress.batch_in_epoch) == (1, 1)
+    context.should_stop = lambda: False
+    means, weight = train_one_epoch(context, progress)
+    assert weight == 7 and progress.step == 3
+    assert means["mean_target"] == pytest.approx(float(y[1:].mean()), rel=1e-6)

@@ -266,7 +266,6 @@ def _evaluate_model(args):
     from .data.loaders import CaptionPairs
     from .data.sources import read_dataset, split_examples, validate_examples
     from .model import Captioner
-    from .objectives import CaptionCrossEntropy
     from .train.validation import caption_and_score
 
     device = dist_utils.resolve_device(args.device)
@@ -279,8 +278,7 @@ def _evaluate_model(args):
         raise ValueError(f"{args.data} has problems:\n{problems.report()}")
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
-    objective = CaptionCrossEntropy(model.vocab.pad_id)
     all_metrics = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
     return caption_and_score(
-        model, objective, examples, rows, pairs, None, args.batch_size, args.beam_size, device, metrics=all_metrics
+        model, examples, rows, pairs, None, args.batch_size, args.beam_size, device, metrics=all_metrics
     )

@@ -58,6 +58,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: str = "cross-entropy"  # what training minimises: a name from captioner.objectives.list_objectives()
     out: str = ""
     epochs: int = 5
     batch_size: int = 128

@@ -63,18 +63,20 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return tensor.tolist()
 
 
-def token_weight(tokens: torch.Tensor, info: DistInfo) -> float:
-    """What to multiply this rank's token-mean loss by so that DDP's gradient average equals
-    the gradient of the token mean over the whole global batch.
+def rank_weight(weight: torch.Tensor | int, info: DistInfo, device: torch.device) -> float:
+    """What to multiply this rank's mean loss by so that DDP's gradient average equals the
+    gradient of the mean over the whole global batch.
 
-    Ranks hold different numbers of target tokens; DDP averages their gradients with equal
-    weight, so each rank's loss is weighted by ``world × its tokens / all tokens``.
+    ``weight`` is how many units (target tokens, images) this rank's loss is a mean over. Ranks
+    hold different numbers of them; DDP averages their gradients with equal weight, so each
+    rank's loss is weighted by ``world × its units / all units``. ``device``: where the
+    process group reduces (NCCL: the rank's GPU).
     """
     if not info.enabled:
         return 1.0
-    total = tokens.detach().to(torch.float64).reshape(1).clone()
+    total = torch.as_tensor(weight, dtype=torch.float64, device=device).detach().reshape(1).clone()
     dist.all_reduce(total)
-    return float(tokens) * info.world_size / float(total)
+    return float(weight) * info.world_size / float(total)
 
 
 class _SumOverRanks(torch.autograd.Function):

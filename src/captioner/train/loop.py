@@ -1,19 +1,19 @@
 """The training loop: read data → vocabulary → model → (feature cache) → epochs of
-teacher-forced training, each followed by validation on *generated* captions."""
+training on an objective (teacher-forced cross-entropy by default), each followed by
+validation on *generated* captions."""
 from __future__ import annotations
 
 import json
 import math
 import random
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -24,27 +24,22 @@ from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examp
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
 from ..model import Captioner
-from ..objectives import CaptionCrossEntropy
+from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
 from .config import TrainConfig, save_config
-from .state import RunFiles, load_training_state, save_training_state
+from .distributed import DistInfo
+from .interrupt import Interrupted, StopRequest, stop_on_signals
+from .logs import MetricsLog, epoch_summary, plot_curves
+from .state import Progress, RunFolder, load_training_state, save_training_state
 from .validation import validate
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved with the training state for ``--resume``."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    batch_in_epoch: int = 0  # batches of the current epoch already trained (mid-epoch resume)
-    best_score: float = float("-inf")
-    best_epoch: int = -1
-    history: list = field(default_factory=list)
+def _print(message: str) -> None:
+    print(message, flush=True)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C / SIGTERM after its state was saved."""
+def _ignore(*_) -> None:
+    """What other ranks than 0 do with messages and records."""
 
 
 def seed_everything(seed: int) -> None:
@@ -160,45 +155,68 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model, objective, batches, optimizer, scheduler, config, progress, run, info, device):
-    """One pass over the training pairs; returns (mean loss, tokens seen)."""
-    model.train()
-    use_amp = config.amp and device.type == "cuda"
-    total_loss, total_tokens = 0.0, 0
+@dataclass
+class TrainContext:
+    """What ``train_one_epoch`` works with; fixed for a run (the ``Progress`` it advances is not)."""
+
+    model: nn.Module  # what is trained: the Captioner, DDP-wrapped under torchrun
+    objective: Objective
+    batches: Iterable  # (inputs, targets) pairs the objective takes, with a len()
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: TrainConfig
+    device: torch.device
+    dist: DistInfo = field(default_factory=DistInfo)
+    log: Callable[[dict], None] = _ignore  # step records (rank 0: metrics.jsonl)
+    should_stop: Callable[[], bool] = lambda: False  # polled after every batch (Ctrl-C)
+
+
+def train_one_epoch(ctx: TrainContext, progress: Progress) -> tuple[dict[str, float], int]:
+    """One pass over the batches, from ``progress.batch_in_epoch`` on (a resumed epoch skips what
+    it trained); advances ``progress``. Returns the objective's logs averaged by weight over the
+    epoch and every rank, and that total weight. Raises ``Interrupted`` after the batch in hand
+    once ``ctx.should_stop()``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
-               disable=not (config.progress and info.is_main), leave=False)
-    for index, (inputs, captions) in enumerate(batches):
+    model, objective, config, info = ctx.model, ctx.objective, ctx.config, ctx.dist
+    model.train()
+    use_amp = config.amp and ctx.device.type == "cuda"
+    sums, total_weight = dict.fromkeys(objective.log_names, 0.0), 0
+    bar = tqdm(total=len(ctx.batches), initial=progress.batch_in_epoch, leave=False,
+               desc=f"epoch {progress.epoch + 1}/{config.epochs}", disable=not (config.progress and info.is_main))
+    for index, (inputs, targets) in enumerate(ctx.batches):
         if index < progress.batch_in_epoch:
             continue  # already trained before an interruption
-        with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
-            loss, ce, tokens = objective(model, inputs, captions)
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=use_amp):
+            result = objective(model, inputs, targets)
+        loss = result.loss
         if info.enabled:
-            # DDP averages ranks' gradients with equal weight; weight each rank's token mean
-            # by its share of the global batch's tokens so the update is one process's.
-            loss = loss * dist_utils.token_weight(tokens, info)
-        optimizer.zero_grad(set_to_none=True)
+            # DDP averages ranks' gradients with equal weight; weight each rank's mean by its
+            # share of the global batch (tokens, images) so the update is one process's.
+            loss = loss * dist_utils.rank_weight(result.weight, info, ctx.device)
+        ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        ctx.optimizer.step()
+        ctx.scheduler.step()
         progress.step += 1
         progress.batch_in_epoch = index + 1
-        n = int(tokens)
-        total_loss += float(ce) * n
-        total_tokens += n
-        bar.set_postfix(loss=f"{float(ce):.3f}", ppl=f"{math.exp(min(float(ce), 20)):.1f}")
+        weight = int(result.weight)
+        logs = {key: float(value) for key, value in result.logs.items()}
+        for key, value in logs.items():
+            sums[key] += value * weight
+        total_weight += weight
+        bar.set_postfix({key: f"{value:.3f}" for key, value in objective.summarize(logs).items()})
         bar.update(1)
-        if info.is_main and config.log_every and progress.step % config.log_every == 0:
-            run.log({"step": progress.step, "loss": float(ce), "lr": scheduler.get_last_lr()[0]})
-        if run.interrupted:
+        if config.log_every and progress.step % config.log_every == 0:
+            ctx.log({"step": progress.step, **logs, "lr": ctx.scheduler.get_last_lr()[0]})
+        if ctx.should_stop():
             bar.close()
             raise Interrupted
     bar.close()
-    loss_sum, token_sum = dist_utils.all_reduce_sum([total_loss, total_tokens], info)
-    return loss_sum / max(token_sum, 1), int(token_sum)
+    *log_sums, weight_sum = dist_utils.all_reduce_sum([*sums.values(), total_weight], info)
+    return {key: total / max(weight_sum, 1) for key, total in zip(sums, log_sums)}, int(weight_sum)
 
 
 def main(config: TrainConfig, resume: bool = False) -> Path:
@@ -206,54 +224,38 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
     device = dist_utils.resolve_device(config.device)
     info = dist_utils.setup(device)
     seed_everything(config.seed + info.rank)
-    run = RunFiles(Path(config.out), info.is_main)
-    log = run.print
-    restore_signals = lambda: None  # noqa: E731
+    run = RunFolder(Path(config.out))
+    say = _print if info.is_main else _ignore  # console messages come from rank 0 only
+    metrics = None
     try:
-        if config.tensorboard:
-            run.enable_tensorboard()
-        examples, vocab = prepare_data(config, log)
+        if info.is_main:
+            run.create()
+            metrics = MetricsLog(run.metrics_file, run.tensorboard_dir if config.tensorboard else None)
+        examples, vocab = prepare_data(config, say)
         if resume:
-            model, progress = load_training_state(run, config)
+            resumed = load_training_state(run, config)
+            model, progress = resumed.model, resumed.progress
             vocab = model.vocab  # the run's vocabulary, even if the data changed since
         else:
             run.check_fresh()
-            model = build_model(config, vocab)
-            progress = Progress()
+            model, progress = build_model(config, vocab), Progress()
         model.to(device)
-        if info.is_main:
-            save_config(config, run.out / "train_config.yaml")
-            save_cider_df(run.out, split_examples(examples, "train"))
+        objective = create_objective(config.objective, vocab=vocab, config=config)  # a bad name fails here, early
         train_examples = split_examples(examples, "train")
         val_examples = split_examples(examples, "val")[: config.val_max_images]
+        if info.is_main:
+            save_config(config, run.config_file)
+            save_cider_df(run.out, train_examples)
         paths = [str(e.path) for e in train_examples + val_examples]
-        train_rows = list(range(len(train_examples)))
         val_rows = list(range(len(train_examples), len(paths)))
-        pairs = CaptionPairs(train_examples, train_rows, vocab, config.data.max_length)
+        pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
-        cache = None
-        if model.encoder.frozen:
-            cache = FeatureCache(
-                config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
-                with_grid=model.decoder.needs_grid or config.data.cache_grid,
-            )
-            cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
-                        onnx=config.data.onnx, shard=(info.local_rank, info.local_world_size),
-                        barrier=lambda: dist_utils.barrier(info))
-            dist_utils.barrier(info)
-            cache.open()
-            batches = FeatureBatches(cache, pairs, sampler, device)
-        else:
-            if config.data.onnx:
-                raise ValueError("--onnx (data.onnx) extracts a frozen encoder's features; with "
-                                 f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
-            batches = PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers)
-        log(f"train: {len(train_examples)} images, {len(pairs)} captions; val: {len(val_examples)} images; "
+        batches, cache = make_batches(config, model, paths, pairs, sampler, info, device)
+        say(f"train: {len(train_examples)} images, {len(pairs)} captions; val: {len(val_examples)} images; "
             f"vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
-        objective = CaptionCrossEntropy(vocab.pad_id, config.optim.label_smoothing)
         if info.enabled:
             dist_utils.sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -261,57 +263,86 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
         if resume:
-            run.restore_optimizer(optimizer, scheduler)
+            optimizer.load_state_dict(resumed.optimizer_state)
+            scheduler.load_state_dict(resumed.scheduler_state)
+        stop_request = StopRequest()
+        ctx = TrainContext(trained, objective, batches, optimizer, scheduler, config, device, info,
+                           log=metrics or _ignore, should_stop=stop_request)
         bad_epochs = 0
-        restore_signals = install_interrupt_handler(run)  # after extraction: Ctrl-C there stops at once
-        while progress.epoch < config.epochs:
-            sampler.set_epoch(progress.epoch)
-            started = time.perf_counter()
-            try:
-                train_loss, tokens = train_one_epoch(
-                    trained, objective, batches, optimizer, scheduler, config, progress, run, info, device
-                )
-            except Interrupted:
+        with stop_on_signals(stop_request):  # only now: Ctrl-C during feature extraction stops at once
+            while progress.epoch < config.epochs:
+                sampler.set_epoch(progress.epoch)
+                started = time.perf_counter()
+                try:
+                    means, weight = train_one_epoch(ctx, progress)
+                except Interrupted:
+                    if info.is_main:
+                        save_training_state(run, model, optimizer, scheduler, progress)
+                    say(f"interrupted: state saved at step {progress.step}; continue with --resume")
+                    raise
+                seconds = time.perf_counter() - started
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                stop = False
                 if info.is_main:
+                    record = {"epoch": progress.epoch, "step": progress.step,
+                              **{f"train_{key}": value for key, value in objective.summarize(means).items()},
+                              "epoch_seconds": seconds, f"{objective.weight_unit}_per_second": weight / seconds,
+                              "lr": scheduler.get_last_lr()[0]}
+                    if val_examples:
+                        record.update(validate(model, val_examples, val_rows, val_pairs, cache, config, device))
+                    # Generated captions' CIDEr-D choose the best model; without them, the lowest loss.
+                    score = record.get("CIDEr", -record.get("val_loss", means["loss"]))
+                    improved = score > progress.best_score
+                    if improved:
+                        progress.best_score, progress.best_epoch = score, progress.epoch
+                        model.save_pretrained(run.out)
+                        bad_epochs = 0
+                    else:
+                        bad_epochs += 1
+                    progress.history.append(record)
+                    metrics(record)
+                    say(epoch_summary(record, improved))
                     save_training_state(run, model, optimizer, scheduler, progress)
-                log(f"interrupted: state saved at step {progress.step}; continue with --resume")
-                raise
-            seconds = time.perf_counter() - started
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-            stop = False
-            if info.is_main:
-                record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss,
-                          "train_ppl": math.exp(min(train_loss, 50)), "epoch_seconds": seconds,
-                          "tokens_per_second": tokens / seconds, "lr": scheduler.get_last_lr()[0]}
-                if val_examples:
-                    record.update(validate(model, objective, val_examples, val_rows, val_pairs, cache, config, device))
-                score = record.get("CIDEr", -record.get("val_loss", train_loss)) if val_examples else -train_loss
-                improved = score > progress.best_score
-                if improved:
-                    progress.best_score, progress.best_epoch = score, progress.epoch
-                    model.save_pretrained(run.out)
-                    bad_epochs = 0
-                else:
-                    bad_epochs += 1
-                progress.history.append(record)
-                run.log(record)
-                log(run.summary(record, improved))
-                save_training_state(run, model, optimizer, scheduler, progress)
-                stop = config.patience > 0 and bad_epochs >= config.patience
-                if stop:
-                    log(f"early stop: no improvement for {bad_epochs} epochs (best epoch {progress.best_epoch})")
-            if info.is_main and (stop or progress.epoch % max(1, config.epochs // 10) == 0
-                                 or progress.epoch == config.epochs):
-                run.plot(progress.history)  # about ten times a run: a plot costs more than a tiny epoch
-            if dist_utils.broadcast_flag(stop, info):
-                break
-        log(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")
+                    stop = config.patience > 0 and bad_epochs >= config.patience
+                    if stop:
+                        say(f"early stop: no improvement for {bad_epochs} epochs (best epoch {progress.best_epoch})")
+                # About ten plots a run: a plot costs more than a tiny epoch.
+                if info.is_main and (stop or progress.epoch % max(1, config.epochs // 10) == 0
+                                     or progress.epoch == config.epochs):
+                    plot_curves(progress.history, run.curves_file)
+                if dist_utils.broadcast_flag(stop, info):
+                    break
+        say(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")
         return run.out
     finally:
-        restore_signals()
-        run.close()
+        if metrics is not None:
+            metrics.close()
         dist_utils.cleanup(info)
+
+
+def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs: CaptionPairs,
+                 sampler: BucketBatchSampler, info: DistInfo, device: torch.device):
+    """The training batches and the feature cache (``None`` when training reads pixels).
+
+    A frozen encoder's features are extracted once into the cache (each machine's ranks share
+    the work) and read from there, for the val images too; a trainable one reads pixels.
+    """
+    if not model.encoder.frozen:
+        if config.data.onnx:
+            raise ValueError("--onnx (data.onnx) extracts a frozen encoder's features; with "
+                             f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
+        return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
+    cache = FeatureCache(
+        config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
+        with_grid=model.decoder.needs_grid or config.data.cache_grid,
+    )
+    cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
+                onnx=config.data.onnx, shard=(info.local_rank, info.local_world_size),
+                barrier=lambda: dist_utils.barrier(info))
+    dist_utils.barrier(info)
+    cache.open()
+    return FeatureBatches(cache, pairs, sampler, device), cache
 
 
 def save_cider_df(out: Path, train_examples) -> None:
@@ -326,19 +357,4 @@ def save_cider_df(out: Path, train_examples) -> None:
         atomic_write_text(path, json.dumps(cider.to_dict()))
 
 
-def install_interrupt_handler(run: RunFiles):
-    """First Ctrl-C / SIGTERM: finish the batch, save state, stop. Second: stop now.
-    Returns a function that puts the previous handlers back."""
-
-    def handler(signum, frame):
-        if run.interrupted:
-            sys.exit(130)
-        run.interrupted = True
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
-
-
-__all__ = ["main", "train_one_epoch", "prepare_data", "build_model", "Progress", "Interrupted"]
+__all__ = ["main", "train_one_epoch", "TrainContext", "prepare_data", "build_model"]

@@ -1,4 +1,4 @@
-"""The run folder: metrics log, curves, and the training state that ``--resume`` restores.
+"""The run folder and the training state that ``--resume`` restores.
 
 ``out/`` is the best model directory; ``out/last/`` the last one plus ``training_state.pt``
 (optimizer, scheduler, progress, RNG — plain tensors and numbers, loaded with
@@ -6,9 +6,8 @@
 """
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,89 +19,75 @@ from ..model import CONFIG_FILE, Captioner
 STATE_FILE = "training_state.pt"
 
 
-class RunFiles:
-    def __init__(self, out: Path, is_main: bool):
-        if not str(out):
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a training run's files go (nothing is created until ``create``)."""
+
+    out: Path
+
+    def __post_init__(self):
+        if not str(self.out):
             raise ValueError("an output folder is required (--out DIR)")
-        self.out = out
-        self.last = out / "last"
-        self.is_main = is_main
-        self.interrupted = False
-        self._pending_state = None
-        if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        self._writer = None
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def last(self) -> Path:
+        """The last epoch's model directory, beside the best one."""
+        return self.out / "last"
+
+    @property
+    def state_file(self) -> Path:
+        return self.last / STATE_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.out / "train_config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def curves_file(self) -> Path:
+        return self.out / "curves.png"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.out / "tensorboard"
+
+    def create(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
 
     def check_fresh(self) -> None:
-        if (self.out / CONFIG_FILE).exists() or (self.last / STATE_FILE).exists():
+        """Refuse to start a new run over an existing one."""
+        if (self.out / CONFIG_FILE).exists() or self.state_file.exists():
             raise FileExistsError(
                 f"{self.out} already holds a training run; pass --resume to continue it, "
                 "or choose another --out"
             )
 
-    def print(self, message: str) -> None:
-        if self.is_main:
-            print(message, flush=True)
 
-    def log(self, record: dict) -> None:
-        if not self.is_main:
-            return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            step = record.get("step", 0)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self._writer.add_scalar(key, value, step)
+@dataclass
+class Progress:
+    """Where training stands; saved with the training state for ``--resume``."""
 
-    def enable_tensorboard(self) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-        if self.is_main:
-            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch already trained (mid-epoch resume)
+    best_score: float = float("-inf")
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
 
-    def summary(self, record: dict, improved: bool) -> str:
-        keys = ("train_loss", "val_loss", "Bleu_4", "CIDEr", "exact_match")
-        parts = [f"{k} {record[k]:.4f}" for k in keys if k in record]
-        return f"epoch {record['epoch']}: " + ", ".join(parts) + (" (best)" if improved else "")
 
-    def plot(self, history: list[dict]) -> None:
-        """curves.png: losses and validation metrics per epoch."""
-        import matplotlib
+@dataclass
+class ResumedRun:
+    """What ``load_training_state`` gives back: the last model, its progress, and the state
+    dicts to load into the optimizer and scheduler once they exist."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [r["epoch"] for r in history]
-        metrics = [k for k in ("CIDEr", "Bleu_4", "exact_match") if all(k in r for r in history)]
-        fig, axes = plt.subplots(1, 1 + bool(metrics), figsize=(5 + 5 * bool(metrics), 3.5), squeeze=False)
-        ax = axes[0][0]
-        for key in ("train_loss", "val_loss"):
-            if all(key in r for r in history):
-                ax.plot(epochs, [r[key] for r in history], marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy")
-        ax.legend()
-        if metrics:
-            ax = axes[0][1]
-            for key in metrics:
-                ax.plot(epochs, [r[key] for r in history], marker="o", label=key)
-            ax.set_xlabel("epoch")
-            ax.legend()
-        fig.tight_layout()
-        atomic_write(self.out / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-        plt.close(fig)
-
-    def restore_optimizer(self, optimizer, scheduler) -> None:
-        state = self._pending_state
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    model: Captioner
+    progress: Progress
+    optimizer_state: dict
+    scheduler_state: dict
 
 
 def _rng_state() -> dict:
@@ -125,7 +110,8 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
-def save_training_state(run: RunFiles, model: Captioner, optimizer, scheduler, progress) -> None:
+def save_training_state(run: RunFolder, model: Captioner, optimizer, scheduler, progress: Progress) -> None:
+    """The last model and everything ``--resume`` needs to continue exactly from here."""
     state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -133,15 +119,13 @@ def save_training_state(run: RunFiles, model: Captioner, optimizer, scheduler, p
         "rng": _rng_state(),
     }
     model.save_pretrained(run.last)
-    atomic_write(run.last / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    atomic_write(run.state_file, lambda tmp: torch.save(state, tmp))
 
 
-def load_training_state(run: RunFiles, config):
-    """The last model and the progress of an interrupted run; the optimizer state waits in
-    ``run`` until the optimizer exists (``run.restore_optimizer``)."""
-    from .loop import Progress
-
-    path = run.last / STATE_FILE
+def load_training_state(run: RunFolder, config) -> ResumedRun:
+    """The interrupted run's last model, progress and optimizer/scheduler state. Also puts the
+    random generators back where they were, so the continued run draws what the straight one would."""
+    path = run.state_file
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (train without --resume first)")
     model = Captioner.from_pretrained(run.last)
@@ -149,9 +133,8 @@ def load_training_state(run: RunFiles, config):
     if (model.encoder.name, model.decoder.name) != expected:
         raise ValueError(
             f"--resume: {run.last} holds {model.encoder.name} → {model.decoder.name}, the config asks for "
-            f"{expected[0]} → {expected[1]}; use the run's own config ({run.out / 'train_config.yaml'})"
+            f"{expected[0]} → {expected[1]}; use the run's own config ({run.config_file})"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     _set_rng_state(state["rng"])
-    run._pending_state = state
-    return model, Progress(**state["progress"])
+    return ResumedRun(model, Progress(**state["progress"]), state["optimizer"], state["scheduler"])

@@ -1,5 +1,6 @@
 """Validation on *generated* captions (not teacher-forced argmax): CIDEr-D, BLEU, exact
-match — plus the teacher-forced loss on the same images."""
+match — plus the teacher-forced cross-entropy on the same images (its own, without the
+training objective's label smoothing or regularisers, comparable across objectives)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.loaders import ImageRows
 from ..data.tokenizer import ptb_tokenize
 from ..decoders.base import Features
+from ..objectives import CaptionCrossEntropy
 
 
 def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
@@ -35,17 +37,17 @@ def exact_match(predictions: dict, references: dict) -> float:
 
 
 @torch.no_grad()
-def validate(model, objective, val_examples, val_rows, val_pairs, cache, config, device) -> dict:
+def validate(model, val_examples, val_rows, val_pairs, cache, config, device) -> dict:
     """Metrics of one epoch's model on the val split (``record`` keys for metrics.jsonl)."""
     record, _ = caption_and_score(
-        model, objective, val_examples, val_rows, val_pairs, cache, config.batch_size, config.val_beam_size, device
+        model, val_examples, val_rows, val_pairs, cache, config.batch_size, config.val_beam_size, device
     )
     model.train()
     return record
 
 
 @torch.no_grad()
-def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size, beam_size, device,
+def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size, device,
                       metrics=("BLEU", "ROUGE_L", "CIDEr")):
     """Generate a caption for every example and score them against its references.
 
@@ -54,6 +56,7 @@ def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size
     from ..metrics import evaluate_captions
 
     model.eval()
+    cross_entropy = CaptionCrossEntropy(model.vocab.pad_id)
     predictions, references = {}, {}
     loss_sum, token_sum = 0.0, 0
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
@@ -70,9 +73,9 @@ def caption_and_score(model, objective, examples, rows, pairs, cache, batch_size
         pair_features = Features(
             features.pooled[select], features.grid[select] if features.grid is not None else None
         )
-        _, ce, tokens = objective(model, pair_features, pairs.captions(pair_index).to(device))
-        loss_sum += float(ce) * int(tokens)
-        token_sum += int(tokens)
+        result = cross_entropy(model, pair_features, pairs.captions(pair_index).to(device))
+        loss_sum += float(result.logs["loss"]) * int(result.weight)
+        token_sum += int(result.weight)
     scores = evaluate_captions(predictions, references, metrics=metrics)
     val_loss = loss_sum / max(token_sum, 1)
     record = {
