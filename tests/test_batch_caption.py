@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from captioner import Captioner
-from captioner.cli import expand_image_paths, main
+from captioner.batch import expand_image_paths
+from captioner.cli import main
 from captioner.data.vocab import Vocabulary
 
 from conftest import TINY
