@@ -136,27 +136,17 @@ def iter_captions(
             captioner = Captioner.from_pretrained(model, device=torch_device)
         if onnx:
             captioner.use_onnxruntime()
-        if attention_out is not None and not captioner.decoder.has_attention:
-            raise ValueError(
-                f"decoder {captioner.decoder.name!r} has no attention; --attention-out needs "
-                "an attention decoder (show-attend-tell, transformer)"
-            )
         skipped: list[str] = []
         all_paths = expand_image_paths(paths, skipped)
         if skipped and info.is_main:
-            log(f"skipped {len(skipped)} files without an image suffix ({', '.join(sorted(IMAGE_SUFFIXES))}), "
-                f"e.g. {skipped[0]}")
+            files = "1 file" if len(skipped) == 1 else f"{len(skipped)} files"
+            log(f"left out {files} without an image suffix ({', '.join(sorted(IMAGE_SUFFIXES))}), e.g. {skipped[0]}")
         final_output = Path(output) if output is not None else None
         shard, part = _shard(all_paths, final_output, info, log)
-        beam_options = {}
-        if length_penalty:
-            beam_options["length_penalty"] = length_penalty
-        if no_repeat_ngram_size:
-            beam_options["no_repeat_ngram_size"] = no_repeat_ngram_size
-        records = _caption_shard(
-            captioner, shard, batch_size=batch_size, num_workers=num_workers, beam_size=beam_size,
-            n_best=n_best, max_length=max_length, beam_options=beam_options,
-            attention_out=Path(attention_out) if attention_out is not None else None,
+        records = caption_images(
+            captioner, shard, batch_size=batch_size, num_workers=num_workers, beam_size=beam_size, n_best=n_best,
+            max_length=max_length, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            attention_out=attention_out,
         )
         if part is None:
             yield from records
@@ -174,29 +164,57 @@ def iter_captions(
         dist_utils.cleanup(info)
 
 
-def _caption_shard(
-    model: Captioner, paths: list[str], *, batch_size, num_workers, beam_size, n_best, max_length, beam_options,
-    attention_out: Optional[Path],
+def caption_images(
+    model: Captioner,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    beam_size: int = 3,
+    n_best: int = 1,
+    max_length: Optional[int] = None,
+    length_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
+    attention_out: Union[str, Path, None] = None,
 ) -> Iterator[CaptionRecord]:
-    """Records for ``paths``, batch by batch, in input order."""
-    figure_names = _unique_stems(paths)
+    """Records for exactly these image files, batch by batch, in order, with a loaded model:
+    the core of :func:`iter_captions` without path expansion, output file or torchrun shards
+    (what a worker of a distributed engine calls on its share). Bad arguments raise here,
+    before the first image is read."""
+    beam_options = {}
+    if length_penalty:
+        beam_options["length_penalty"] = length_penalty
+    if no_repeat_ngram_size:
+        beam_options["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if attention_out is not None and not model.decoder.has_attention:
+        raise ValueError(
+            f"decoder {model.decoder.name!r} has no attention; --attention-out needs "
+            "an attention decoder (show-attend-tell, transformer)"
+        )
     loader = DataLoader(
-        ImageRows(paths, model.preprocess, report_errors=True),
+        ImageRows(list(paths), model.preprocess, report_errors=True),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_with_errors,
         pin_memory=model.device.type == "cuda",
     )
+    figures = Path(attention_out) if attention_out is not None else None
+    return _caption_batches(model, loader, beam_size, n_best, max_length, beam_options, figures)
+
+
+def _caption_batches(model, loader, beam_size, n_best, max_length, beam_options, figures) -> Iterator[CaptionRecord]:
+    paths = loader.dataset.paths
+    figure_names = _unique_stems(paths)
     for pixels, indices, errors in loader:
         records = {i: CaptionRecord(paths[i], error=error) for i, error in errors}
         if pixels is not None:
             captions = model.caption_tensor(pixels.to(model.device), beam_size, n_best, max_length, **beam_options)
             for i, caption in zip(indices, captions):
                 records[i] = CaptionRecord(paths[i], caption=caption)
-                if attention_out is not None:
+                if figures is not None:
                     from .visualize import save_attention_figure
 
-                    save_attention_figure(paths[i], caption, attention_out, model.preprocess, figure_names[i])
+                    save_attention_figure(paths[i], caption, figures, model.preprocess, figure_names[i])
         for i in sorted(records):
             yield records[i]
 

@@ -12,8 +12,6 @@ from typing import Any, Hashable, Optional, Union
 
 from .model import Captioner
 
-ALL_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-
 
 @dataclass
 class Evaluation:
@@ -47,6 +45,7 @@ def evaluate_model(
     ``format``: the captions format (default: detected)."""
     from .data.loaders import CaptionPairs
     from .data.sources import read_dataset, split_examples, validate_examples
+    from .metrics import ALL_METRICS
     from .objectives import CaptionCrossEntropy
     from .train.distributed import resolve_device
     from .train.validation import caption_and_score
