@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from captioner import Captioner
-from captioner.cli import expand_image_paths, main
+from captioner.batch import caption_files, expand_image_paths
+from captioner.cli import main
 from captioner.data.vocab import Vocabulary
 
 from conftest import TINY
@@ -132,3 +133,37 @@ def test_parts_left_by_an_interrupted_torchrun_run_are_merged_not_recaptioned(mo
     assert sorted(r["image"] for r in final) == sorted(r["image"] for r in full_run)  # each image once
     assert {r["image"]: r["caption"] for r in final} == {r["image"]: r["caption"] for r in full_run}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"]
+
+
+def test_caption_files_returns_a_record_per_image_in_input_order(model_dir, full_run, tmp_path):
+    """The library call behind the command: same captions as ``--output`` wrote, an unreadable
+    file gets its error record in its place, and a loaded model can be passed."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((IMAGES / "coffee.jpg").read_bytes()[:300])
+    model = Captioner.from_pretrained(model_dir)
+    records = caption_files([str(broken), str(IMAGES)], model=model, beam_size=2, batch_size=8)
+    assert records[0].image == str(broken) and records[0].caption is None and "broken.jpg" in records[0].error
+    assert records[0].to_dict() == {"image": str(broken), "error": records[0].error}
+    assert [r.to_dict() for r in records[1:]] == full_run
+
+
+def test_expand_image_paths_takes_files_only_and_reports_what_it_left_out(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "x.jpg").mkdir()  # a folder with an image's name
+    (tmp_path / "x.jpg" / "b.PNG").write_bytes(b"")
+    skipped: list[str] = []
+    assert expand_image_paths([str(tmp_path)], skipped) == [str(tmp_path / "a.jpg"), str(tmp_path / "x.jpg" / "b.PNG")]
+    assert skipped == [str(tmp_path / "notes.txt")]
+    assert expand_image_paths([str(tmp_path / "*.jpg")]) == [str(tmp_path / "a.jpg")]  # a glob: no folders either
+
+
+def test_files_left_out_of_a_directory_are_reported(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "chelsea.jpg").write_bytes((IMAGES / "chelsea.jpg").read_bytes())
+    (folder / "readme.txt").write_text("not an image")
+    assert main(["caption", str(folder), "--model", str(model_dir), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(str(folder / "chelsea.jpg") + "\t")
+    assert "left out 1 file without an image suffix" in err and "readme.txt" in err

@@ -8,6 +8,7 @@ import sys
 
 
 from captioner.cli import main
+from captioner.evaluate import evaluate_files
 
 from conftest import TINY
 
@@ -43,6 +44,34 @@ def test_json_output_with_alternatives(trained_show_tell, capsys):
     assert len(record["alternatives"]) == 3 and record["alternatives"][0]["caption"] == "cat face"
     scores = [a["score"] for a in record["alternatives"]]
     assert scores == sorted(scores, reverse=True) and record["score"] == scores[0]
+
+
+def test_json_output_never_prints_infinity(trained_show_tell, monkeypatch, capsys):
+    """A caption no beam could finish scores -inf; JSON has no such value, so it prints null."""
+    from captioner import Captioner
+
+    original = Captioner.caption_tensor
+
+    def impossible(self, *args, **kwargs):
+        captions = original(self, *args, **kwargs)
+        for caption in captions:
+            caption.score = caption.alternatives[0].score = float("-inf")
+            caption.alternatives[1].score = float("nan")
+        return captions
+
+    monkeypatch.setattr(Captioner, "caption_tensor", impossible)
+    code = main(["caption", str(TINY / "images/emoji_1f431.png"), "--model", str(trained_show_tell),
+                 "--json", "--n-best", "2", "--beam-size", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out and "NaN" not in out
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    record = json.loads(out, parse_constant=refuse)
+    assert record["score"] is None and [a["score"] for a in record["alternatives"]] == [None, None]
+    assert record["caption"] == record["alternatives"][0]["caption"]
 
 
 def test_glob_and_missing_file(trained_show_tell, capsys):
@@ -98,6 +127,8 @@ def test_evaluate_predictions_file_against_references(tmp_path, capsys):
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
         assert 0 < scores[key] <= 10, key
     assert scores["Bleu_1"] < 1.0 and "per_image" not in scores
+    library = evaluate_files(tmp_path / "preds.json", TINY / "captions_coco.json")  # what the command ran
+    assert {key: library[key] for key in scores} == scores
     predictions.pop()
     (tmp_path / "preds.json").write_text(json.dumps(predictions))
     assert main(["evaluate", "--predictions", str(tmp_path / "preds.json"),

@@ -185,7 +185,7 @@ def test_attention_json_shape():
     assert result["attention"]["grid"] == [2, 2]
     assert len(result["attention"]["weights"]) == 3 and all(len(row) == 4 for row in result["attention"]["weights"])
     assert "attention" not in caption_to_json(caption, "x.png", with_attention=False)
-    json.dumps(caption_to_json(Caption("x", float("-inf")), "x.png", True))  # no infinities in JSON
+    json.dumps(caption_to_json(Caption("x", float("-inf")), "x.png", True), allow_nan=False)  # no infinities
 
 
 def test_attention_from_an_attention_decoder(tmp_path):

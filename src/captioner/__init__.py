@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from .decoders import create_decoder, list_decoders  # noqa: E402
 from .encoders import create_encoder, list_encoders  # noqa: E402
 from .model import Caption, Captioner  # noqa: E402
+from .batch import caption_files  # noqa: E402
 
 
 def evaluate_captions(predictions, references, **options):
@@ -16,6 +17,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "caption_files",
     "create_decoder",
     "create_encoder",
     "evaluate_captions",

@@ -2,31 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import glob
+import json
 import os
 import sys
-from pathlib import Path
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-
-
-def expand_image_paths(patterns: list[str]) -> list[str]:
-    """Images named directly, in a directory (sorted, recursive) or by a glob, in that order."""
-    paths: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            paths.extend(str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            paths.append(str(path))
-        else:
-            matches = sorted(glob.glob(pattern, recursive=True))
-            paths.extend(matches if matches else [pattern])  # a missing file gets its error line
-    return paths
 
 
 # --- caption -----------------------------------------------------------------------
@@ -50,9 +31,32 @@ def add_caption(sub) -> None:
 
 
 def run_caption(args) -> int:
-    from .inference import caption_paths
+    from .batch import iter_captions
 
-    return caption_paths(args)
+    def log(message: str) -> None:
+        print(f"captioner caption: {message}", file=sys.stderr)
+
+    records = iter_captions(
+        args.paths, model=args.model, output=args.output, batch_size=args.batch_size, num_workers=args.num_workers,
+        beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
+        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
+        onnx=args.onnx, attention_out=args.attention_out, log=log,
+    )
+    count = failures = 0
+    for record in records:
+        count += 1
+        if record.error is not None:
+            failures += 1
+            print(f"captioner caption: error: {record.error}", file=sys.stderr)
+        if args.output is not None:
+            continue  # the records went to the output file
+        if args.json:
+            print(record.to_json(), flush=True)
+        elif record.error is None:
+            print(f"{record.image}\t{record.caption.text}", flush=True)
+    if failures:
+        print(f"captioner caption: {failures} of {count} images could not be read", file=sys.stderr)
+    return 1 if failures else 0
 
 
 # --- train -------------------------------------------------------------------------
@@ -172,9 +176,34 @@ def add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .inference import evaluate_command
+    from .evaluate import evaluate_files, evaluate_model
+    from .io import atomic_write_text
 
-    return evaluate_command(args)
+    if args.predictions or args.references:
+        if not (args.predictions and args.references):
+            raise ValueError("--predictions and --references go together")
+        scores = evaluate_files(args.predictions, args.references)
+    else:
+        if not args.data:
+            raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
+        evaluation = evaluate_model(
+            args.model, args.data, images=args.images, format=args.format, split=args.split,
+            beam_size=args.beam_size, batch_size=args.batch_size, device=args.device,
+        )
+        scores = evaluation.scores
+        output = args.output or f"predictions-{args.split}.json"
+        results = evaluation.coco_results()
+        atomic_write_text(output, json.dumps(results, ensure_ascii=False))
+        print(f"wrote {len(results)} captions to {output}", file=sys.stderr)
+    summary = {k: v for k, v in scores.items() if k not in ("per_image", "skipped")}
+    for metric, reason in scores.get("skipped", {}).items():
+        print(f"{metric} skipped: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+    return 0
 
 
 # --- models, data, serve -----------------------------------------------------------
@@ -218,7 +247,10 @@ def add_serve(sub) -> None:
 def run_serve(args) -> int:
     from .serve import serve
 
-    return serve(args)
+    return serve(
+        args.model, host=args.host, port=args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_files=args.max_files,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,10 +27,20 @@ class ModelDirectoryError(ValueError):
     """A model directory that is missing, incomplete or tampered with."""
 
 
+def _json_score(score: float) -> Optional[float]:
+    # JSON has no infinities or NaN: an impossible caption's score (-inf) becomes null.
+    return float(score) if math.isfinite(score) else None
+
+
 @dataclass
 class Alternative:
+    """One of the n-best captions of an image and its score."""
+
     text: str
     score: float
+
+    def to_dict(self) -> dict:
+        return {"caption": self.text, "score": _json_score(self.score)}
 
 
 @dataclass
@@ -45,12 +56,23 @@ class Caption:
     grid_shape: Optional[tuple[int, int]] = None
     words: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
+        """``{"caption", "score", "alternatives"}``, JSON values only (a -inf or NaN score is
+        ``None``); ``attention=True`` adds ``{"words", "grid", "weights"}`` (weights rounded to
+        ``digits``) when the caption has attention weights."""
+        result = {
             "caption": self.text,
-            "score": self.score,
-            "alternatives": [{"caption": a.text, "score": a.score} for a in self.alternatives],
+            "score": _json_score(self.score),
+            "alternatives": [a.to_dict() for a in self.alternatives],
         }
+        if attention and self.attention is not None:
+            weights = self.attention.float()  # (words, regions)
+            result["attention"] = {
+                "words": list(self.words),
+                "grid": list(self.grid_shape) if self.grid_shape else None,
+                "weights": [[round(w, digits) for w in row] for row in weights.tolist()],
+            }
+        return result
 
 
 def default_model_dir() -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .images import PreprocessConfig, build_transform, load_image
+from .images import ImageReadError, PreprocessConfig, build_transform, load_image
 from .sources import Example
 from .vocab import Vocabulary
 
@@ -135,14 +135,36 @@ class PixelPairs(Dataset):
 
 
 class ImageRows(Dataset):
-    """Preprocessed pixels of a list of image paths (validation and batch captioning)."""
+    """Preprocessed pixels of a list of image paths: ``(pixels, index)`` per item.
 
-    def __init__(self, paths: list[str], preprocess: PreprocessConfig):
+    Validation and feature extraction read images that were checked beforehand, so a bad
+    file raises there. Batch captioning passes ``report_errors=True``: each item is then
+    ``(pixels or None, index, error or None)``, so one bad file never stops a batch; batch
+    such items with :func:`collate_with_errors`.
+    """
+
+    def __init__(self, paths: list[str], preprocess: PreprocessConfig, report_errors: bool = False):
         self.paths = paths
         self.transform = build_transform(preprocess)
+        self.report_errors = report_errors
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(load_image(self.paths[i])), i
+        if not self.report_errors:
+            return self.transform(load_image(self.paths[i])), i
+        try:
+            return self.transform(load_image(self.paths[i])), i, None
+        except ImageReadError as e:
+            return None, i, str(e)
+        except Exception as e:  # a decoder crash inside PIL for one file
+            return None, i, f"{self.paths[i]}: {type(e).__name__}: {e}"
+
+
+def collate_with_errors(items) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    """Batch ``ImageRows(..., report_errors=True)`` items: (pixels of the readable images or
+    None, their indices, (index, error) of the others)."""
+    good = [(pixels, i) for pixels, i, error in items if pixels is not None]
+    pixels = torch.stack([p for p, _ in good]) if good else None  # (readable, 3, H, W)
+    return pixels, [i for _, i in good], [(i, error) for _, i, error in items if error is not None]

@@ -7,12 +7,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 SERVE_EXTRA_HINT = "captioner serve needs the 'serve' extra: pip install 'captioner[serve]'"
-
-# Server limits: defaults of create_app, overridable by CLI flags of the same name.
-LIMIT_OPTIONS = ("max_upload_bytes", "max_pixels", "max_batch", "max_wait_ms", "max_files")
-
 
 def _require_serve_extra() -> None:
     try:
@@ -27,24 +24,42 @@ def url_for(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(args) -> int:
-    """Load the model, print the URL and run uvicorn until interrupted."""
+def serve(
+    model: str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_upload_bytes: int | None = None,
+    max_pixels: int | None = None,
+    max_batch: int | None = None,
+    max_wait_ms: float | None = None,
+    max_files: int | None = None,
+) -> int:
+    """Load ``model`` (a model directory; ``None`` = the bundled model), print the URL and run
+    uvicorn until interrupted. A limit left at ``None`` keeps :func:`create_app`'s default."""
     _require_serve_extra()
     import uvicorn
 
     from ..train.distributed import resolve_device
     from .app import create_app
 
-    device = resolve_device(args.device)
-    limits = {name: getattr(args, name) for name in LIMIT_OPTIONS if getattr(args, name, None) is not None}
-    app = create_app(args.model, device=device, **limits)
-    model = app.state.model
+    torch_device = resolve_device(device)
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "max_files": max_files,
+    }
+    app = create_app(model, device=torch_device, **{k: v for k, v in limits.items() if v is not None})
+    captioner = app.state.model
     print(
-        f"captioner: serving {model.encoder.name} + {model.decoder.name} on {device} at "
-        f"{url_for(args.host, args.port)} (API docs at /docs; Ctrl-C stops)",
+        f"captioner: serving {captioner.encoder.name} + {captioner.decoder.name} on {torch_device} at "
+        f"{url_for(host, port)} (API docs at /docs; Ctrl-C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 
 

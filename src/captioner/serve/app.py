@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,26 +76,9 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
             raise UploadError(400, f"{filename}: corrupt or truncated image ({type(e).__name__}: {e})") from None
 
 
-def _finite(x: float) -> Optional[float]:
-    # JSON has no infinities; an impossible caption's score becomes null.
-    return float(x) if math.isfinite(x) else None
-
-
-def caption_to_json(caption: Caption, filename: str, with_attention: bool, digits: int = 4) -> dict:
-    result = {
-        "filename": filename,
-        "caption": caption.text,
-        "score": _finite(caption.score),
-        "alternatives": [{"caption": a.text, "score": _finite(a.score)} for a in caption.alternatives],
-    }
-    if with_attention and caption.attention is not None:
-        weights = caption.attention.float()  # (words, regions)
-        result["attention"] = {
-            "words": list(caption.words),
-            "grid": list(caption.grid_shape) if caption.grid_shape else None,
-            "weights": [[round(w, digits) for w in row] for row in weights.tolist()],
-        }
-    return result
+def caption_to_json(caption: Caption, filename: str, with_attention: bool) -> dict:
+    """One result of ``POST /v1/captions``: the upload's filename and :meth:`Caption.to_dict`."""
+    return {"filename": filename, **caption.to_dict(attention=with_attention)}
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:

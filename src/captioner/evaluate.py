@@ -1,0 +1,81 @@
+"""Scoring a trained model on a dataset split, or a predictions file, as library functions.
+
+``metrics/`` scores caption strings and knows nothing of models; this module sits above it
+(and above ``data/`` and ``train/validation.py``): it loads a model and a dataset, generates
+captions and hands them to :func:`captioner.metrics.evaluate_captions`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Optional, Union
+
+from .model import Captioner
+
+
+@dataclass
+class Evaluation:
+    """A model's scores on a split and the captions it generated ``{image_id: caption}``.
+
+    ``scores`` holds the coco-caption metrics, ``loss`` and ``perplexity`` (teacher-forced, on
+    the same images), and, from :func:`evaluate_captions`, ``per_image`` and ``skipped``."""
+
+    scores: dict[str, Any]
+    predictions: dict[Hashable, str]
+
+    def coco_results(self) -> list[dict]:
+        """The predictions as a COCO results file's list ``[{"image_id", "caption"}]``."""
+        return [{"image_id": _coco_id(k), "caption": v} for k, v in self.predictions.items()]
+
+
+def evaluate_model(
+    model: Union[str, Path, Captioner, None],
+    data: Union[str, Path],
+    *,
+    images: Union[str, Path, None] = None,
+    format: Optional[str] = None,
+    split: str = "test",
+    beam_size: int = 3,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> Evaluation:
+    """Caption the ``split`` examples of the captions file ``data`` with ``model`` (a model
+    directory, a loaded :class:`Captioner`, or ``None`` for the bundled model) and score them
+    with every coco-caption metric. ``images``: the image root (default: ``data``'s folder);
+    ``format``: the captions format (default: detected)."""
+    from .data.loaders import CaptionPairs
+    from .data.sources import read_dataset, split_examples, validate_examples
+    from .metrics import ALL_METRICS
+    from .train.distributed import resolve_device
+    from .train.validation import caption_and_score
+
+    if isinstance(model, Captioner):
+        torch_device = model.device
+    else:
+        torch_device = resolve_device(device)
+        model = Captioner.from_pretrained(model, device=torch_device)
+    examples = split_examples(read_dataset(data, images, format), split)
+    if not examples:
+        raise ValueError(f"{data} has no {split!r} examples")
+    problems = validate_examples(examples)
+    if problems:
+        raise ValueError(f"{data} has problems:\n{problems.report()}")
+    rows = list(range(len(examples)))
+    pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
+    record, predictions = caption_and_score(
+        model, examples, rows, pairs, None, batch_size, beam_size, torch_device, metrics=ALL_METRICS
+    )
+    renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
+    return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions)
+
+
+def evaluate_files(predictions: Union[str, Path], references: Union[str, Path]) -> dict[str, Any]:
+    """Score a COCO results file ``[{"image_id", "caption"}]`` against a COCO captions file
+    (or ``{image_id: [captions]}`` JSON) with every coco-caption metric."""
+    from .metrics import evaluate_captions, load_coco_references, load_coco_results
+
+    return evaluate_captions(load_coco_results(predictions), load_coco_references(references))
+
+
+def _coco_id(key: Hashable):
+    return int(key) if str(key).isdigit() else key
