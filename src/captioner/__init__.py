@@ -1,9 +1,8 @@
 """captioner: train, evaluate and serve image-captioning models."""
-__version__ = "0.1.0"
-
-from .decoders import create_decoder, list_decoders  # noqa: E402
-from .encoders import create_encoder, list_encoders  # noqa: E402
-from .model import Caption, Captioner  # noqa: E402
+from .decoders import create_decoder, list_decoders
+from .encoders import create_encoder, list_encoders
+from .model import Caption, Captioner
+from .version import __version__
 
 
 def evaluate_captions(predictions, references, **options):
@@ -16,6 +15,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "__version__",
     "create_decoder",
     "create_encoder",
     "evaluate_captions",

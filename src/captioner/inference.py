@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.images import ImageReadError, build_transform, load_image
+from .device import resolve_device
 from .train import distributed as dist_utils
 
 
@@ -150,7 +151,7 @@ def _unique_stems(paths: list[str]) -> list[str]:
 
 
 def caption_paths(args) -> int:
-    device = dist_utils.resolve_device(args.device)
+    device = resolve_device(args.device)
     info = dist_utils.setup(device, backend="gloo")  # under torchrun: only barriers, whatever the device
     try:
         return _caption_paths(args, device, info)
@@ -269,7 +270,7 @@ def _evaluate_model(args):
     from .objectives import CaptionCrossEntropy
     from .train.validation import caption_and_score
 
-    device = dist_utils.resolve_device(args.device)
+    device = resolve_device(args.device)
     model = Captioner.from_pretrained(args.model, device=device)
     examples = split_examples(read_dataset(args.data, args.images, args.format), args.split)
     if not examples:

@@ -32,7 +32,7 @@ def serve(args) -> int:
     _require_serve_extra()
     import uvicorn
 
-    from ..train.distributed import resolve_device
+    from ..device import resolve_device
     from .app import create_app
 
     device = resolve_device(args.device)

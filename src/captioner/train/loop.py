@@ -17,12 +17,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data.feature_cache import FeatureCache, default_cache_root
+from ..cache import cache_root
+from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
+from ..device import resolve_device
 from ..model import Captioner
 from ..objectives import CaptionCrossEntropy
 from . import distributed as dist_utils
@@ -203,7 +205,7 @@ def train_one_epoch(model, objective, batches, optimizer, scheduler, config, pro
 
 def main(config: TrainConfig, resume: bool = False) -> Path:
     """Train; ``config.out`` ends as a model directory (best model), ``out/last`` beside it."""
-    device = dist_utils.resolve_device(config.device)
+    device = resolve_device(config.device)
     info = dist_utils.setup(device)
     seed_everything(config.seed + info.rank)
     run = RunFiles(Path(config.out), info.is_main)
@@ -235,7 +237,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         cache = None
         if model.encoder.frozen:
             cache = FeatureCache(
-                config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
+                config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, paths,
                 with_grid=model.decoder.needs_grid or config.data.cache_grid,
             )
             cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
