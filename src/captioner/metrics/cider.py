@@ -572,11 +572,3 @@ class CiderD:
         cell = (row_off[c_cand[src]] + prep.e_slot[eidx]) * n + c_ord[src]
         num = np.bincount(cell, weights=np.minimum(c_w[src], wr) * wr, minlength=nrows * n).reshape(nrows, n)
         return num, c_norm[row_cand], prep.ref_norm[row_ref], c_nbig[row_cand] - prep.ref_nbig[row_ref]
-
-    def compute_score(
-        self, candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
-    ) -> tuple[float, np.ndarray]:
-        """Dict interface like :func:`compute_cider_d` (but with this object's df)."""
-        ids, cands, refs = check_pair(candidates, references)
-        s = self.score([cands[k] for k in ids], [refs[k] for k in ids])
-        return (float(s.mean()) if len(s) else 0.0), s
