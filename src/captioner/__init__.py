@@ -15,7 +15,6 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
-    "__version__",
     "create_decoder",
     "create_encoder",
     "evaluate_captions",
