@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import CaptionerError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         # `captioner caption DIR | head`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
+    except (CaptionerError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
         # Expected failures (bad input, missing files, offline weights) get one clear message.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"captioner {args.command}: error: {message}", file=sys.stderr)
