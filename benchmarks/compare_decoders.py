@@ -32,13 +32,14 @@ import numpy as np
 import torch
 
 from captioner import Captioner, create_decoder, create_encoder
-from captioner.data.feature_cache import FeatureCache, default_cache_root
+from captioner.cache import cache_root
+from captioner.data.feature_cache import FeatureCache
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
 from captioner.data.sources import read_dataset, split_examples, validate_examples
 from captioner.data.vocab import Vocabulary
+from captioner.device import resolve_device
 from captioner.objectives import create_objective
 from captioner.train.config import load_config
-from captioner.train.distributed import resolve_device
 from captioner.train.loop import (
     FeatureBatches, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
 )
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
           f"{args.encoder} at {preprocess.crop_size}px ({preprocess.resize}) on {device}", file=sys.stderr)
 
     # One cache with the grid serves every decoder (the pooled-only ones ignore the grid).
-    cache = FeatureCache(args.feature_cache or default_cache_root(), encoder, preprocess,
+    cache = FeatureCache(args.feature_cache or cache_root("features"), encoder, preprocess,
                          [str(e.path) for e in train + test], with_grid=True)
     started = time.perf_counter()
     cache.build(device, progress=sys.stderr.isatty())

@@ -85,9 +85,9 @@ def test_onnx_extraction_fills_the_cache_torch_would(tmp_path):
         batch_size=4, progress=False)
     by_onnx = FeatureCache(tmp_path / "onnx", encoder, config, paths, with_grid=True).build(
         batch_size=4, progress=False, onnx=True)
-    from captioner.encoders.onnx_runtime import default_onnx_cache
+    from captioner.cache import cache_root
 
-    assert list(default_onnx_cache().glob("efficientnet_lite0-*-96.onnx"))  # ONNX Runtime did extract
+    assert list(cache_root("onnx").glob("efficientnet_lite0-*-96.onnx"))  # ONNX Runtime did extract
     assert by_onnx.folder.name == by_torch.folder.name
     rows = np.arange(len(paths))
     for a, b in zip(by_torch.rows(rows), by_onnx.rows(rows)):
@@ -106,14 +106,14 @@ def test_onnx_extraction_is_refused_off_the_cpu(tmp_path):
 
 def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.encoders.onnx_runtime import default_onnx_cache
+    from captioner.cache import cache_root
 
     args = ["train", "--data", str(tiny_one_caption), "--encoder", "efficientnet_lite0", "--epochs", "1",
             "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--onnx", "--set", "log_every=0",
             "--set", "model.preprocess={crop_size: 64, resize_size: 64}"]
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
-    assert list(default_onnx_cache().glob("efficientnet_lite0-*-64.onnx"))
+    assert list(cache_root("onnx").glob("efficientnet_lite0-*-64.onnx"))
 
     assert main([*args, "--out", str(tmp_path / "fine-tune"), "--trainable-blocks", "1"]) == 2
     assert "training reads pixels" in capsys.readouterr().err

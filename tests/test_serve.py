@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 from captioner import Captioner  # noqa: E402
 from captioner.model import Caption  # noqa: E402
-from captioner.serve import BackgroundServer  # noqa: E402
+from background_server import BackgroundServer  # noqa: E402
 from captioner.serve.app import STATIC_DIR, caption_to_json, create_app  # noqa: E402
 from captioner.serve.batcher import MicroBatcher, QueueFullError  # noqa: E402
 

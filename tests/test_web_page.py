@@ -25,7 +25,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from captioner.serve import BackgroundServer  # noqa: E402
+from background_server import BackgroundServer  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 
 IMAGES = Path(__file__).parent / "fixtures" / "tiny" / "images"

@@ -1,10 +1,9 @@
 """captioner: train, evaluate and serve image-captioning models."""
-__version__ = "0.1.0"
-
-from .decoders import create_decoder, list_decoders  # noqa: E402
-from .encoders import create_encoder, list_encoders  # noqa: E402
-from .model import Caption, Captioner  # noqa: E402
-from .batch import caption_files  # noqa: E402
+from .batch import caption_files
+from .decoders import create_decoder, list_decoders
+from .encoders import create_encoder, list_encoders
+from .model import Caption, Captioner
+from .version import __version__
 
 
 def evaluate_captions(predictions, references, **options):

@@ -6,6 +6,9 @@ import json
 import os
 import sys
 
+from .errors import CaptionerError
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         # `captioner caption DIR | head`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
+    except (CaptionerError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
         # Expected failures (bad input, missing files, offline weights) get one clear message.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"captioner {args.command}: error: {message}", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file behind."""
+"""Atomic file writes: a crash mid-write never leaves a half-written file behind.
+
+The one implementation for the package: write a temporary file beside the target, fsync
+it, rename it over the target, then fsync the folder so the rename itself survives a power
+loss. A leaf module: it imports nothing of the package.
+"""
 from __future__ import annotations
 
 import os
@@ -7,14 +12,24 @@ from pathlib import Path
 from typing import Callable
 
 
+def _fsync_path(path: str | Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` then rename the temp file over ``path``."""
+    """Call ``write(temp_path)`` (any writer that takes a path: ``torch.save``, ``savefig``),
+    then make the temp file durable and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        _fsync_path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -23,13 +38,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if os.name == "posix":  # Windows cannot open a folder to fsync it
+        _fsync_path(path.parent, directory=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
+    """Write ``text`` to ``path`` as UTF-8, atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

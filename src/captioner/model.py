@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..cache import cache_root
+
 SOURCES = ("google", "noto", "openmoji")
 SPLITS = ("train", "val", "test")
 GOOGLE_PACKAGE, GOOGLE_VERSION = "emoji-datasource-google", "16.0.0"
@@ -108,9 +110,7 @@ class EmojiSourceError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """``$CAPTIONER_CACHE/emoji-sources``, else ``~/.cache/captioner/emoji-sources``."""
-    root = os.environ.get("CAPTIONER_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "captioner"
-    return base / "emoji-sources"
+    return cache_root("emoji-sources")
 
 
 def parse_codepoints(text: str) -> tuple[int, ...]:

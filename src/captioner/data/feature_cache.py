@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,22 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..cache import weights_digest
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
-
-
-def default_cache_root() -> Path:
-    root = os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner"
-    return Path(root) / "features"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _done_chunks(folder: Path) -> list[tuple[int, int]]:
@@ -211,4 +198,4 @@ class FeatureCache:
         return pooled, grid
 
 
-__all__ = ["FeatureCache", "ImageReadError", "default_cache_root", "weights_digest"]
+__all__ = ["FeatureCache", "ImageReadError"]

@@ -217,7 +217,6 @@ def _hyphens(tok: str) -> str:
 
 
 _SKIP = object()
-_ident = None
 
 # (regex, trailing-context regex or None, action, pushback)
 #   action: None -> token text unchanged, str -> constant, callable -> f(text), _SKIP -> no token

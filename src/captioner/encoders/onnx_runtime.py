@@ -13,24 +13,19 @@ Only a frozen encoder can be exported: fine-tuned stages would need gradients.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..io import atomic_write
+from ..cache import cache_root, weights_digest
+from ..io import atomic_write_bytes
 from .base import Encoder, EncoderOutput
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
 OPSET = 17
 INPUT, OUTPUTS = "pixels", ("pooled", "grid")
-
-
-def default_onnx_cache() -> Path:
-    root = os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner"
-    return Path(root) / "onnx"
 
 
 def _import_onnxruntime():
@@ -99,8 +94,6 @@ class OnnxEncoder:
                 f"trainable_blocks={encoder.config.trainable_blocks} (fine-tuned stages)"
             )
         self._ort = _import_onnxruntime()
-        from ..data.feature_cache import weights_digest
-
         self.name = encoder.name
         self.size = int(size)
         self.threads = int(threads or torch.get_num_threads())
@@ -110,7 +103,7 @@ class OnnxEncoder:
 
             encoder = copy.deepcopy(encoder).float().cpu()
         digest = weights_digest(encoder)
-        self.path = Path(cache_dir or default_onnx_cache()) / f"{encoder.name}-{digest[:20]}-{self.size}.onnx"
+        self.path = Path(cache_dir or cache_root("onnx")) / f"{encoder.name}-{digest[:20]}-{self.size}.onnx"
         if not self.path.is_file():
             self._export(encoder)
         try:
@@ -122,15 +115,7 @@ class OnnxEncoder:
             self.session = self._open()
 
     def _export(self, encoder: Encoder) -> None:
-        data = export_onnx(encoder, self.size)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-
-        atomic_write(self.path, write)  # temp file + os.replace: never half a model
+        atomic_write_bytes(self.path, export_onnx(encoder, self.size))  # never half a model
         self.exported = True
 
     def _open(self):
@@ -168,4 +153,4 @@ class OnnxEncoder:
         return f"OnnxEncoder({self.name!r}, size={self.size}, threads={self.threads}, path={str(self.path)!r})"
 
 
-__all__ = ["OnnxEncoder", "default_onnx_cache", "export_onnx"]
+__all__ = ["OnnxEncoder", "export_onnx"]

@@ -11,24 +11,16 @@ tokenized (whitespace separated).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import check_pair
+from ._inputs import check_pair, ngram_counts
 
 __all__ = ["compute_bleu"]
 
 _TINY = 1e-15
 _SMALL = 1e-9
-
-
-def _ngrams(words: list[str], n: int) -> Counter:
-    c: Counter = Counter()
-    for k in range(1, n + 1):
-        c.update(tuple(words[i : i + k]) for i in range(len(words) - k + 1))
-    return c
 
 
 def _bleu_from_stats(correct, guess, testlen, reflen, n):
@@ -66,12 +58,12 @@ def compute_bleu(
         for r in refs[k]:
             rw = r.split()
             reflens.append(len(rw))
-            for g, c in _ngrams(rw, n).items():
+            for g, c in ngram_counts(rw, n).items():
                 if c > maxref.get(g, 0):
                     maxref[g] = c
         reflen = min(reflens, key=lambda L: (abs(L - testlen), L))
         correct = [0] * n
-        for g, c in _ngrams(words, n).items():
+        for g, c in ngram_counts(words, n).items():
             m = maxref.get(g)
             if m:
                 correct[len(g) - 1] += min(m, c)

@@ -31,7 +31,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import check_pair
+from ._inputs import check_pair, ngram_counts
 
 __all__ = ["CiderD", "PreparedReferences", "compute_cider_d"]
 
@@ -39,15 +39,6 @@ __all__ = ["CiderD", "PreparedReferences", "compute_cider_d"]
 # --------------------------------------------------------------------------
 # plain implementation
 # --------------------------------------------------------------------------
-def _counts(sentence: str, n: int) -> dict:
-    words = sentence.split()
-    c: dict = defaultdict(int)
-    for k in range(1, n + 1):
-        for i in range(len(words) - k + 1):
-            c[tuple(words[i : i + k])] += 1
-    return c
-
-
 def compute_cider_d(
     candidates: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
@@ -60,7 +51,7 @@ def compute_cider_d(
     come from ``references`` themselves.
     """
     ids, cands, refs = check_pair(candidates, references)
-    ref_counts = [[_counts(r, n) for r in refs[k]] for k in ids]
+    ref_counts = [[ngram_counts(r.split(), n) for r in refs[k]] for k in ids]
     df: dict = defaultdict(float)
     for rc in ref_counts:
         for g in {g for c in rc for g in c}:
@@ -82,7 +73,7 @@ def compute_cider_d(
 
     scores = np.zeros(len(ids), dtype=np.float64)
     for idx, k in enumerate(ids):
-        vc, nc, lc = to_vec(_counts(cands[k], n))
+        vc, nc, lc = to_vec(ngram_counts(cands[k].split(), n))
         acc = np.zeros(n)
         for rc in ref_counts[idx]:
             vr, nr, lr = to_vec(rc)
@@ -362,12 +353,7 @@ class CiderD:
         num = 0
         for refs in references:
             num += 1
-            seen = set()
-            for r in refs:
-                w = r.split()
-                for k in range(1, n + 1):
-                    for i in range(len(w) - k + 1):
-                        seen.add(" ".join(w[i : i + k]))
+            seen = {" ".join(g) for r in refs for g in ngram_counts(r.split(), n)}
             for g in seen:
                 df[g] += 1.0
         return cls(df, num, n=n, sigma=sigma)
@@ -586,11 +572,3 @@ class CiderD:
         cell = (row_off[c_cand[src]] + prep.e_slot[eidx]) * n + c_ord[src]
         num = np.bincount(cell, weights=np.minimum(c_w[src], wr) * wr, minlength=nrows * n).reshape(nrows, n)
         return num, c_norm[row_cand], prep.ref_norm[row_ref], c_nbig[row_cand] - prep.ref_nbig[row_ref]
-
-    def compute_score(
-        self, candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
-    ) -> tuple[float, np.ndarray]:
-        """Dict interface like :func:`compute_cider_d` (but with this object's df)."""
-        ids, cands, refs = check_pair(candidates, references)
-        s = self.score([cands[k] for k in ids], [refs[k] for k in ids])
-        return (float(s.mean()) if len(s) else 0.0), s

@@ -6,40 +6,10 @@ import json
 import os
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from ._inputs import check_ids, check_pair
 
 __all__ = ["ALL_METRICS", "evaluate_captions", "load_coco_references", "load_coco_results"]
 
-def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:
-    """Accept ``{id: "caption"}`` or pycocoevalcap-style ``{id: ["caption"]}``."""
-    out = {}
-    for k, v in candidates.items():
-        if isinstance(v, str):
-            out[k] = v
-        elif isinstance(v, Sequence) and len(v) == 1 and isinstance(v[0], str):
-            out[k] = v[0]
-        else:
-            raise ValueError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
-    return out
-
-
-def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashable, Sequence[str]]):
-    """Validate and return ``(ids, cands, refs)``, ids in the references' order."""
-    cands = as_candidates(candidates)
-    if set(cands) != set(references):
-        missing_c = [k for k in references if k not in cands]
-        missing_r = [k for k in cands if k not in references]
-        raise ValueError(
-            f"candidate/reference ids differ: {len(missing_c)} ids without candidate {missing_c[:10]}, "
-            f"{len(missing_r)} ids without references {missing_r[:10]}"
-        )
-    ids = list(references)
-    refs = {}
-    for k in ids:
-        r = references[k]
-        if isinstance(r, str) or not isinstance(r, Sequence) or len(r) == 0:
-            raise ValueError(f"references for id {k!r} must be a non-empty list of strings")
-        refs[k] = list(r)
-    return ids, cands, refs
 
 
 #: Canonical metric groups, in coco-caption's order.
@@ -125,18 +95,6 @@ def _references(refs: Any) -> dict[Hashable, list[str]]:
     raise ValueError("references must be a mapping image_id -> [captions] or a COCO captions dict")
 
 
-def _check_ids(pred: Mapping, refs: Mapping) -> None:
-    missing_pred = [k for k in refs if k not in pred]
-    missing_ref = [k for k in pred if k not in refs]
-    if missing_pred or missing_ref:
-        parts = []
-        if missing_pred:
-            parts.append(f"{len(missing_pred)} image id(s) have references but no prediction: {missing_pred[:10]}")
-        if missing_ref:
-            parts.append(f"{len(missing_ref)} image id(s) have a prediction but no references: {missing_ref[:10]}")
-        raise ValueError("prediction and reference image ids do not match; " + "; ".join(parts))
-
-
 def evaluate_captions(
     predictions: Mapping[Hashable, str] | Sequence[Mapping[str, Any]],
     references: Mapping[Hashable, Sequence[str]] | Mapping[str, Any],
@@ -161,7 +119,7 @@ def evaluate_captions(
     wanted = _metric_set(metrics)
     pred = _predictions(predictions)
     refs = _references(references)
-    _check_ids(pred, refs)
+    check_ids(pred, refs)
     ids = list(refs)
     if tokenize:
         from ..data.tokenizer import tokenize_corpus

@@ -24,6 +24,8 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from ._inputs import check_pair
+
 __all__ = ["JavaMetricError", "java_metrics_status", "meteor_score", "spice_score"]
 
 DEFAULT_TIMEOUT = 300.0
@@ -100,7 +102,7 @@ def meteor_score(
     Returns ``(corpus score, per-image array in the order of references)``.
     """
     base = _require("METEOR")
-    ids = list(references)
+    ids, cands, refs = check_pair(candidates, references)
     cmd = ["java", "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"]
     proc = subprocess.Popen(
         cmd, cwd=base / "meteor", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -129,9 +131,8 @@ def meteor_score(
     try:
         score_lines = []
         for k in ids:
-            hyp = candidates[k] if isinstance(candidates[k], str) else candidates[k][0]
-            hyp = hyp.replace("|||", "").replace("  ", " ")
-            score_lines.append(" ||| ".join(("SCORE", " ||| ".join(references[k]), hyp)))
+            hyp = cands[k].replace("|||", "").replace("  ", " ")
+            score_lines.append(" ||| ".join(("SCORE", " ||| ".join(refs[k]), hyp)))
         send(score_lines)
         stats = recv(len(ids))
         send(["EVAL ||| " + " ||| ".join(stats)])
@@ -183,12 +184,12 @@ def spice_score(
     Returns ``(mean score, per-image array in the order of references)``.
     """
     base = _require("SPICE")
-    ids = list(references)
+    ids, cands, refs = check_pair(candidates, references)
     data = [
         {
             "image_id": i,
-            "test": candidates[k] if isinstance(candidates[k], str) else candidates[k][0],
-            "refs": list(references[k]),
+            "test": cands[k],
+            "refs": refs[k],
         }
         for i, k in enumerate(ids)
     ]

@@ -13,7 +13,7 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import check_pair
+from ._inputs import check_pair
 
 __all__ = ["compute_rouge_l", "lcs_length", "rouge_l_single"]
 

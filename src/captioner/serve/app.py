@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from ..version import __version__
 from ..data.images import build_transform, load_image
 from ..model import Caption, Captioner, default_model_dir
 from .batcher import MicroBatcher, QueueFullError

@@ -17,12 +17,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data.feature_cache import FeatureCache, default_cache_root
+from ..cache import cache_root
+from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
+from ..device import resolve_device
 from ..model import Captioner
 from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
@@ -221,7 +223,7 @@ def train_one_epoch(ctx: TrainContext, progress: Progress) -> tuple[dict[str, fl
 
 def main(config: TrainConfig, resume: bool = False) -> Path:
     """Train; ``config.out`` ends as a model directory (best model), ``out/last`` beside it."""
-    device = dist_utils.resolve_device(config.device)
+    device = resolve_device(config.device)
     info = dist_utils.setup(device)
     seed_everything(config.seed + info.rank)
     run = RunFolder(Path(config.out))
@@ -334,7 +336,7 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
                              f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
     cache = FeatureCache(
-        config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
+        config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, paths,
         with_grid=model.decoder.needs_grid or config.data.cache_grid,
     )
     cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
