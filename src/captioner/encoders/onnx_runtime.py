@@ -109,6 +109,7 @@ class OnnxEncoder:
             import copy
 
             encoder = copy.deepcopy(encoder).float().cpu()
+        self.grid_shape = encoder.grid_shape_at(self.size, self.size)  # the ONNX outputs drop it
         digest = weights_digest(encoder)
         self.path = Path(cache_dir or default_onnx_cache()) / f"{encoder.name}-{digest[:20]}-{self.size}.onnx"
         if not self.path.is_file():
@@ -152,7 +153,9 @@ class OnnxEncoder:
         pooled, grid = self.session.run(list(OUTPUTS), {INPUT: x})
         dtype = images.dtype if images.is_floating_point() else torch.float32
         return EncoderOutput(
-            torch.from_numpy(pooled).to(images.device, dtype), torch.from_numpy(grid).to(images.device, dtype)
+            torch.from_numpy(pooled).to(images.device, dtype),
+            torch.from_numpy(grid).to(images.device, dtype),
+            self.grid_shape,
         )
 
     # An InferenceSession cannot be pickled or deep-copied: carry the file path, reopen it.
