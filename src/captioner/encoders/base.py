@@ -6,6 +6,7 @@ reads its dims and preprocessing from the network it wraps, not from constants.
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -157,11 +158,18 @@ def load_state_dict_file(path: str | Path, encoder: str) -> dict[str, torch.Tens
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except pickle.UnpicklingError as e:  # it pickles code or objects: refused, never run
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it unpickles {unsupported.group(1)}" if unsupported else "it holds pickled objects"
+        raise PretrainedWeightsUnavailable(
+            f"{path} is not a plain state dict and was not loaded ({what}, which weights-only loading "
+            f"refuses); delete it and download the weights again, or pass pretrained=false"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated or not a weights file at all
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PretrainedWeightsUnavailable(
-            f"{path} is not a plain state dict and was not loaded ({first_line}); delete it and "
-            f"download the weights again, or pass pretrained=false"
+            f"{path} is not a readable weights file ({first_line}); delete it and download the weights "
+            f"again, or pass pretrained=false"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedWeightsUnavailable(
