@@ -6,7 +6,7 @@ The encoder is exported once to ONNX (dynamic batch, fixed spatial size) and cac
 EfficientNet-Lite0 at 160 px this roughly halves single-image encoding latency on the CPU.
 
     encoder = OnnxEncoder(model.encoder, model.preprocess.crop_size)
-    pooled, grid = encoder(pixels)          # same shapes as model.encoder(pixels)
+    pooled, grid, grid_shape = encoder(pixels)   # as model.encoder(pixels)
 
 Only a frozen encoder can be exported: fine-tuned stages would need gradients.
 """
