@@ -194,3 +194,22 @@ def test_feature_cache_keeps_the_grid_shape(tmp_path):
     reopened = FeatureCache(tmp_path / "cache", encoder, PreprocessConfig(crop_size=64, resize_size=64), images,
                             with_grid=True).open()
     assert reopened.grid_shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda path: path.write_bytes(b"truncated download"), "not a readable weights file"),
+        (lambda path: torch.save([torch.zeros(2)], path), "not a plain state dict"),
+    ],
+)
+def test_unusable_cached_torchvision_weights_give_one_line(tmp_path, monkeypatch, write, message):
+    from torchvision.models import VGG16_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch/hub/checkpoints" / VGG16_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    cache.parent.mkdir(parents=True)
+    write(cache)
+    with pytest.raises(PretrainedWeightsUnavailable, match=message) as error:
+        create_encoder("vgg16")
+    assert str(cache) in str(error.value) and "\n" not in str(error.value)
