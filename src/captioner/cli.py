@@ -217,8 +217,9 @@ def add_models(sub) -> None:
 
 def run_models(args) -> int:
     from . import list_decoders, list_encoders
+    from .encoders import encoder_routes
 
-    print("encoders: " + ", ".join(list_encoders()))
+    print("encoders: " + ", ".join(list_encoders() + encoder_routes()))
     print("decoders: " + ", ".join(list_decoders()))
     return 0
 

@@ -125,8 +125,10 @@ class Captioner(nn.Module):
     def encode(self, images: torch.Tensor) -> Features:
         """Preprocessed images (batch, 3, H, W) → the features the decoder needs."""
         encoder = getattr(self, "_onnx_encoder", None) or self.encoder
-        pooled, grid = encoder(images)
-        return Features(pooled, grid if self.decoder.needs_grid else None)
+        out = encoder(images)
+        if not self.decoder.needs_grid:
+            return Features(out.pooled)
+        return Features(out.pooled, out.grid, out.grid_shape)
 
     def use_onnxruntime(self, enabled: bool = True) -> "Captioner":
         """Run the (frozen) encoder with ONNX Runtime on the CPU from now on: faster
@@ -198,10 +200,6 @@ class Captioner(nn.Module):
     def caption_tensor(self, pixels: torch.Tensor, beam_size=3, n_best=1, max_length=None, **beam_options):
         """Caption a batch of already preprocessed images (batch, 3, H, W)."""
         features = self.encode(pixels)
-        grid_side = None
-        if features.grid is not None:
-            side = int(round(features.grid.shape[1] ** 0.5))
-            grid_side = (side, side) if side * side == features.grid.shape[1] else None
         results = self.generate(features, beam_size, n_best, max_length, **beam_options)
         captions = []
         for hypotheses in results:
@@ -212,7 +210,7 @@ class Captioner(nn.Module):
                     score=best.score,
                     alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
                     attention=best.attention,
-                    grid_shape=grid_side if best.attention is not None else None,
+                    grid_shape=features.grid_shape if best.attention is not None else None,
                     words=[self.vocab.itos[t] for t in best.tokens],
                 )
             )

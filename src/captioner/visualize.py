@@ -15,24 +15,32 @@ PANEL_INCHES = 2.2
 MAX_COLUMNS = 5
 
 
-def model_view(image: ImageInput, preprocess: PreprocessConfig) -> np.ndarray:
-    """The image as the encoder saw it (resized and cropped per ``preprocess``), un-normalised:
-    (crop, crop, 3) floats in [0, 1]."""
-    pixels = build_transform(preprocess)(load_image(image))  # (3, crop, crop), normalised
+def model_view(image: ImageInput | torch.Tensor, preprocess: PreprocessConfig) -> np.ndarray:
+    """The image as the encoder saw it, un-normalised: (height, width, 3) floats in [0, 1].
+
+    ``image`` is a path or PIL image (resized and cropped per ``preprocess``) or an already
+    preprocessed pixel tensor (3, height, width), shown as it is.
+    """
+    if isinstance(image, torch.Tensor):
+        pixels = image.detach().float().cpu()
+    else:
+        pixels = build_transform(preprocess)(load_image(image))  # (3, crop, crop), normalised
     mean = torch.tensor(preprocess.mean)[:, None, None]
     std = torch.tensor(preprocess.std)[:, None, None]
     return (pixels * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def smooth_heatmaps(attention: torch.Tensor, grid_shape: tuple[int, int], size: int) -> np.ndarray:
-    """(words, regions) weights on a (h, w) grid → (words, size, size) maps, each scaled to [0, 1].
+def smooth_heatmaps(attention: torch.Tensor, grid_shape: tuple[int, int], size: int | tuple[int, int]) -> np.ndarray:
+    """(words, regions) weights on a (h, w) grid → (words, height, width) maps, each scaled to [0, 1].
 
-    Upsampled bilinearly and Gaussian-blurred (half a grid cell) so the cell edges do not show;
-    the blur runs at 8 pixels per cell, where it is cheap, before the final upsampling.
+    ``size`` is the picture's (height, width) (an int: square). Upsampled bilinearly and
+    Gaussian-blurred (half a grid cell) so the cell edges do not show; the blur runs at 8
+    pixels per cell, where it is cheap, before the final upsampling.
     """
     from torchvision.transforms.functional import gaussian_blur
 
     h, w = grid_shape
+    height, width = (size, size) if isinstance(size, int) else size
     if attention.shape[-1] != h * w:
         raise ValueError(f"attention has {attention.shape[-1]} regions but the grid is {h}x{w}")
     maps = attention.detach().float().cpu().reshape(-1, 1, h, w)  # (words, 1, h, w)
@@ -41,24 +49,14 @@ def smooth_heatmaps(attention: torch.Tensor, grid_shape: tuple[int, int], size: 
     sigma = cell / 2
     kernel = min(2 * int(2 * sigma) + 1, 2 * min(h, w) * cell - 1)  # reflect padding must stay inside
     maps = gaussian_blur(maps, [kernel, kernel], [sigma, sigma])
-    maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)[:, 0]  # (words, size, size)
+    maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]  # (words, H, W)
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
     return ((maps - low) / (high - low).clamp_min(1e-12)).numpy()
 
 
-def _grid_shape(caption) -> tuple[int, int]:
-    if caption.grid_shape is not None:
-        return tuple(caption.grid_shape)
-    regions = caption.attention.shape[-1]
-    side = int(round(math.sqrt(regions)))
-    if side * side != regions:
-        raise ValueError(f"caption has attention over {regions} regions but no grid_shape to lay them out")
-    return side, side
-
-
 def _overlay(view: np.ndarray, heatmap: np.ndarray, colormap, alpha: float = 0.5) -> np.ndarray:
-    return (1 - alpha) * view + alpha * colormap(heatmap)[..., :3]  # (size, size, 3)
+    return (1 - alpha) * view + alpha * colormap(heatmap)[..., :3]  # (height, width, 3)
 
 
 def save_attention_figure(
@@ -67,8 +65,9 @@ def save_attention_figure(
     """Write ``out_dir/<name or image name>.png``: the image as the model saw it, then one panel per
     generated word with the smoothed attention map over it and the word written on it.
 
-    ``caption`` is a :class:`captioner.model.Caption` from an attention decoder (its
-    ``attention`` is words × regions). Returns the PNG's path.
+    ``image_path`` is an image (path or PIL) or the preprocessed pixels (3, H, W) the caption
+    was made from. ``caption`` is a :class:`captioner.model.Caption` from an attention decoder:
+    its ``attention`` is words × regions over its ``grid_shape`` (h, w). Returns the PNG's path.
     """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -76,10 +75,12 @@ def save_attention_figure(
 
     if caption.attention is None:
         raise ValueError("this caption carries no attention weights (the decoder has no attention)")
-    view = model_view(image_path, preprocess)  # (size, size, 3)
-    size = view.shape[0]
+    if caption.grid_shape is None:
+        raise ValueError("this caption has attention weights but no grid_shape (h, w) to lay them out")
+    view = model_view(image_path, preprocess)  # (height, width, 3)
+    height, width = view.shape[:2]
     words = list(caption.words)
-    heatmaps = smooth_heatmaps(caption.attention[: len(words)], _grid_shape(caption), size)
+    heatmaps = smooth_heatmaps(caption.attention[: len(words)], tuple(caption.grid_shape), (height, width))
     colormap = matplotlib.colormaps["jet"]
     panels = [view] + [_overlay(view, heatmap, colormap) for heatmap in heatmaps]
     labels = ["input"] + words
@@ -87,16 +88,16 @@ def save_attention_figure(
     # One mosaic image on one axes: a subplot per word costs ten times more to draw.
     columns = min(MAX_COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
-    gap = max(2, size // 40)
-    mosaic = np.ones((rows * size + (rows - 1) * gap, columns * size + (columns - 1) * gap, 3))
+    gap = max(2, min(height, width) // 40)
+    mosaic = np.ones((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3))
     corners = []
     for index, panel in enumerate(panels):
-        top, left = (index // columns) * (size + gap), (index % columns) * (size + gap)
-        mosaic[top : top + size, left : left + size] = panel
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        mosaic[top : top + height, left : left + width] = panel
         corners.append((left, top))
 
     title_inches = 0.4
-    image_inches = PANEL_INCHES * rows
+    image_inches = PANEL_INCHES * rows * height / width
     figure = Figure(figsize=(PANEL_INCHES * columns, image_inches + title_inches))
     FigureCanvasAgg(figure)
     figure.text(0.5, 1 - 0.5 * title_inches / (image_inches + title_inches), caption.text or "(empty caption)",

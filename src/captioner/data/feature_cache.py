@@ -37,7 +37,8 @@ def _is_complete(folder: Path, n: int) -> bool:
 
 
 class FeatureCache:
-    """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps."""
+    """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps;
+    ``grid_shape`` is the grid's (h, w) (from meta.json; None for caches written before it was kept)."""
 
     def __init__(self, root: str | Path, encoder, preprocess: PreprocessConfig, paths: list[str], with_grid: bool):
         self.encoder = encoder
@@ -54,6 +55,7 @@ class FeatureCache:
         self.key = self.folder.name
         self.pooled: np.ndarray | None = None
         self.grid: np.ndarray | None = None
+        self.grid_shape: tuple[int, int] | None = None
 
     def _folder(self, root, digest: str, with_grid: bool) -> Path:
         key_source = json.dumps(
@@ -122,7 +124,8 @@ class FeatureCache:
         if rank == 0:  # one process creates the files; the others open them after the barrier
             arrays = {name: self._memmap(name, shape) for name, shape in shapes.items()}
             atomic_write_text(self.meta_path, json.dumps(
-                {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes}))
+                {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes,
+                 "grid_shape": list(probe.grid_shape) if probe.grid_shape else None}))
         if barrier is not None:
             barrier()
         if rank != 0:
@@ -183,7 +186,20 @@ class FeatureCache:
         self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")
         if self.with_grid:  # (a pooled-only request served by a grid cache leaves the grid unread)
             self.grid = np.load(self.folder / "grid.npy", mmap_mode="r")
+            self.grid_shape = self._meta_grid_shape()
         return self
+
+    def _meta_grid_shape(self) -> tuple[int, int] | None:
+        if not self.meta_path.is_file():
+            return None
+        shape = json.loads(self.meta_path.read_text(encoding="utf-8")).get("grid_shape")
+        if shape is None:
+            return None
+        h, w = (int(x) for x in shape)
+        if self.grid is not None and self.grid.shape[1] != h * w:
+            raise ValueError(f"{self.meta_path}: grid_shape {h}x{w} does not match {self.grid.shape[1]} regions; "
+                             f"delete {self.folder} to extract the features again")
+        return h, w
 
     def rows(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features for these rows as float32 tensors (reads only those rows from disk)."""

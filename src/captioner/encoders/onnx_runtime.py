@@ -6,7 +6,7 @@ The encoder is exported once to ONNX (dynamic batch, fixed spatial size) and cac
 EfficientNet-Lite0 at 160 px this roughly halves single-image encoding latency on the CPU.
 
     encoder = OnnxEncoder(model.encoder, model.preprocess.crop_size)
-    pooled, grid = encoder(pixels)          # same shapes as model.encoder(pixels)
+    pooled, grid, grid_shape = encoder(pixels)   # as model.encoder(pixels)
 
 Only a frozen encoder can be exported: fine-tuned stages would need gradients.
 """
@@ -102,6 +102,7 @@ class OnnxEncoder:
             import copy
 
             encoder = copy.deepcopy(encoder).float().cpu()
+        self.grid_shape = encoder.grid_shape_at(self.size, self.size)  # the ONNX outputs drop it
         digest = weights_digest(encoder)
         self.path = Path(cache_dir or cache_root("onnx")) / f"{encoder.name}-{digest[:20]}-{self.size}.onnx"
         if not self.path.is_file():
@@ -137,7 +138,9 @@ class OnnxEncoder:
         pooled, grid = self.session.run(list(OUTPUTS), {INPUT: x})
         dtype = images.dtype if images.is_floating_point() else torch.float32
         return EncoderOutput(
-            torch.from_numpy(pooled).to(images.device, dtype), torch.from_numpy(grid).to(images.device, dtype)
+            torch.from_numpy(pooled).to(images.device, dtype),
+            torch.from_numpy(grid).to(images.device, dtype),
+            self.grid_shape,
         )
 
     # An InferenceSession cannot be pickled or deep-copied: carry the file path, reopen it.
