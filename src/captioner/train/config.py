@@ -33,6 +33,7 @@ class ModelConfig:
     encoder: str = "resnet152"
     pretrained: bool = True
     trainable_blocks: int = 0  # > 0: fine-tune the last N encoder stages (reads pixels)
+    encoder_options: dict = field(default_factory=dict)  # more of the encoder's config, e.g. weights_file, model_options
     decoder: str = "show-tell"
     decoder_options: dict = field(default_factory=dict)
     preprocess: dict = field(default_factory=dict)  # overrides of the encoder's preprocessing

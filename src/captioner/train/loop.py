@@ -78,7 +78,7 @@ def build_model(config: TrainConfig, vocab: Vocabulary) -> Captioner:
         m.encoder,
         m.decoder,
         vocab,
-        encoder_options={"pretrained": m.pretrained, "trainable_blocks": m.trainable_blocks},
+        encoder_options={**m.encoder_options, "pretrained": m.pretrained, "trainable_blocks": m.trainable_blocks},
         decoder_options=m.decoder_options,
         max_length=config.data.max_length,
     )
