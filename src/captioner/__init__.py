@@ -1,6 +1,11 @@
-"""captioner: train, evaluate and serve image-captioning models."""
+"""captioner: train, evaluate and serve image-captioning models.
+
+An image that cannot be read or is over its limits raises ``ImageReadError`` (a
+``captioner.errors.CaptionerError`` and a ``ValueError``) whose message names the file.
+"""
 __version__ = "0.1.0"
 
+from .data.images import ImageReadError  # noqa: E402
 from .decoders import create_decoder, list_decoders  # noqa: E402
 from .encoders import create_encoder, list_encoders  # noqa: E402
 from .model import Caption, Captioner  # noqa: E402
@@ -16,6 +21,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "ImageReadError",
     "create_decoder",
     "create_encoder",
     "evaluate_captions",

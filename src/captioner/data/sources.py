@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from .images import ImageReadError, verify_image
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl")
 SPLITS = ("train", "val", "test")
@@ -248,10 +248,9 @@ def validate_examples(examples: list[Example], check_images: bool = True) -> Dat
                 problems.bad_paths.add(str(example.path))
                 continue
             try:
-                with Image.open(example.path) as image:
-                    image.verify()
-            except Exception as e:  # PIL raises many types for a bad file
-                problems.unreadable.append(f"{example.path}: {e}")
+                verify_image(example.path)  # decodes the data, so a truncated JPEG is found here
+            except ImageReadError as e:  # the message names the file
+                problems.unreadable.append(str(e))
                 problems.bad_paths.add(str(example.path))
     return problems
 
