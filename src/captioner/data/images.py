@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
@@ -26,9 +27,11 @@ ImageInput = Union[str, Path, Image.Image]
 ImageSource = Union[ImageInput, bytes, BinaryIO]
 
 # PIL's own guard (checked inside Image.open) only warns between 1× and 2× this value and
-# raises past 2×; captioner refuses at ImageLimits.max_pixels itself, from the header. Set to
-# the default limit so PIL stays silent for every image the default limits accept.
+# raises past 2×; captioner refuses at ImageLimits.max_pixels itself, from the header, so
+# PIL's error stays as a backstop for everyone and its warning (printed just before our
+# refusal names the file) is silenced.
 Image.MAX_IMAGE_PIXELS = 178_956_970
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # What Pillow's decoders raise on malformed data (a hostile header can reach any of these).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError)
