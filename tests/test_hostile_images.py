@@ -28,6 +28,7 @@ from captioner import ImageReadError
 from captioner.data.images import (
     DEFAULT_IMAGE_LIMITS,
     ImageLimits,
+    ImageTooLargeError,
     PreprocessConfig,
     build_transform,
     load_image,
@@ -101,6 +102,9 @@ def _wrong_crc(chunk_kind: bytes) -> bytes:
     return bytes(data)
 
 
+NOT_AN_IMAGE = "not an image in a format Pillow reads"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect/></svg>'
+RGB16_RAMP = b"".join(struct.pack(">3H", *[v * 257] * 3) for v in range(256))  # one row, 0 … 65535
 JPEG = _encode(_photo(256, 192), "JPEG", quality=90)
 PNG = _encode(_photo(256, 192), "PNG")
 GRADIENT_16 = (np.tile(np.arange(256, dtype=np.uint16), (8, 1)) * 257)  # (8, 256): 0 … 65535
@@ -108,7 +112,7 @@ GRADIENT_FLOAT = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))
 
 # name → file bytes, and what it must give: "tensor", or a regex of the ImageReadError message.
 CORPUS = {
-    "zero-byte.jpg": (b"", "not a readable image"),
+    "zero-byte.jpg": (b"", "the file is empty"),
     "jpeg-cut-10.jpg": (JPEG[: len(JPEG) // 10], "corrupt or truncated"),
     "jpeg-cut-50.jpg": (JPEG[: len(JPEG) // 2], "corrupt or truncated"),
     "jpeg-cut-90.jpg": (JPEG[: len(JPEG) * 9 // 10], "corrupt or truncated"),
@@ -117,21 +121,21 @@ CORPUS = {
     "png-cut-90.png": (PNG[: len(PNG) * 9 // 10], "corrupt or truncated"),
     # A bad CRC on the header chunk is refused; on the pixel data, zlib's own checksum guards
     # the pixels and PIL (like libpng's readers) decodes them.
-    "crc-ihdr.png": (_wrong_crc(b"IHDR"), "not a readable image"),
+    "crc-ihdr.png": (_wrong_crc(b"IHDR"), NOT_AN_IMAGE),
     "crc-idat.png": (_wrong_crc(b"IDAT"), "tensor"),
-    "random.jpg": (np.random.default_rng(1).bytes(4096), "not a readable image"),
-    "text.png": (b"hello, I am text\n" * 10, "not a readable image"),
-    "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect/></svg>', "not a readable"),
-    "svg-named.png": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "not a readable"),
+    "random.jpg": (np.random.default_rng(1).bytes(4096), NOT_AN_IMAGE),
+    "text.png": (b"hello, I am text\n" * 10, NOT_AN_IMAGE),
+    "drawing.svg": (SVG, NOT_AN_IMAGE),
+    "svg-named.png": (b'<?xml version="1.0"?>' + SVG, NOT_AN_IMAGE),
     "one-pixel.png": (_encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), "tensor"),
     "strip-1x12000.png": (_encode(Image.new("L", (1, 12000), 128), "PNG"), "max_resized_pixels"),
-    "strip-1x40000.png": (_encode(Image.new("L", (1, 40000), 128), "PNG"), "over the limit of 32768 pixels a side"),
+    "strip-1x40000.png": (_encode(Image.new("L", (1, 40000), 128), "PNG"), "32768 pixels a side"),
     "strip-12000x1.png": (_encode(Image.new("L", (12000, 1), 128), "PNG"), "max_resized_pixels"),
     # Past the default limit (178,956,970): 1.43× (in PIL's old warn-only gap) and 3×; valid PNGs.
     "bomb-16000x16000.png": (_raw_png(16000, 16000, 1, 0), "max_pixels"),
-    "bomb-3x.png": (_raw_png(23200, 23200, 1, 0), "max_pixels|too many pixels"),
+    "bomb-3x.png": (_raw_png(23200, 23200, 1, 0), "over the limit of 178,956,970 pixels"),
     "gray16.png": (_encode(Image.fromarray(GRADIENT_16), "PNG"), "tensor"),
-    "rgb16.png": (_raw_png(256, 8, 16, 2, b"".join(struct.pack(">3H", *[v * 257] * 3) for v in range(256))), "tensor"),
+    "rgb16.png": (_raw_png(256, 8, 16, 2, RGB16_RAMP), "tensor"),
     "float.tiff": (_encode(Image.fromarray(GRADIENT_FLOAT), "TIFF"), "tensor"),
     "float-wide.tiff": (_encode(Image.fromarray(GRADIENT_FLOAT * 4000 - 1000), "TIFF"), "tensor"),
     "int32.tiff": (_encode(Image.fromarray(GRADIENT_16.astype(np.int32) * 1000), "TIFF"), "tensor"),
@@ -145,7 +149,11 @@ CORPUS = {
     "photo.bmp": (_encode(_photo(64, 48), "BMP"), "tensor"),
     "large-6000x4500.jpg": (_encode(Image.new("RGB", (6000, 4500), (40, 90, 160)), "JPEG", quality=80), "tensor"),
 }
-SPECIAL = {"loop-a.jpg": "too many levels of symbolic links", "folder.jpg": "is a directory", "missing.jpg": "no such file"}
+SPECIAL = {
+    "loop-a.jpg": "too many levels of symbolic links",
+    "folder.jpg": "is a directory",
+    "missing.jpg": "no such file",
+}
 
 
 def build_corpus(root: Path) -> dict[str, str]:
@@ -194,13 +202,24 @@ def test_image_read_error_is_a_captioner_error_and_a_value_error(tmp_path):
 
 def test_the_bomb_check_refuses_at_the_limit_not_at_twice_it(tmp_path):
     limits = ImageLimits(max_pixels=1_000_000)
-    for width, height, refused in [(1000, 1000, False), (1001, 1000, True), (1500, 1000, True), (3000, 1000, True)]:
+    for width, height in [(1000, 1000), (1001, 1000), (1500, 1000), (3000, 1000)]:  # 1×, just over, 1.5×, 3×
         path = tmp_path / f"{width}x{height}.png"
         path.write_bytes(_raw_png(width, height, 8, 0))
-        result = _outcome(path, limits=limits)
-        assert isinstance(result, str) == refused, (width, height, result)
-        if refused:
-            assert "max_pixels" in result and f"{width * height:,}" in result
+        if width * height <= limits.max_pixels:
+            assert _outcome(path, limits=limits).shape == (3, 224, 224)
+            continue
+        with pytest.raises(ImageTooLargeError, match=f"{width * height:,} pixels .*max_pixels"):
+            load_image(path, CONFIG, limits)
+
+
+def test_uploads_are_read_from_bytes_with_the_callers_limits_and_name():
+    server = ImageLimits(max_pixels=40_000_000)
+    pixels = build_transform(CONFIG, limits=server)(PNG, name="cat.png")
+    assert pixels.shape == (3, 224, 224)
+    with pytest.raises(ImageTooLargeError, match="upload.png: a 1×12000 image would be resized"):
+        load_image(CORPUS["strip-1x12000.png"][0], CONFIG, server, name="upload.png")
+    with pytest.raises(ImageReadError, match="upload.jpg: corrupt or truncated"):
+        load_image(io.BytesIO(JPEG[:2000]), CONFIG, server, name="upload.jpg")
 
 
 def test_a_default_limit_bomb_is_refused_from_its_header_in_no_time(corpus):
@@ -228,7 +247,8 @@ def test_a_large_jpeg_is_decoded_only_as_large_as_the_resize_needs(corpus):
     big = PreprocessConfig(crop_size=560, resize_size=600)
     assert load_image(root / "large-6000x4500.jpg", big).size == (1500, 1125)
     # A shorter side between 1× and 2× the need: no scaling at all.
-    assert load_image(root / "progressive.jpg", PreprocessConfig(crop_size=128, resize_size=160)).size == (320, 240)
+    small = PreprocessConfig(crop_size=128, resize_size=160)
+    assert load_image(root / "progressive.jpg", small).size == (320, 240)
     assert np.asarray(drafted)[300, 300].tolist() == pytest.approx([40, 90, 160], abs=3)
 
 
@@ -323,7 +343,7 @@ print(json.dumps({"baseline_kb": baseline, "peak_kb": peak_kb(), "outcomes": out
 CORPUS_BUDGET_MB = 64
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads and resets the peak RSS in Linux /proc")
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads and resets peak RSS in Linux /proc")
 def test_the_whole_corpus_stays_under_a_memory_budget(corpus):
     root, expected = corpus
     run = subprocess.run(

@@ -17,7 +17,7 @@ from typing import BinaryIO, Optional, Union
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 
 from ..errors import CaptionerError
@@ -50,6 +50,10 @@ class ImageReadError(CaptionerError, ValueError):
     """
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over its ``ImageLimits``, refused from its header (a server answers 413)."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """The most an untrusted image may make us decode and allocate; checked from its header.
@@ -58,7 +62,9 @@ class ImageLimits:
     pixels (width × height) — the decompression-bomb guard, refused above it, never decoded.
     ``max_resized_pixels``: the most pixels of the image the resize policy makes before the
     crop (``resize: shorter`` scales a 1×12000 strip to 256×3 M). The server passes its own
-    (``--max-pixels``); the defaults suit a command run on one machine.
+    (``--max-pixels``); the defaults suit a command run on one machine. Images over a limit
+    raise ``ImageTooLargeError``. (PIL refuses past 2 × ``PIL.Image.MAX_IMAGE_PIXELS``,
+    357,913,940 pixels, whatever ``max_pixels`` says: a larger limit needs that raised too.)
     """
 
     max_side: int = 32_768  # far past any camera frame (12,000 px) or ordinary panorama
@@ -77,18 +83,18 @@ class ImageLimits:
         if width < 1 or height < 1:
             raise ImageReadError(f"{name}: the image is empty ({width}×{height} pixels)")
         if max(width, height) > self.max_side:
-            raise ImageReadError(
+            raise ImageTooLargeError(
                 f"{name}: {width}×{height} pixels is over the limit of {self.max_side} pixels a side (max_side)"
             )
         if width * height > self.max_pixels:
-            raise ImageReadError(
+            raise ImageTooLargeError(
                 f"{name}: {width}×{height} = {width * height:,} pixels is over the limit of "
                 f"{self.max_pixels:,} (max_pixels; a decompression bomb?)"
             )
         if preprocess is not None:
             resized_width, resized_height = preprocess.resized_size(size)
             if resized_width * resized_height > self.max_resized_pixels:
-                raise ImageReadError(
+                raise ImageTooLargeError(
                     f"{name}: a {width}×{height} image would be resized to {resized_width}×{resized_height} "
                     f"= {resized_width * resized_height:,} pixels, over the limit of "
                     f"{self.max_resized_pixels:,} (max_resized_pixels); the sides are too unequal for "
@@ -199,8 +205,17 @@ def verify_image(path: Union[str, Path], limits: ImageLimits = DEFAULT_IMAGE_LIM
 def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], limits: ImageLimits) -> Image.Image:
     try:
         pil = Image.open(file)  # reads the header only
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{name}: too many pixels ({e})") from None
+    except Image.DecompressionBombError as e:  # PIL's backstop, past 2 × Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(
+            f"{name}: over the limit of {limits.max_pixels:,} pixels (max_pixels; {e})"
+        ) from None
+    except UnidentifiedImageError:
+        if file.seek(0, io.SEEK_END) == 0:
+            raise ImageReadError(f"{name}: the file is empty") from None
+        raise ImageReadError(
+            f"{name}: not an image in a format Pillow reads (JPEG, PNG, GIF, WebP, TIFF, BMP, …); "
+            "text, SVG and random bytes are not"
+        ) from None
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{name}: not a readable image ({e})") from None
     # The checks use the size as stored; EXIF rotation only swaps the sides.
@@ -285,7 +300,11 @@ class ImageTransform:
             crop = [T.RandomHorizontalFlip()] if train else []
         else:
             resize = [T.Resize(config.resize_size, interpolation=interpolation, antialias=True)]
-            crop = [T.RandomCrop(config.crop_size), T.RandomHorizontalFlip()] if train else [T.CenterCrop(config.crop_size)]
+            crop = (
+                [T.RandomCrop(config.crop_size), T.RandomHorizontalFlip()]
+                if train
+                else [T.CenterCrop(config.crop_size)]
+            )
         self.pixels = T.Compose(
             [
                 T.PILToTensor(),
