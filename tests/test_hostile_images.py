@@ -284,6 +284,8 @@ def test_validation_decodes_so_truncated_jpegs_are_skipped(corpus):
     problems = validate_examples(examples)
     seconds = time.perf_counter() - start
     bad = problems.bad_paths
+    assert problems.missing == [str(root / "missing.jpg")]  # the folder and the loop are unreadable, with why
+    assert any("folder.jpg: cannot be opened: is a directory" in line for line in problems.unreadable)
     for cut in ("jpeg-cut-10.jpg", "jpeg-cut-50.jpg", "jpeg-cut-90.jpg", "png-cut-90.png"):
         assert str(root / cut) in bad, cut
     for good in ("photo.webp", "large-6000x4500.jpg", "progressive.jpg", "gray16.png", "animated.gif"):

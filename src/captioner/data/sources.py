@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ def validate_examples(examples: list[Example], check_images: bool = True) -> Dat
         if not example.captions or any(not c.strip() for c in example.captions):
             problems.empty_captions.append(f"{example.image_id} ({example.path})")
         if check_images:
-            if not example.path.is_file():
+            if not os.path.lexists(example.path):  # a directory or a symlink loop is unreadable, not missing
                 problems.missing.append(str(example.path))
                 problems.bad_paths.add(str(example.path))
                 continue
