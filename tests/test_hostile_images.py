@@ -27,6 +27,7 @@ from PIL import Image
 from captioner import ImageReadError
 from captioner.data.images import (
     DEFAULT_IMAGE_LIMITS,
+    ImageConfigError,
     ImageLimits,
     ImageTooLargeError,
     PreprocessConfig,
@@ -301,12 +302,13 @@ def test_validation_decodes_so_truncated_jpegs_are_skipped(corpus):
 
 def test_preprocess_config_refuses_bad_sizes_and_interpolations():
     for bad in ({"crop_size": 0}, {"crop_size": -3}, {"resize_size": 0}, {"crop_size": 2.5}):
-        with pytest.raises(ValueError, match="positive whole number"):
+        with pytest.raises(ImageConfigError, match="positive whole number"):
             PreprocessConfig(**bad)
-    with pytest.raises(ValueError, match="interpolation must be one of"):
+    with pytest.raises(ImageConfigError, match="interpolation must be one of"):
         PreprocessConfig(interpolation="cubic")
-    with pytest.raises(ValueError, match="max_pixels"):
+    with pytest.raises(ImageConfigError, match="max_pixels"):
         ImageLimits(max_pixels=0)
+    assert issubclass(ImageConfigError, CaptionerError) and issubclass(ImageConfigError, ValueError)
 
 
 # Preprocesses every file of a folder with the default preprocessing in a fresh process and

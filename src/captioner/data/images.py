@@ -54,6 +54,11 @@ class ImageTooLargeError(ImageReadError):
     """An image over its ``ImageLimits``, refused from its header (a server answers 413)."""
 
 
+class ImageConfigError(CaptionerError, ValueError):
+    """A ``PreprocessConfig`` or ``ImageLimits`` value that cannot work (a crop of 0 pixels,
+    an unknown interpolation); the message names the setting and what it accepts."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """The most an untrusted image may make us decode and allocate; checked from its header.
@@ -67,18 +72,19 @@ class ImageLimits:
     357,913,940 pixels, whatever ``max_pixels`` says: a larger limit needs that raised too.)
     """
 
-    max_side: int = 32_768  # far past any camera frame (12,000 px) or ordinary panorama
+    max_side: int = 32_768  # past any single camera frame; longer strips are no photo
     max_pixels: int = 178_956_970  # 2× PIL's default guard: a 12,000×9,000 photo (108 Mpx) passes
-    max_resized_pixels: int = 16_777_216  # 4096²: 50 MB of uint8; a 1:64 strip at resize 256
+    max_resized_pixels: int = 16_777_216  # 4096²: 50 MB of uint8; a 1:256 strip at resize 256
 
     def __post_init__(self):
         for name in ("max_side", "max_pixels", "max_resized_pixels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImageLimits.{name} must be a positive integer, got {value!r}")
+                raise ImageConfigError(f"ImageLimits.{name} must be a positive integer, got {value!r}")
 
     def check(self, name: str, size: tuple[int, int], preprocess: Optional["PreprocessConfig"] = None) -> None:
-        """Raise ``ImageReadError`` naming ``name`` when an image of ``size`` (w, h) is over a limit."""
+        """Raise ``ImageTooLargeError`` naming ``name`` when an image of ``size`` (w, h) is over a
+        limit — with ``preprocess``, the size its resize would make counts too."""
         width, height = size
         if width < 1 or height < 1:
             raise ImageReadError(f"{name}: the image is empty ({width}×{height} pixels)")
@@ -124,13 +130,13 @@ class PreprocessConfig:
 
     def __post_init__(self):
         if self.resize not in ("shorter", "squash"):
-            raise ValueError(f"preprocess.resize must be 'shorter' or 'squash', got {self.resize!r}")
+            raise ImageConfigError(f"preprocess.resize must be 'shorter' or 'squash', got {self.resize!r}")
         for name in ("crop_size", "resize_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"preprocess.{name} must be a positive whole number of pixels, got {value!r}")
+                raise ImageConfigError(f"preprocess.{name} must be a positive whole number of pixels, got {value!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise ImageConfigError(
                 f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}; got {self.interpolation!r}"
             )
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
@@ -156,6 +162,10 @@ class PreprocessConfig:
         """The fewest pixels the shorter decoded side needs so the resize never upsamples a
         downscaled decode: JPEG draft decoding stops at this."""
         return self.resize_size if self.resize == "shorter" else self.crop_size
+
+
+# The smallest decode: JPEG at 1/8 scale (validation only needs to know the bytes decode).
+_SMALLEST_DECODE = PreprocessConfig(crop_size=1, resize_size=1, resize="squash")
 
 
 def load_image(
@@ -276,10 +286,6 @@ def _to_rgb(pil: Image.Image, name: str) -> Image.Image:
         return pil.convert("RGB")
     except ValueError as e:  # a mode PIL cannot turn into RGB (LAB, HSV, multi-band float)
         raise ImageReadError(f"{name}: {pil.mode} images cannot be converted to RGB ({e})") from None
-
-
-# The smallest decode: JPEG at 1/8 scale (validation only needs to know the bytes decode).
-_SMALLEST_DECODE = PreprocessConfig(crop_size=1, resize_size=1, resize="squash")
 
 
 class ImageTransform:
