@@ -242,15 +242,28 @@ def test_strips_pass_under_squash_where_the_resize_stays_small(corpus):
 
 def test_a_large_jpeg_is_decoded_only_as_large_as_the_resize_needs(corpus):
     root, _ = corpus
+    with Image.open(root / "large-6000x4500.jpg") as image:
+        image.draft(None, (CONFIG.needed_side(),) * 2)
+        assert image.size == (750, 563)  # what load_image decodes: 1/8 scale, 563 ≥ resize_size 256
+    # …then box-averaged by 2 (563 // 256): the resize starts from 375×282, never below 256.
     drafted = load_image(root / "large-6000x4500.jpg", CONFIG)
-    assert drafted.size == (750, 563)  # 1/8 scale: 4500/8 = 563 ≥ resize_size 256
+    assert drafted.size == (375, 282)
+    assert np.asarray(drafted)[100, 100].tolist() == pytest.approx([40, 90, 160], abs=3)
     # Never below what the resize needs: at resize 600, 1/4 (1125 px) is too small to halve again.
     big = PreprocessConfig(crop_size=560, resize_size=600)
     assert load_image(root / "large-6000x4500.jpg", big).size == (1500, 1125)
-    # A shorter side between 1× and 2× the need: no scaling at all.
+    # A shorter side under 2× the need: the image as it is.
     small = PreprocessConfig(crop_size=128, resize_size=160)
     assert load_image(root / "progressive.jpg", small).size == (320, 240)
-    assert np.asarray(drafted)[300, 300].tolist() == pytest.approx([40, 90, 160], abs=3)
+
+
+def test_other_formats_are_box_reduced_to_what_the_resize_needs(tmp_path):
+    path = tmp_path / "big.png"
+    _photo(2000, 1500).save(path)
+    assert load_image(path, CONFIG).size == (400, 300)  # ÷5: 1500 // 256
+    squash = PreprocessConfig(resize="squash", crop_size=160)
+    assert load_image(path, squash).size == (223, 167)  # ÷9: 1500 // 160, both sides ≥ 160
+    assert load_image(path).size == (2000, 1500)  # no preprocessing given: every pixel
 
 
 def test_16_bit_and_float_images_keep_their_gradient(corpus):

@@ -160,7 +160,7 @@ class PreprocessConfig:
 
     def needed_side(self) -> int:
         """The fewest pixels the shorter decoded side needs so the resize never upsamples a
-        downscaled decode: JPEG draft decoding stops at this."""
+        downscaled decode: JPEG draft decoding and the box reduction stop at this."""
         return self.resize_size if self.resize == "shorter" else self.crop_size
 
 
@@ -178,8 +178,9 @@ def load_image(
     """Open an image (path, bytes, binary file or PIL image) as 8-bit RGB.
 
     The header is checked against ``limits`` before any pixel is decoded; with
-    ``preprocess``, the size after its resize is checked too and a JPEG is decoded at the
-    smallest scale (1/2 … 1/8) whose shorter side still covers ``preprocess.needed_side()``.
+    ``preprocess``, the size after its resize is checked too, a JPEG is decoded at the
+    smallest scale (1/2 … 1/8) whose shorter side still covers ``preprocess.needed_side()``,
+    and any image is then box-averaged by the largest whole factor that still covers it.
     Only the first frame of an animated GIF or a multi-page TIFF is read. EXIF orientation
     is applied; 16-bit and float images are scaled by their range (``_to_8bit``);
     grayscale, CMYK, palette and alpha are converted, transparent pixels composited onto
@@ -189,7 +190,7 @@ def load_image(
     if isinstance(image, Image.Image):
         name = name or "image"
         limits.check(name, image.size, preprocess)
-        return _to_rgb(image, name)
+        return _shrink(_to_rgb(image, name), preprocess)
     if isinstance(image, (bytes, bytearray)):
         return _decode(io.BytesIO(image), name or "upload", preprocess, limits)
     if hasattr(image, "read"):
@@ -237,9 +238,20 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
             side = preprocess.needed_side()
             pil.draft(None, (side, side))
         pil.load()
-        return _to_rgb(pil, name)
+        return _shrink(_to_rgb(pil, name), preprocess)
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _shrink(pil: Image.Image, preprocess: Optional[PreprocessConfig]) -> Image.Image:
+    """Box-average an RGB image by the largest whole factor that keeps both sides at least
+    ``preprocess.needed_side()`` — what JPEG's draft does, for every format. The resize then
+    starts from a few times its output, not from a 6000-pixel photo (whose tensor copies cost
+    ~3× its decoded size)."""
+    if preprocess is None:
+        return pil
+    factor = min(pil.width, pil.height) // preprocess.needed_side()
+    return pil.reduce(factor) if factor >= 2 else pil
 
 
 def _to_8bit(pil: Image.Image) -> Image.Image:
