@@ -1,5 +1,10 @@
-"""captioner: train, evaluate and serve image-captioning models."""
+"""captioner: train, evaluate and serve image-captioning models.
+
+An image that cannot be read or is over its limits raises ``ImageReadError`` (a
+``captioner.errors.CaptionerError`` and a ``ValueError``) whose message names the file.
+"""
 from .batch import caption_files
+from .data.images import ImageReadError
 from .decoders import create_decoder, list_decoders
 from .encoders import create_encoder, list_encoders
 from .model import Caption, Captioner
@@ -16,6 +21,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "ImageReadError",
     "caption_files",
     "create_decoder",
     "create_encoder",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from .images import ImageReadError, verify_image
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl")
 SPLITS = ("train", "val", "test")
@@ -243,15 +244,14 @@ def validate_examples(examples: list[Example], check_images: bool = True) -> Dat
         if not example.captions or any(not c.strip() for c in example.captions):
             problems.empty_captions.append(f"{example.image_id} ({example.path})")
         if check_images:
-            if not example.path.is_file():
+            if not os.path.lexists(example.path):  # a directory or a symlink loop is unreadable, not missing
                 problems.missing.append(str(example.path))
                 problems.bad_paths.add(str(example.path))
                 continue
             try:
-                with Image.open(example.path) as image:
-                    image.verify()
-            except Exception as e:  # PIL raises many types for a bad file
-                problems.unreadable.append(f"{example.path}: {e}")
+                verify_image(example.path)  # decodes the data, so a truncated JPEG is found here
+            except ImageReadError as e:  # the message names the file
+                problems.unreadable.append(str(e))
                 problems.bad_paths.add(str(example.path))
     return problems
 
