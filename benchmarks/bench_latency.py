@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
-from captioner.data.images import PreprocessConfig, build_transform, load_image
+from captioner.data.images import PreprocessConfig, build_transform
 
 
 def timed(fn, repeats: int):
@@ -58,7 +58,7 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         preprocess = PreprocessConfig(**{**model.preprocess.to_dict(), "crop_size": size, "resize_size": size})
         transform = build_transform(preprocess)
-        read_ms, _, pixels = timed(lambda: transform(load_image(args.image))[None], args.repeats)
+        read_ms, _, pixels = timed(lambda: transform(args.image)[None], args.repeats)
         for variant in ("eager", "channels_last", "onnxruntime"):
             if variant == "onnxruntime":
                 run = onnx_encoder(model, size)
@@ -88,7 +88,7 @@ def main() -> None:
 
             def end_to_end():
                 with torch.inference_mode():
-                    return model.caption_tensor(transform(load_image(args.image))[None], args.beam_size)
+                    return model.caption_tensor(transform(args.image)[None], args.beam_size)
 
             total_ms, total_p90, _ = timed(end_to_end, args.repeats) if variant == "eager" else (
                 read_ms + encode_ms + decode_ms, float("nan"), None)
@@ -97,7 +97,7 @@ def main() -> None:
 
                 def end_to_end_onnx():
                     with torch.inference_mode():
-                        return onnx_model.caption_tensor(transform(load_image(args.image))[None], args.beam_size)
+                        return onnx_model.caption_tensor(transform(args.image)[None], args.beam_size)
 
                 total_ms, total_p90, captions = timed(end_to_end_onnx, args.repeats)
                 expected = end_to_end()[0].text

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .version import __version__
-from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
+from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
 from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
@@ -190,7 +190,7 @@ class Captioner(nn.Module):
         try:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                pixels = torch.stack([transform(load_image(item)) for item in chunk]).to(self.device)
+                pixels = torch.stack([transform(item) for item in chunk]).to(self.device)
                 captions.extend(self.caption_tensor(pixels, beam_size, max(n_best, 1), max_length, **beam_options))
         finally:
             self.train(was_training)

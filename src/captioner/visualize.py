@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
+from .data.images import ImageInput, PreprocessConfig, build_transform
 from .io import atomic_write
 
 PANEL_INCHES = 2.2
@@ -24,7 +24,7 @@ def model_view(image: ImageInput | torch.Tensor, preprocess: PreprocessConfig) -
     if isinstance(image, torch.Tensor):
         pixels = image.detach().float().cpu()
     else:
-        pixels = build_transform(preprocess)(load_image(image))  # (3, crop, crop), normalised
+        pixels = build_transform(preprocess)(image)  # (3, crop, crop), normalised
     mean = torch.tensor(preprocess.mean)[:, None, None]
     std = torch.tensor(preprocess.std)[:, None, None]
     return (pixels * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .images import ImageReadError, PreprocessConfig, build_transform, load_image
+from .images import ImageReadError, PreprocessConfig, build_transform
 from .sources import Example
 from .vocab import Vocabulary
 
@@ -131,7 +131,7 @@ class PixelPairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int):
-        return self.transform(load_image(self.paths[self.pairs.image_rows[i]])), i
+        return self.transform(self.paths[self.pairs.image_rows[i]]), i
 
 
 class ImageRows(Dataset):
@@ -153,9 +153,9 @@ class ImageRows(Dataset):
 
     def __getitem__(self, i: int):
         if not self.report_errors:
-            return self.transform(load_image(self.paths[i])), i
+            return self.transform(self.paths[i]), i
         try:
-            return self.transform(load_image(self.paths[i])), i, None
+            return self.transform(self.paths[i]), i, None
         except ImageReadError as e:
             return None, i, str(e)
         except Exception as e:  # a decoder crash inside PIL for one file

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..version import __version__
-from ..data.images import build_transform, load_image
+from ..data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform, load_image
 from ..model import Caption, Captioner, default_model_dir
 from .batcher import MicroBatcher, QueueFullError
 
@@ -49,8 +49,9 @@ class UploadError(Exception):
         self.message = message
 
 
-def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Upload bytes → RGB image, refusing unknown formats and oversized images before decoding."""
+def decode_upload(data: bytes, filename: str, max_pixels: int, preprocess: PreprocessConfig) -> Image.Image:
+    """Upload bytes → RGB image, refusing unknown formats and oversized images before decoding;
+    decoded only as large as ``preprocess`` needs (JPEG draft mode, whole-factor reduction)."""
     if not data:
         raise UploadError(400, f"{filename}: empty file")
     try:
@@ -69,11 +70,12 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
             raise UploadError(
                 413, f"{filename}: {width}×{height} = {width * height} pixels is over the limit of {max_pixels}"
             )
-        try:
-            image.load()
-            return load_image(image)
-        except Exception as e:  # truncated data, bad EXIF, decoder errors: the file's fault
-            raise UploadError(400, f"{filename}: corrupt or truncated image ({type(e).__name__}: {e})") from None
+    try:
+        return load_image(data, preprocess, ImageLimits(max_pixels=max_pixels), name=filename)
+    except ImageTooLargeError as e:
+        raise UploadError(413, str(e)) from None
+    except ImageReadError as e:  # truncated data, bad EXIF, decoder errors: the file's fault
+        raise UploadError(400, str(e)) from None
 
 
 def caption_to_json(caption: Caption, filename: str, with_attention: bool) -> dict:
@@ -249,7 +251,7 @@ def create_app(
         uploads = [(upload.filename or f"image{i}", await upload.read()) for i, upload in enumerate(image)]
 
         def prepare():
-            return [transform(decode_upload(data, name, max_pixels)) for name, data in uploads]
+            return [transform(decode_upload(data, name, max_pixels, model.preprocess)) for name, data in uploads]
 
         pixels = await run_in_threadpool(prepare)
         try:
