@@ -1,9 +1,28 @@
-"""captioner: train, evaluate and serve image-captioning models."""
-__version__ = "0.1.0"
+"""captioner: train, evaluate and serve image-captioning models.
 
-from .decoders import create_decoder, list_decoders  # noqa: E402
-from .encoders import create_encoder, list_encoders  # noqa: E402
-from .model import Caption, Captioner  # noqa: E402
+The public names load on first use (PEP 562), so ``import captioner.runtime`` — the ONNX
+runtime that captions with numpy and onnxruntime alone — never imports torch.
+"""
+from importlib import import_module
+
+from .version import __version__
+
+_EXPORTS = {
+    "Caption": "model",
+    "Captioner": "model",
+    "create_decoder": "decoders",
+    "list_decoders": "decoders",
+    "create_encoder": "encoders",
+    "list_encoders": "encoders",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
 
 def evaluate_captions(predictions, references, **options):
@@ -16,6 +35,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "__version__",
     "create_decoder",
     "create_encoder",
     "evaluate_captions",
