@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ from .runtime.images import FILTERS
 from .version import __version__
 
 QUANTIZATIONS = ("int8",)
+QUANTIZED_GRAPHS = ("init_state", "step")  # see _quantize_int8
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check runs another batch size than the trace
 TRACE_STEPS, CHECK_STEPS = 2, 5  # ... and more steps, so growing state is exercised
 STEP_PROBE = 256  # steps tried to find a decoder's own step limit
@@ -129,17 +131,21 @@ def _export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: li
         # Tracing warns about Python values taken from tensors (shape checks, limits) and
         # batch sizes baked into LSTMs: the check against torch catches any that matter.
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)  # TracerWarning is one
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(module, args, buffer, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     buffer.seek(0)
     return buffer.read()
 
 
+def _axis_names(name: str, growing: list[int]) -> dict[int, str]:
+    """A graph value's dynamic dims: the batch (dim 0) and those that grow from step to step."""
+    return {0: "batch", **{d: f"{name}_length" for d in growing}}
+
+
 def _dynamic_axes(names: list[str], tensors: list[torch.Tensor], growing: dict[str, list[int]]) -> dict:
-    """Batch (dim 0) of every value, plus the dims that grow from step to step."""
-    return {name: {0: "batch", **{d: f"{name}_length" for d in growing.get(name, [])}}
-            for name, tensor in zip(names, tensors) if tensor.dim() > 0}
+    return {name: _axis_names(name, growing.get(name, [])) for name, tensor in zip(names, tensors) if tensor.dim() > 0}
 
 
 def _session(data: bytes):
@@ -164,7 +170,11 @@ def _check(what: str, got: list[np.ndarray], expected: list[torch.Tensor], names
         scale = 1.0 + (float(np.abs(b[finite]).max()) if finite.any() else 0.0)
         error = float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
         if error > TOLERANCE * scale:
-            raise ExportError(f"{what}: the ONNX graph's {name} is off by {error:.3g} from torch")
+            raise ExportError(
+                f"{what}: the ONNX graph's {name} is off by {error:.3g} from torch (a traced graph keeps one "
+                "path through Python control flow: a branch or index on tensor values, or state outside the "
+                "state dict, is frozen at its traced value)"
+            )
 
 
 def _run(session, what: str, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
@@ -202,6 +212,8 @@ class _DecoderExport:
         shapes = [[tuple(v.shape) for v in flatten(s, self.slots)] for s in states]
         self.growing = {slot.name: [d for d in range(len(shapes[0][i])) if len({s[i][d] for s in shapes}) > 1]
                         for i, slot in enumerate(self.slots)}
+        self.shapes = dict(zip([s.name for s in self.slots], shapes[0]))
+        self.dtypes = {s.name: str(v.dtype).removeprefix("torch.") for s, v in zip(self.slots, flatten(start, self.slots))}
         self.init_graph = self._export_init(trace)
         self.step_graph = self._export_step(tokens[-1], states[-1])
         self._check(check)
@@ -274,11 +286,14 @@ class _DecoderExport:
             _check(what, got, [log_probs, *flatten(state, self.moving)], self.step_outputs)
 
     def describe(self) -> list[dict]:
-        return [
-            {"name": s.name, "key": s.key, "index": s.index, "static": s.static,
-             "dynamic_dims": [0, *self.growing[s.name]]}
-            for s in self.slots
-        ]
+        """Each state value: where it comes from, its dtype and shape (dynamic dims named)."""
+        described = []
+        for s in self.slots:
+            dynamic = _axis_names(s.name, self.growing[s.name])
+            shape = [dynamic.get(d, size) for d, size in enumerate(self.shapes[s.name])]
+            described.append({"name": s.name, "key": s.key, "index": s.index, "static": s.static,
+                              "dtype": self.dtypes[s.name], "shape": shape})
+        return described
 
 
 def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> Features:
@@ -292,15 +307,22 @@ def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> Feat
 
 
 def _quantize_int8(folder: Path) -> None:
-    """Dynamic int8 weights (onnxruntime.quantization) for every graph in ``folder``, in place."""
+    """Dynamic int8 weights (onnxruntime.quantization) for the decoder graphs, in place.
+
+    The encoder stays fp32: on the bundled EfficientNet-Lite0, int8 convolutions changed 24
+    of 41 captions (examples/ + the fixture images) and ran 2.3x slower on the CPU, while
+    int8 decoder graphs kept 41/41 greedy and 40/41 beam-3 captions at a quarter the size.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name in GRAPH_FILES.values():
-        path = folder / name
-        quantized = folder / f"{name}.int8"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "please run pre-processing" advice, per graph
-            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QUInt8)
+    for part in QUANTIZED_GRAPHS:
+        path = folder / GRAPH_FILES[part]
+        quantized = path.with_suffix(".int8.onnx")
+        logging.disable(logging.WARNING)  # its advice to pre-process, once per graph, on the root logger
+        try:
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
         os.replace(quantized, path)
 
 
@@ -313,8 +335,8 @@ def _cpu_float_copy(model: Captioner) -> Captioner:
 def export_model(model: Captioner, out: str | Path, quantize: str | None = None) -> Path:
     """Write ``model`` as an exported folder ``out`` (which must not exist or be empty).
 
-    ``quantize="int8"``: dynamic int8 weights on every graph (after the fp32 graphs are
-    checked against torch); captions may differ from the torch model's. Raises
+    ``quantize="int8"``: dynamic int8 weights on the decoder graphs (after the fp32 graphs
+    are checked against torch); captions may then differ from the torch model's. Raises
     ``ExportError`` for what cannot be exported, naming the part and the reason.
     """
     out = Path(out)
@@ -359,6 +381,7 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "format_version": FORMAT_VERSION,
         "captioner_version": __version__,
         "quantization": quantize,
+        "quantized_graphs": list(QUANTIZED_GRAPHS) if quantize else [],
         "graphs": dict(GRAPH_FILES),
         "vocab": VOCAB_FILE,
         "preprocess": PREPROCESS_FILE,
