@@ -127,7 +127,7 @@ def test_preprocessing_matches_torchvision(bundled_export):
     for config in configs:
         for path in (EXAMPLES[0], EXAMPLES[-1], FIXTURE_IMAGES[1]):
             expected = build_transform(config)(load_image(path)).numpy()
-            np.testing.assert_array_equal(preprocess(path, config.to_dict()), expected)
+            np.testing.assert_array_equal(preprocess(path, config), expected)
 
 
 def test_runtime_captions_without_torch(bundled_export):

@@ -344,11 +344,10 @@ def export_model(model: Captioner, out: str | Path, quantize: str | None = None)
         raise ExportError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or leave it out)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} already exists and is not an empty folder; choose a new folder")
-    preprocess = model.preprocess.to_dict()
-    if preprocess["interpolation"] not in FILTERS:
+    if model.preprocess.interpolation not in FILTERS:
         raise ExportError(
-            f"preprocess.interpolation {preprocess['interpolation']!r} is not reproduced by the torch-free runtime "
-            f"(it resizes with {', '.join(sorted(FILTERS))}); retrain or re-save the model with one of those"
+            f"preprocess.interpolation {model.preprocess.interpolation!r} is not reproduced by the torch-free runtime "
+            f"(it resizes with {' or '.join(sorted(FILTERS))}); export a model trained with one of those"
         )
     was_training = model.training
     exported = _cpu_float_copy(model).eval()

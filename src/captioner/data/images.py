@@ -1,13 +1,15 @@
-"""Image loading and preprocessing: one function for training, evaluation and inference."""
+"""Image loading and preprocessing: one function for training, evaluation and inference.
+
+torch and torchvision are imported inside the transforms, so ``load_image`` and
+``PreprocessConfig`` also serve the torch-free runtime (``captioner.runtime``).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Union
 
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import v2 as T
 
 ImageInput = Union[str, Path, Image.Image]
 
@@ -82,6 +84,9 @@ def build_transform(config: PreprocessConfig, train: bool = False):
     ``train=True`` adds the seed's augmentation (random crop + horizontal flip); it is only
     used when the encoder reads pixels during training (fine-tuning).
     """
+    import torch
+    from torchvision.transforms import v2 as T
+
     interpolation = T.InterpolationMode(config.interpolation)
     if config.resize == "squash":
         resize = [T.Resize((config.crop_size, config.crop_size), interpolation=interpolation, antialias=True)]
@@ -102,5 +107,7 @@ def build_transform(config: PreprocessConfig, train: bool = False):
 
 def preprocess(images: list[ImageInput], config: PreprocessConfig) -> torch.Tensor:
     """Load and preprocess a list of images into one batch (N, 3, crop, crop)."""
+    import torch
+
     transform = build_transform(config)
     return torch.stack([transform(load_image(image)) for image in images])

@@ -7,7 +7,7 @@ onnxruntime only: no torch, no torchvision.
 Nothing here imports torch, nor any captioner module that does.
 """
 from .captioner import Alternative, Caption, OnnxCaptioner
-from .images import ImageReadError
+from ..data.images import ImageReadError
 from .manifest import ExportedModelError, is_exported_model, read_manifest
 
 __all__ = ["Alternative", "Caption", "ExportedModelError", "ImageReadError", "OnnxCaptioner", "is_exported_model",

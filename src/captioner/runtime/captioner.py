@@ -9,8 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.images import ImageInput, PreprocessConfig
 from ..data.vocab import Vocabulary
-from .images import ImageInput, preprocess
+from .images import preprocess
 from .manifest import GRAPH_FILES, NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
 from .search import DecodingConfig, Hypothesis, State, beam_search, greedy
 
@@ -93,8 +94,8 @@ class OnnxCaptioner:
             threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         try:
             self.vocab = Vocabulary.load(self.directory / VOCAB_FILE)
-            self.preprocess = json.loads((self.directory / PREPROCESS_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            self.preprocess = PreprocessConfig(**json.loads((self.directory / PREPROCESS_FILE).read_text("utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ExportedModelError(f"{self.directory}: unreadable {VOCAB_FILE} or {PREPROCESS_FILE} ({e})") from None
         if len(self.vocab) != self.manifest["decoder"]["vocab_size"]:
             raise ExportedModelError(
