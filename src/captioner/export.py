@@ -216,7 +216,12 @@ class _DecoderExport:
         self.dtypes = {s.name: str(v.dtype).removeprefix("torch.") for s, v in zip(self.slots, flatten(start, self.slots))}
         self.init_graph = self._export_init(trace)
         self.step_graph = self._export_step(tokens[-1], states[-1])
-        self._check(check)
+        init, step = _session(self.init_graph), _session(self.step_graph)
+        # The exporter drops inputs a graph never reads (show-attend-tell's init_state reads
+        # only the grid): the names come from the graphs.
+        self.inputs = [i.name for i in init.get_inputs()]
+        self.step_inputs = [i.name for i in step.get_inputs()]
+        self._check(init, step, check)
         self.step_limit, self.step_limit_reason = _step_limit(decoder, trace, vocab_size)
 
     def _tokens(self, features: Features, steps: int) -> list[torch.Tensor]:
@@ -236,7 +241,7 @@ class _DecoderExport:
             raise ExportError(f"{self.refusal}: its step changes the state's layout "
                               f"({[s.name for s in self.slots]} → {[s.name for s in slots]})")
         for slot in self.slots:
-            if slot.static and flatten(new, [slot])[0] is not flatten(state, [slot])[0]:
+            if slot.static and not torch.equal(flatten(new, [slot])[0], flatten(state, [slot])[0]):
                 raise ExportError(f"{self.refusal}: its step replaces state[{slot.key!r}], which static_state "
                                   "names as a per-image constant")
         return log_probs, {k: v for k, v in new.items() if k in known}  # extras (attention) are outputs only
@@ -264,14 +269,8 @@ class _DecoderExport:
         }
         return _export_graph(_Step(self.decoder, self.slots), (tokens, *values), inputs, self.step_outputs, dynamic)
 
-    def _check(self, features: Features) -> None:
-        """The graphs against torch on another batch size, for more steps than traced.
-
-        The exporter drops graph inputs a function never reads (show-attend-tell's
-        ``init_state`` reads only the grid), so the inputs are taken from the graphs."""
-        init, step = _session(self.init_graph), _session(self.step_graph)
-        self.inputs = [i.name for i in init.get_inputs()]
-        self.step_inputs = [i.name for i in step.get_inputs()]
+    def _check(self, init, step, features: Features) -> None:
+        """The graphs against torch on another batch size, for more steps than traced."""
         names = [s.name for s in self.slots]
         given = {"pooled": features.pooled, "grid": features.grid}
         state = self.decoder.init_state(features)
@@ -296,14 +295,13 @@ class _DecoderExport:
         return described
 
 
-def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> Features:
-    """The encoder graph against torch; returns torch's features of ``pixels``."""
-    features = model.encode(pixels)
+def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder graph against torch; returns torch's (pooled, grid) of ``pixels``."""
     pooled, grid = model.encoder(pixels)
     what = f"encoder {model.encoder.name!r} cannot be exported"
     session = _session(graph)
     _check(what, _run(session, what, {INPUT: pixels.numpy()}, list(OUTPUTS)), [pooled, grid], list(OUTPUTS))
-    return features
+    return pooled, grid
 
 
 def _quantize_int8(folder: Path) -> None:
@@ -360,21 +358,20 @@ def export_model(model: Captioner, out: str | Path, quantize: str | None = None)
     return out
 
 
-def _rows(features: Features, rows: slice) -> Features:
-    return Features(features.pooled[rows], None if features.grid is None else features.grid[rows])
-
-
 def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, bytes], dict]:
     size = model.preprocess.crop_size
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(TRACE_BATCH + CHECK_BATCH, 3, size, size, generator=g)
     encoder_graph = export_onnx(model.encoder, size)
-    features = _encoder_check(model, encoder_graph, pixels)
-    decoder = _DecoderExport(model.decoder, _rows(features, slice(0, TRACE_BATCH)),
-                             _rows(features, slice(TRACE_BATCH, None)), len(model.vocab))
+    pooled, grid = _encoder_check(model, encoder_graph, pixels)
+
+    def rows(part: slice) -> Features:  # the decoder sees the grid only when it reads one, as in Captioner.encode
+        return Features(pooled[part], grid[part] if model.decoder.needs_grid else None)
+
+    decoder = _DecoderExport(model.decoder, rows(slice(0, TRACE_BATCH)), rows(slice(TRACE_BATCH, None)),
+                             len(model.vocab))
     files = {GRAPH_FILES["encoder"]: encoder_graph, GRAPH_FILES["init_state"]: decoder.init_graph,
              GRAPH_FILES["step"]: decoder.step_graph}
-    grid = features.grid
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -390,8 +387,8 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
             "inputs": [INPUT],
             "outputs": list(OUTPUTS),
             "pixels_shape": ["batch", 3, size, size],
-            "pooled_dim": int(features.pooled.shape[1]),
-            "grid_shape": ["batch", int(grid.shape[1]), int(grid.shape[2])] if grid is not None else None,
+            "pooled_shape": ["batch", int(pooled.shape[1])],
+            "grid_shape": ["batch", int(grid.shape[1]), int(grid.shape[2])],
         },
         "decoder": {
             "name": model.decoder.name,
