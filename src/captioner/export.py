@@ -213,7 +213,8 @@ class _DecoderExport:
         self.growing = {slot.name: [d for d in range(len(shapes[0][i])) if len({s[i][d] for s in shapes}) > 1]
                         for i, slot in enumerate(self.slots)}
         self.shapes = dict(zip([s.name for s in self.slots], shapes[0]))
-        self.dtypes = {s.name: str(v.dtype).removeprefix("torch.") for s, v in zip(self.slots, flatten(start, self.slots))}
+        self.dtypes = {slot.name: str(value.dtype).removeprefix("torch.")
+                       for slot, value in zip(self.slots, flatten(start, self.slots))}
         self.init_graph = self._export_init(trace)
         self.step_graph = self._export_step(tokens[-1], states[-1])
         init, step = _session(self.init_graph), _session(self.step_graph)
