@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 GRAPH_FILES = {"encoder": "encoder.onnx", "init_state": "init_state.onnx", "step": "step.onnx"}
 VOCAB_FILE, PREPROCESS_FILE = "vocab.json", "preprocess.json"
 STATE_PREFIX, NEXT_SUFFIX = "state.", ".next"
+REQUIRED_KEYS = frozenset({"graphs", "encoder", "decoder", "init_state", "step", "state", "decoding", "quantization"})
 
 
 class ExportedModelError(CaptionerError, ValueError):
@@ -65,6 +66,9 @@ def read_manifest(directory: str | Path) -> dict:
             f"{path}: export format {manifest.get('format_version')!r} is not supported by this runtime "
             f"(format {FORMAT_VERSION}); export the model again with a matching captioner"
         )
+    missing = sorted(REQUIRED_KEYS - set(manifest))
+    if missing:
+        raise ExportedModelError(f"{path}: incomplete manifest (no {', '.join(missing)}); export the model again")
     for name in [*manifest["graphs"].values(), VOCAB_FILE, PREPROCESS_FILE]:
         if not (directory / name).is_file():
             raise ExportedModelError(f"{directory}: {name} is missing; export the model again")
