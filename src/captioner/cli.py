@@ -257,10 +257,30 @@ def run_serve(args) -> int:
     )
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to caption without torch (ONNX graphs + manifest)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--model", help="model directory (default: the bundled model)")
+    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights for the decoder graphs")
+
+    def run(args) -> int:
+        from .export import export_model
+        from .model import Captioner
+
+        model = Captioner.from_pretrained(args.model)
+        out = export_model(model, args.out, quantize=args.quantize)
+        print(f"exported {model.encoder.name} + {model.decoder.name} to {out} "
+              f"(caption with captioner.runtime.OnnxCaptioner({str(out)!r}))")
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Image captioning: train, evaluate, caption, serve.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve):
+    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve, add_export):
         add(sub)
     return parser
 

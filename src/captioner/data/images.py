@@ -5,6 +5,9 @@ pixel is decoded (``ImageLimits``: width, height, pixel count, and the size the 
 would make), decodes a JPEG only at the scale the preprocessing needs, and turns every mode
 into 8-bit RGB by its real range. Anything it cannot read raises one ``ImageReadError`` that
 names the file.
+
+torch and torchvision are imported inside the transforms, so ``load_image`` and
+``PreprocessConfig`` also serve the torch-free runtime (``captioner.runtime``).
 """
 from __future__ import annotations
 
@@ -16,9 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import v2 as T
 
 from ..errors import CaptionerError
 
@@ -310,6 +311,9 @@ class ImageTransform:
     """
 
     def __init__(self, config: PreprocessConfig, train: bool = False, limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
+        import torch
+        from torchvision.transforms import v2 as T
+
         self.config = config
         self.limits = limits
         interpolation = T.InterpolationMode(config.interpolation)
@@ -352,5 +356,7 @@ def preprocess(
     images: list[ImageSource], config: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
 ) -> torch.Tensor:
     """Load and preprocess a list of images into one batch (N, 3, crop, crop)."""
+    import torch
+
     transform = build_transform(config, limits=limits)
     return torch.stack([transform(image) for image in images])

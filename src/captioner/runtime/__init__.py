@@ -1,0 +1,14 @@
+"""Caption with an exported model (``captioner export --format onnx``) using numpy and
+onnxruntime only: no torch, no torchvision.
+
+    from captioner.runtime import OnnxCaptioner
+    OnnxCaptioner("exported/").caption("dog.png").text
+
+Nothing here imports torch, nor any captioner module that does.
+"""
+from .captioner import Alternative, Caption, OnnxCaptioner
+from ..data.images import ImageReadError
+from .manifest import ExportedModelError, is_exported_model, read_manifest
+
+__all__ = ["Alternative", "Caption", "ExportedModelError", "ImageReadError", "OnnxCaptioner", "is_exported_model",
+           "read_manifest"]
