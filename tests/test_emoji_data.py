@@ -6,7 +6,6 @@ font is installed (`apt-get install -y fonts-noto-color-emoji`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections import defaultdict
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from captioner import cli
+from captioner.cache import cache_root
 from captioner.data import emoji as emoji_data
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emoji"
@@ -39,7 +40,7 @@ def build(out, sources=("google", "openmoji"), **kwargs):
         image_size=32, progress=False, jobs=1, cache_dir=Path(out).parent / "empty-cache",
     )
     options.update(kwargs)
-    return emoji_data.build_emoji_dataset(out, sources, **options)
+    return emoji_data.build_emoji_dataset(out, sources=sources, **options)
 
 
 def load(out) -> dict:
@@ -189,9 +190,9 @@ def test_no_source_available_is_an_error(tmp_path):
 
 def test_default_cache_dir_and_missing_message(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
-    assert emoji_data.default_cache_dir() == tmp_path / "cache" / "emoji-sources"
+    assert cache_root("emoji-sources") == tmp_path / "cache" / "emoji-sources"
     found = emoji_data.resolve_sources(["google"], log=lambda m: None)
-    assert found.google is None
+    assert found.folders.get("google") is None
     assert str(tmp_path / "cache" / "emoji-sources" / "emoji-datasource-google-16.0.0") in found.missing["google"]
     assert "--fetch" in found.missing["google"]
 
@@ -232,19 +233,15 @@ def test_noto_renders_from_emoji_test(built):
 
 
 def test_cli_arguments_and_run(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    emoji_data.add_arguments(parser)
-    args = parser.parse_args([
-        "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),
+    assert cli.main([
+        "data", "emoji", "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),
         "--emoji-test", str(EMOJI_TEST), "--image-size", "24", "--cache-dir", str(tmp_path / "cache"),
         "--jobs", "1", "--quiet",
-    ])
-    assert emoji_data.run(args) == 0
+    ]) == 0
     printed = capsys.readouterr().out
     assert "google" in printed and "19" in printed
     assert Image.open(tmp_path / "out" / "images" / "google" / "1f436.png").size == (24, 24)
 
-    args = parser.parse_args(["--out", str(tmp_path / "x"), "--sources", "openmoji",
-                              "--openmoji-dir", str(tmp_path / "none"), "--quiet"])
-    assert emoji_data.run(args) == 2
+    assert cli.main(["data", "emoji", "--out", str(tmp_path / "x"), "--sources", "openmoji",
+                     "--openmoji-dir", str(tmp_path / "none"), "--quiet"]) == 2
     assert "npm pack openmoji@17.0.0" in capsys.readouterr().err
