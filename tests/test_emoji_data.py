@@ -365,3 +365,27 @@ def test_cli_source_dir_and_holdout_artist(tmp_path, capsys):
         assert {im["split"] for im in load(tmp_path / "out")["images"] if im["artist"] == "noto-v1"} == {"test-artist"}
     assert cli.main(["data", "emoji", "--out", str(tmp_path / "y"), "--source-dir", "nonsense=/x", "--quiet"]) == 2
     assert "not an npm emoji source" in capsys.readouterr().err
+
+
+def test_icon_names_map_through_cldr_slugs():
+    table = emoji_data.NameTable()
+    for cps, name in [((0x1F468, 0x1F3FF, 0x200D, 0x1F9B2), "man: dark skin tone, bald"), ((0x1F468, 0x200D, 0x1F9B2), "man: bald"),
+                      ((0x1F9D1, 0x1F3FB, 0x200D, 0x1F3A8), "artist: light skin tone"), ((0x1F1EB, 0x1F1F7), "flag: France"),
+                      ((0x1F471, 0x200D, 0x2642, 0xFE0F), "man: blond hair"), ((0x0023, 0xFE0F, 0x20E3), "keycap: #"),
+                      ((0x002A, 0xFE0F, 0x20E3), "keycap: *"), ((0x1F1E8, 0x1F1EE), "flag: Côte d’Ivoire")]:
+        table.add(cps, name, "test")
+    slugs = table.slug_index()
+    assert emoji_data.slugify("flag: Côte d’Ivoire") == "flag-cote-divoire" and "flag-cote-divoire" in slugs
+    assert emoji_data.slugify("eight o'clock") == emoji_data.slugify("eight o’clock") == "eight-oclock"
+    assert "keycap" not in slugs  # "keycap: #" and "keycap: *" slug alike: neither is guessed
+    expected = {
+        "man-bald": ((0x1F468, 0x200D, 0x1F9B2), "slug"),
+        "man-bald-dark": ((0x1F468, 0x1F3FF, 0x200D, 0x1F9B2), "slug + skin-tone suffix"),
+        "artist-light": ((0x1F9D1, 0x1F3FB, 0x200D, 0x1F3A8), "slug + skin-tone suffix"),
+        "flag-for-france": ((0x1F1EB, 0x1F1F7), "respelled slug"),
+        "flag-for-flag-france": ((0x1F1EB, 0x1F1F7), "respelled slug"),
+        "flag-for-cote-divoire": ((0x1F1E8, 0x1F1EE), "respelled slug"),
+        "man-blonde-hair": ((0x1F471, 0x200D, 0x2642), "respelled slug"),
+        "admissiontickets": None, "keycap": None, "man-bald-purple": None,
+    }
+    assert {name: emoji_data.map_icon_name(name, slugs) for name in expected} == expected

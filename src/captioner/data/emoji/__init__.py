@@ -29,7 +29,7 @@ Modules: :mod:`.names` (code points, CLDR names, slugs), :mod:`.sources` (the ar
 reading), :mod:`.rendering`, :mod:`.splits`, :mod:`.build`.
 """
 from .build import DEFAULT_IMAGE_SIZE, build_emoji_dataset, format_summary
-from .names import NameTable, emoji_key, hex_string, normalize_name, parse_codepoints, slugify, tokenize
+from .names import NameTable, emoji_key, hex_string, map_icon_name, normalize_name, parse_codepoints, slugify, tokenize
 from .sources import (
     ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
 )
@@ -37,7 +37,7 @@ from .splits import ARTIST_SPLIT, SPLITS, assign_splits, split_images
 
 __all__ = [
     "ARTIST_SPLIT", "DEFAULT_IMAGE_SIZE", "ICONIFY_SETS", "NOTO_FONT_CANDIDATES", "SOURCES", "SPLITS", "UNAVAILABLE",
-    "EmojiSourceError", "NameTable", "assign_splits", "build_emoji_dataset", "emoji_key", "fetch_npm_source",
+    "EmojiSourceError", "NameTable", "assign_splits", "build_emoji_dataset", "emoji_key", "fetch_npm_source", "map_icon_name",
     "format_summary", "hex_string", "normalize_name", "parse_codepoints", "resolve_sources", "slugify",
     "split_images", "tokenize",
 ]

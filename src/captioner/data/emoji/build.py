@@ -111,11 +111,10 @@ def build_emoji_dataset(
                   "`apt-get install -y libraqm0`)", file=sys.stderr, flush=True)
     if "openmoji" in found.folders:
         items += collect_openmoji(found.folders["openmoji"], table, skipped["openmoji"])
-    slugs = table.slug_index()
     for source in ICONIFY_SETS:
         if source in found.folders:
             mapping[source], unmapped[source] = Counter(), []
-            items += collect_iconify(source, found.folders[source], table, slugs, skipped[source],
+            items += collect_iconify(source, found.folders[source], table, skipped[source],
                                      mapping[source], unmapped[source])
 
     # One image per (source, emoji).

@@ -55,8 +55,9 @@ def tokenize(caption: str) -> list[str]:
 
 def slugify(name: str) -> str:
     """A CLDR name as Iconify's emoji sets spell their icon names: ``"flag: Côte d’Ivoire"`` →
-    ``"flag-cote-d-ivoire"`` (accents stripped, every run of other characters one hyphen)."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    ``"flag-cote-divoire"``, ``"eight o’clock"`` → ``"eight-oclock"`` (accents and apostrophes dropped,
+    every run of other characters one hyphen)."""
+    ascii_name = unicodedata.normalize("NFKD", name.replace("'", "")).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
 
 
@@ -89,14 +90,21 @@ def _name_from_emoji_package(cps: tuple[int, ...], en_name: str) -> str:
 
 @dataclass
 class NameTable:
-    """Emoji key → (fully-qualified code points, CLDR name); first source that knows an emoji wins."""
+    """Emoji key → (fully-qualified code points, CLDR name); first source that knows an emoji wins.
+
+    Every other name seen for an emoji (a later source's spelling) is kept too, only to recognise icon
+    names: :meth:`slug_index`."""
 
     entries: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)
+    spellings: list = field(default_factory=list)  # (code points, name) of every name added
 
     def add(self, cps: tuple[int, ...], name: str, origin: str) -> None:
         key = emoji_key(cps)
-        if key not in self.entries and name:
+        if not name:
+            return
+        self.spellings.append((tuple(cps), name))
+        if key not in self.entries:
             self.entries[key] = (tuple(cps), name)
             self.origin[key] = origin
 
@@ -114,23 +122,54 @@ class NameTable:
         return None
 
     def slug_index(self) -> dict[str, tuple[int, ...]]:
-        """Slug of every known name → its code points; a slug two names share (``"keycap: #"`` and
-        ``"keycap: *"`` are both ``keycap``) maps to nothing rather than to the wrong emoji."""
+        """Slug → emoji key for every known name. A slug two emoji share (``"keycap: #"`` and
+        ``"keycap: *"`` are both ``keycap``) maps to nothing rather than to the wrong emoji. (The
+        ``emoji`` package's shortcode aliases are left out: ``pouting_face`` is its alias of 🙎 "person
+        pouting", while the icon sets' ``pouting-face`` is 😡, whose CLDR name it used to be.)"""
         index: dict[str, tuple[int, ...] | None] = {}
-        for cps, name in self.entries.values():
-            slug = slugify(name)
-            index[slug] = None if slug in index and index[slug] != cps else cps
-        return {slug: cps for slug, cps in index.items() if cps is not None}
+        for cps, name in self.spellings:
+            slug, key = slugify(name), emoji_key(cps)
+            index[slug] = None if slug in index and index[slug] != key else key
+        return {slug: key for slug, key in index.items() if key is not None}
 
 
-def map_icon_name(name: str, slugs: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], str] | None:
-    """An icon's slug name → ``(code points, how)``: the CLDR slug itself, else Fluent's short skin-tone
-    suffix (``artist-medium-dark`` → ``artist-medium-dark-skin-tone``); None when neither is a CLDR name."""
-    if name in slugs:
-        return slugs[name], "slug"
+# CLDR's hair components as they end a slug ("man-dark-skin-tone-red-hair").
+_HAIR_SLUGS = ("red-hair", "curly-hair", "white-hair", "blond-hair", "bald", "beard")
+
+
+def _spellings(name: str):
+    """An icon name, then the other spellings of it that icon sets use."""
+    yield name
+    if "blonde" in name:  # Fluent: "man-blonde-hair"; CLDR: "man: blond hair"
+        yield name.replace("blonde", "blond")
+    if name.startswith("flag-for-"):  # EmojiOne: "flag-for-france", Noto v1: "flag-for-flag-france"
+        yield "flag-" + name[len("flag-for-"):].removeprefix("flag-")
+
+
+def _with_skin_tone(name: str):
+    """Fluent's short skin-tone suffix in CLDR's order: ``artist-medium-dark`` →
+    ``artist-medium-dark-skin-tone``, ``man-beard-dark`` → ``man-dark-skin-tone-beard``."""
     for tone in _TONE_SUFFIXES:
-        if name.endswith("-" + tone) and f"{name}-skin-tone" in slugs:
-            return slugs[f"{name}-skin-tone"], "slug + skin-tone suffix"
+        if name.endswith("-" + tone):
+            base = name[: -len(tone) - 1]
+            yield f"{name}-skin-tone"
+            for hair in _HAIR_SLUGS:
+                if base.endswith("-" + hair):
+                    yield f"{base[: -len(hair) - 1]}-{tone}-skin-tone-{hair}"
+            return
+
+
+def map_icon_name(name: str, slugs: dict) -> tuple[tuple[int, ...], str] | None:
+    """An icon's slug name → ``(emoji key, how)`` through :meth:`NameTable.slug_index`: the slug of a
+    known name (also respelled: EmojiOne's ``flag-for-``, Fluent's ``blonde``), else with Fluent's short
+    skin-tone suffix; None when nothing matches."""
+    for spelling in _spellings(name):
+        if spelling in slugs:
+            return slugs[spelling], "slug" if spelling == name else "respelled slug"
+    for spelling in _spellings(name):
+        for candidate in _with_skin_tone(spelling):
+            if candidate in slugs:
+                return slugs[candidate], "slug + skin-tone suffix"
     return None
 
 

@@ -405,11 +405,12 @@ def iconify_svg(icon: dict, width: float, height: float) -> str:
             f'viewBox="{" ".join(str(v) for v in box)}">{icon["body"]}</svg>')
 
 
-def collect_iconify(source: str, folder: Path, table: NameTable, slugs: dict, skipped: Counter,
+def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counter,
                     mapping: Counter, unmapped: list) -> list[Item]:
     """An Iconify JSON set: each icon's code points from the set's ``chars.json`` when it has one, else from
-    its name (or a plain alias of it) read as the slug of a CLDR name. Unmappable icons are counted in
-    ``mapping["unmapped"]`` and their names appended to ``unmapped``."""
+    its name (or a plain alias of it) read as the slug of a CLDR name (:func:`map_icon_name`). Unmappable
+    icons are counted in ``mapping["unmapped"]`` and their names appended to ``unmapped``."""
+    slugs = table.slug_index()
     data = json.loads((folder / "icons.json").read_text(encoding="utf-8"))
     width, height = data.get("width", 16), data.get("height", 16)
     by_chars: dict[str, tuple[int, ...]] = {}
