@@ -439,6 +439,9 @@ def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counte
             unmapped.append(name)
             continue
         cps, how = hit
+        if any(key in icon for key in ("rotate", "hFlip", "vFlip")):  # none in the sets used today
+            skipped["rotated or flipped icon (not drawn)"] += 1
+            continue
         if emoji_key(cps) in COMPONENT_KEYS:
             skipped["component (skin tone / hair swatch)"] += 1
             continue
