@@ -1,12 +1,11 @@
 """The emoji-art dataset builder (`captioner data emoji`) on a tiny fake source tree.
 
 Fixtures (tests/fixtures/emoji): synthetic PNGs in the emoji-datasource-google layout, synthetic SVGs in
-the OpenMoji layout, and a subset of Unicode's emoji-test.txt. The Noto part runs only where the Debian
+the OpenMoji layout, two synthetic Iconify JSON sets, and a subset of Unicode's emoji-test.txt. The Noto part runs only where the Debian
 font is installed (`apt-get install -y fonts-noto-color-emoji`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections import defaultdict
@@ -15,12 +14,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from captioner import cli
+from captioner.cache import cache_root
 from captioner.data import emoji as emoji_data
+from captioner.data.sources import read_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emoji"
 GOOGLE = FIXTURES / "google"
 OPENMOJI = FIXTURES / "openmoji"
 EMOJI_TEST = FIXTURES / "emoji-test.txt"
+ICONIFY = FIXTURES / "iconify"  # three icons, one unmappable; no chars.json
+ICONIFY_CHARS = FIXTURES / "iconify-chars"  # with a chars.json codepoint table
+ICONIFY_DIRS = {"noto-v1": ICONIFY, "fluent-flat": ICONIFY_CHARS}
 NOTO_FONT = next((Path(p) for p in emoji_data.NOTO_FONT_CANDIDATES if Path(p).is_file()), None)
 needs_noto = pytest.mark.skipif(NOTO_FONT is None, reason="no Noto Color Emoji font (apt-get install fonts-noto-color-emoji)")
 
@@ -39,7 +44,7 @@ def build(out, sources=("google", "openmoji"), **kwargs):
         image_size=32, progress=False, jobs=1, cache_dir=Path(out).parent / "empty-cache",
     )
     options.update(kwargs)
-    return emoji_data.build_emoji_dataset(out, sources, **options)
+    return emoji_data.build_emoji_dataset(out, sources=sources, **options)
 
 
 def load(out) -> dict:
@@ -189,9 +194,9 @@ def test_no_source_available_is_an_error(tmp_path):
 
 def test_default_cache_dir_and_missing_message(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
-    assert emoji_data.default_cache_dir() == tmp_path / "cache" / "emoji-sources"
+    assert cache_root("emoji-sources") == tmp_path / "cache" / "emoji-sources"
     found = emoji_data.resolve_sources(["google"], log=lambda m: None)
-    assert found.google is None
+    assert found.folders.get("google") is None
     assert str(tmp_path / "cache" / "emoji-sources" / "emoji-datasource-google-16.0.0") in found.missing["google"]
     assert "--fetch" in found.missing["google"]
 
@@ -232,19 +237,155 @@ def test_noto_renders_from_emoji_test(built):
 
 
 def test_cli_arguments_and_run(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    emoji_data.add_arguments(parser)
-    args = parser.parse_args([
-        "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),
+    assert cli.main([
+        "data", "emoji", "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),
         "--emoji-test", str(EMOJI_TEST), "--image-size", "24", "--cache-dir", str(tmp_path / "cache"),
         "--jobs", "1", "--quiet",
-    ])
-    assert emoji_data.run(args) == 0
+    ]) == 0
     printed = capsys.readouterr().out
     assert "google" in printed and "19" in printed
     assert Image.open(tmp_path / "out" / "images" / "google" / "1f436.png").size == (24, 24)
 
-    args = parser.parse_args(["--out", str(tmp_path / "x"), "--sources", "openmoji",
-                              "--openmoji-dir", str(tmp_path / "none"), "--quiet"])
-    assert emoji_data.run(args) == 2
+    assert cli.main(["data", "emoji", "--out", str(tmp_path / "x"), "--sources", "openmoji",
+                     "--openmoji-dir", str(tmp_path / "none"), "--quiet"]) == 2
     assert "npm pack openmoji@17.0.0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- more artists
+
+
+@pytest.fixture(scope="module")
+def built_iconify(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emoji-iconify") / "dataset"
+    summary = build(out, ("google", "noto-v1", "fluent-flat"), source_dirs=ICONIFY_DIRS)
+    return out, summary, load(out)
+
+
+@needs_cairosvg
+def test_iconify_names_map_to_cldr_and_unmapped_are_counted(built_iconify):
+    out, summary, dataset = built_iconify
+    by_artist = defaultdict(dict)
+    for im in dataset["images"]:
+        by_artist[im["artist"]][im["emoji"]] = im["sentences"][0]["raw"]
+    # By slug, and by Fluent's short skin-tone suffix; "admissiontickets" names no emoji.
+    assert by_artist["noto-v1"] == {"1F436": "dog face", "1F44B-1F3FE": "waving hand: medium-dark skin tone"}
+    # By chars.json only ("spooky"), by a plain alias ("kitty" = "cat-face"), tone variant by chars.json.
+    assert by_artist["fluent-flat"] == {"1F47B": "ghost", "1F431": "cat face", "1F44D-1F3FB": "thumbs up: light skin tone"}
+    assert summary["mapping"]["noto-v1"] == {"slug": 1, "slug + skin-tone suffix": 1, "unmapped": 1}
+    assert summary["mapping"]["fluent-flat"] == {"chars.json": 3, "slug": 1}
+    assert summary["skipped"]["fluent-flat"] == {"duplicate": 1}  # the hidden kitty-old, same emoji as kitty
+    assert json.loads((out / "unmapped.json").read_text(encoding="utf-8")) == {
+        "fluent-flat": [], "noto-v1": ["admissiontickets"]}
+    text = (out / "SOURCES.md").read_text(encoding="utf-8")
+    assert "@iconify-json/noto-v1@1.2.5" in text and "@iconify-json/fluent-emoji-flat@1.2.6" in text
+    assert "1 unmapped" in text and "MIT License" in text and "Apache License 2.0" in text
+    assert summary["per_source"]["noto-v1"]["total"] == 2
+    with Image.open(out / "images" / "noto-v1" / "1f436.png") as image:
+        assert image.size == (32, 32) and image.getpixel((16, 16)) == (0xC8, 0x84, 0x3A)
+    with Image.open(out / "images" / "fluent-flat" / "1f47b.png") as image:  # currentColor draws black
+        assert image.getpixel((16, 20)) == (0, 0, 0) and image.getpixel((1, 1)) == (255, 255, 255)
+
+
+@needs_cairosvg
+def test_every_image_records_its_artist(built_iconify, built):
+    for out, _, dataset in (built_iconify, built):
+        for im in dataset["images"]:
+            assert im["artist"] == im["source"] and im["filepath"] == f"images/{im['artist']}"
+        examples = read_dataset(out / "dataset.json")
+        assert [e.metadata["artist"] for e in examples] == [im["artist"] for im in dataset["images"]]
+        assert all("sentences" not in e.metadata and "split" not in e.metadata for e in examples)
+
+
+@needs_cairosvg
+def test_held_out_artist_only_in_test_artist_split(tmp_path):
+    sources = ("google", "openmoji", "noto-v1", "fluent-flat")
+    summary = build(tmp_path / "held", sources, source_dirs=ICONIFY_DIRS, holdout_artists=("openmoji", "noto-v1"))
+    held = load(tmp_path / "held")
+    for im in held["images"]:
+        assert (im["split"] == emoji_data.ARTIST_SPLIT) == (im["artist"] in ("openmoji", "noto-v1")), im
+    assert {im["split"] for im in held["images"] if im["artist"] == "google"} >= {"train", "val", "test"}
+    assert summary["per_source"]["openmoji"]["test-artist"] == summary["per_source"]["openmoji"]["total"] == 5
+    assert "| openmoji | 0 | 0 | 0 | 5 | 5 |" in (tmp_path / "held" / "SOURCES.md").read_text(encoding="utf-8")
+    # The other artists' splits are those of a build without the held-out artists; and deterministic.
+    build(tmp_path / "rest", ("google", "fluent-flat"), source_dirs=ICONIFY_DIRS)
+    rest = {(im["artist"], im["emoji"]): im["split"] for im in load(tmp_path / "rest")["images"]}
+    assert {(im["artist"], im["emoji"]): im["split"] for im in held["images"]
+            if im["split"] != emoji_data.ARTIST_SPLIT} == rest
+    build(tmp_path / "again", sources, source_dirs=ICONIFY_DIRS, holdout_artists=("noto-v1", "openmoji"))
+    assert (tmp_path / "again" / "dataset.json").read_bytes() == (tmp_path / "held" / "dataset.json").read_bytes()
+
+
+def test_split_images_holds_out_artists():
+    captions = ["waving hand", "thumbs up", "waving hand: light skin tone", "thumbs up: light skin tone",
+                "dog face", "cat face", "dog", "cat"] * 3
+    artists = ["a"] * 8 + ["b"] * 8 + ["c"] * 8
+    splits = emoji_data.split_images(captions, artists, holdout_artists=["b"], test_fraction=0.25, val_fraction=0.1)
+    assert splits == emoji_data.split_images(captions, artists, holdout_artists=("b",), test_fraction=0.25,
+                                             val_fraction=0.1)
+    assert splits[8:16] == [emoji_data.ARTIST_SPLIT] * 8
+    assert splits[:8] == splits[16:]  # the same caption is in the same split for every kept artist
+    assert "test" in splits[:8] and "train" in splits[:8]
+    with pytest.raises(ValueError, match="artists"):
+        emoji_data.split_images(captions, artists[:-1])
+
+
+def test_holdout_artist_must_be_built(tmp_path):
+    with pytest.raises(emoji_data.EmojiSourceError, match="not among the sources"):
+        build(tmp_path / "out", ("google",), holdout_artists=("fluent-flat",))
+
+
+def test_reserved_and_unavailable_sets_are_refused(tmp_path, monkeypatch):
+    for name in ("apple", "facebook", "twemoji", "emoji-datasource-twitter"):
+        with pytest.raises(emoji_data.EmojiSourceError, match="held-out"):
+            build(tmp_path / "out", (name,))
+    with pytest.raises(emoji_data.EmojiSourceError, match="ships no images"):
+        build(tmp_path / "out", ("google", "blobmoji"))
+    # Refused before npm is even looked for: nothing reserved is ever downloaded.
+    monkeypatch.setattr(shutil, "which", lambda name: pytest.fail("npm must not be looked up"))
+    for package in ("@iconify-json/twemoji", "@svgmoji/twemoji", "emoji-datasource-apple", "emoji-datasource-facebook"):
+        with pytest.raises(emoji_data.EmojiSourceError, match="held-out"):
+            emoji_data.fetch_npm_source(package, "1.0.0", tmp_path / "x", log=lambda m: None)
+    # A reserved package passed as an allowed set's folder.
+    fake = tmp_path / "twemoji-iconify"
+    shutil.copytree(ICONIFY, fake)
+    (fake / "package.json").write_text(json.dumps({"name": "@iconify-json/twemoji"}), encoding="utf-8")
+    with pytest.raises(emoji_data.EmojiSourceError, match="held-out"):
+        build(tmp_path / "out", ("noto-v1",), source_dirs={"noto-v1": fake})
+
+
+def test_cli_source_dir_and_holdout_artist(tmp_path, capsys):
+    assert cli.main([
+        "data", "emoji", "--out", str(tmp_path / "out"), "--sources", "google,noto-v1", "--google-dir", str(GOOGLE),
+        "--source-dir", f"noto-v1={ICONIFY}", "--holdout-artist", "noto-v1", "--emoji-test", str(EMOJI_TEST),
+        "--image-size", "16", "--cache-dir", str(tmp_path / "cache"), "--jobs", "1", "--quiet",
+    ]) == (0 if HAVE_CAIROSVG else 2)
+    if HAVE_CAIROSVG:
+        printed = capsys.readouterr().out
+        assert "test-artist" in printed and "unmapped" in printed
+        assert {im["split"] for im in load(tmp_path / "out")["images"] if im["artist"] == "noto-v1"} == {"test-artist"}
+    assert cli.main(["data", "emoji", "--out", str(tmp_path / "y"), "--source-dir", "nonsense=/x", "--quiet"]) == 2
+    assert "not an npm emoji source" in capsys.readouterr().err
+
+
+def test_icon_names_map_through_cldr_slugs():
+    table = emoji_data.NameTable()
+    for cps, name in [((0x1F468, 0x1F3FF, 0x200D, 0x1F9B2), "man: dark skin tone, bald"), ((0x1F468, 0x200D, 0x1F9B2), "man: bald"),
+                      ((0x1F9D1, 0x1F3FB, 0x200D, 0x1F3A8), "artist: light skin tone"), ((0x1F1EB, 0x1F1F7), "flag: France"),
+                      ((0x1F471, 0x200D, 0x2642, 0xFE0F), "man: blond hair"), ((0x0023, 0xFE0F, 0x20E3), "keycap: #"),
+                      ((0x002A, 0xFE0F, 0x20E3), "keycap: *"), ((0x1F1E8, 0x1F1EE), "flag: Côte d’Ivoire")]:
+        table.add(cps, name, "test")
+    slugs = table.slug_index()
+    assert emoji_data.slugify("flag: Côte d’Ivoire") == "flag-cote-divoire" and "flag-cote-divoire" in slugs
+    assert emoji_data.slugify("eight o'clock") == emoji_data.slugify("eight o’clock") == "eight-oclock"
+    assert "keycap" not in slugs  # "keycap: #" and "keycap: *" slug alike: neither is guessed
+    expected = {
+        "man-bald": ((0x1F468, 0x200D, 0x1F9B2), "slug"),
+        "man-bald-dark": ((0x1F468, 0x1F3FF, 0x200D, 0x1F9B2), "slug + skin-tone suffix"),
+        "artist-light": ((0x1F9D1, 0x1F3FB, 0x200D, 0x1F3A8), "slug + skin-tone suffix"),
+        "flag-for-france": ((0x1F1EB, 0x1F1F7), "respelled slug"),
+        "flag-for-flag-france": ((0x1F1EB, 0x1F1F7), "respelled slug"),
+        "flag-for-cote-divoire": ((0x1F1E8, 0x1F1EE), "respelled slug"),
+        "man-blonde-hair": ((0x1F471, 0x200D, 0x2642), "respelled slug"),
+        "admissiontickets": None, "keycap": None, "man-bald-purple": None,
+    }
+    assert {name: emoji_data.map_icon_name(name, slugs) for name in expected} == expected

@@ -227,11 +227,60 @@ def run_models(args) -> int:
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="build datasets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
-    emoji = data_sub.add_parser("emoji", help="emoji art with Unicode CLDR names (offline, from package registries)")
-    from .data import emoji as emoji_data
+    from .data.emoji import DEFAULT_IMAGE_SIZE, SOURCES
 
-    emoji_data.add_arguments(emoji)
-    emoji.set_defaults(run=emoji_data.run)
+    emoji = data_sub.add_parser("emoji", help="emoji art with Unicode CLDR names (offline, from package registries)")
+    emoji.add_argument("--out", required=True, help="output folder (dataset.json, images/, SOURCES.md)")
+    emoji.add_argument("--sources", default=",".join(SOURCES),
+                       help=f"comma-separated emoji sets (artists) to use (default: {','.join(SOURCES)})")
+    emoji.add_argument("--google-dir", default=None,
+                       help="untarred npm emoji-datasource-google@16.0.0 (holds emoji.json and img/google/64); "
+                            "default: the cache folder")
+    emoji.add_argument("--openmoji-dir", default=None,
+                       help="untarred npm openmoji@17.0.0 (holds data/openmoji.json and color/svg); "
+                            "default: the cache folder")
+    emoji.add_argument("--source-dir", action="append", default=[], metavar="NAME=PATH",
+                       help="untarred npm package of an Iconify set, e.g. fluent-flat=DIR (holds icons.json); "
+                            "repeatable; default: the cache folder")
+    emoji.add_argument("--noto-font", default=None,
+                       help="NotoColorEmoji.ttf (default: the Debian fonts-noto-color-emoji path)")
+    emoji.add_argument("--emoji-test", default=None,
+                       help="Unicode emoji-test.txt (default: the Debian unicode-data path)")
+    emoji.add_argument("--cache-dir", default=None,
+                       help="where the npm sources live / are fetched to "
+                            "(default: $CAPTIONER_CACHE/emoji-sources or ~/.cache/captioner/emoji-sources)")
+    emoji.add_argument("--fetch", action="store_true",
+                       help="download missing npm sources into the cache folder with `npm pack`")
+    emoji.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                       help=f"side of the square PNGs in pixels (default {DEFAULT_IMAGE_SIZE})")
+    emoji.add_argument("--test-fraction", type=float, default=0.1, help="share of distinct emoji held out for test")
+    emoji.add_argument("--val-fraction", type=float, default=0.05, help="share of distinct emoji held out for val")
+    emoji.add_argument("--holdout-artist", action="append", default=[], metavar="NAME",
+                       help="put every image of this artist (a source name) in the test-artist split; repeatable "
+                            "(google and noto are the same art: hold both out together)")
+    emoji.add_argument("--jobs", type=int, default=None, help="rendering processes (default: CPU count, max 8)")
+    emoji.add_argument("--quiet", action="store_true", help="no progress output")
+    emoji.set_defaults(run=run_data_emoji)
+
+
+def run_data_emoji(args) -> int:
+    from .data.emoji import build_emoji_dataset, format_summary
+
+    source_dirs = {}
+    for pair in args.source_dir:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--source-dir {pair!r}: expected NAME=PATH, e.g. fluent-flat=~/fluent-emoji-flat")
+        source_dirs[name.strip().lower()] = path
+    summary = build_emoji_dataset(
+        args.out, sources=args.sources, source_dirs=source_dirs, google_dir=args.google_dir,
+        openmoji_dir=args.openmoji_dir, noto_font=args.noto_font, emoji_test=args.emoji_test,
+        image_size=args.image_size, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+        holdout_artists=args.holdout_artist, fetch=args.fetch, cache_dir=args.cache_dir,
+        jobs=args.jobs, progress=not args.quiet,
+    )
+    print(format_summary(summary))
+    return 0
 
 
 def add_serve(sub) -> None:

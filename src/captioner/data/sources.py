@@ -32,6 +32,7 @@ class Example:
     path: Path
     captions: list[str]
     split: str = "train"
+    metadata: dict = field(default_factory=dict)  # the dataset's own per-image fields, e.g. "artist"
 
 
 @dataclass
@@ -126,6 +127,10 @@ def read_coco(path: Path, image_root: Path) -> list[Example]:
     return list(examples.values())
 
 
+# The Karpathy layout's own fields; any other scalar field of an image (``artist``, ``source``) is metadata.
+_KARPATHY_KEYS = frozenset(("filepath", "filename", "split", "sentences", "sentids", "imgid", "cocoid"))
+
+
 def read_karpathy(path: Path, image_root: Path) -> list[Example]:
     data = _load_json(path)
     if not isinstance(data, dict) or "images" not in data:
@@ -137,7 +142,9 @@ def read_karpathy(path: Path, image_root: Path) -> list[Example]:
         split = "train" if split == "restval" else split
         image_id = str(image.get("cocoid", image.get("imgid", i)))
         captions = [s["raw"] if "raw" in s else " ".join(s["tokens"]) for s in image.get("sentences", [])]
-        examples.append(Example(image_id, Path(image_root) / relative, captions, split))
+        metadata = {k: v for k, v in image.items()
+                    if k not in _KARPATHY_KEYS and isinstance(v, (str, int, float, bool))}
+        examples.append(Example(image_id, Path(image_root) / relative, captions, split, metadata))
     return examples
 
 
@@ -266,7 +273,7 @@ def drop_invalid(examples: list[Example], problems: DatasetProblems) -> list[Exa
         if not captions:
             continue
         seen.add(example.image_id)
-        kept.append(Example(example.image_id, example.path, captions, example.split))
+        kept.append(Example(example.image_id, example.path, captions, example.split, example.metadata))
     return kept
 
 
