@@ -133,3 +133,28 @@ def test_evaluate_predictions_file_against_references(tmp_path, capsys):
     (tmp_path / "preds.json").write_text(json.dumps(predictions))
     assert main(["evaluate", "--predictions", str(tmp_path / "preds.json"),
                  "--references", str(TINY / "captions_coco.json")]) == 2
+
+
+def test_evaluate_by_artist(trained_show_tell, tmp_path, capsys):
+    """--by FIELD scores each value of a per-image field on its own (the cross-artist protocol)."""
+    data = json.loads((TINY / "dataset_tiny.json").read_text())
+    for i, image in enumerate(data["images"]):
+        image["split"] = "test"
+        image["artist"] = "photo" if image["filename"].endswith(".jpg") else "drawing"
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps(data))
+    (tmp_path / "images").symlink_to(TINY / "images")
+    code = main(["evaluate", "--model", str(trained_show_tell), "--data", str(path), "--split", "test",
+                 "--beam-size", "1", "--by", "artist", "--json", "--output", str(tmp_path / "p.json")])
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out)
+    groups = scores["by_artist"]
+    assert set(groups) == {"photo", "drawing", "all"}
+    assert groups["photo"]["images"] + groups["drawing"]["images"] == groups["all"]["images"] == len(data["images"])
+    assert groups["all"]["exact_match"] == scores["exact_match"]
+
+    del data["images"][0]["artist"]
+    path.write_text(json.dumps(data))
+    assert main(["evaluate", "--model", str(trained_show_tell), "--data", str(path), "--split", "test",
+                 "--by", "artist"]) == 2
+    assert "have no 'artist' field" in capsys.readouterr().err

@@ -173,6 +173,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--output", help="write the generated captions as a COCO results file")
     p.add_argument("--predictions", help="COCO results file [{image_id, caption}] to score")
     p.add_argument("--references", help="COCO captions file with the references")
+    p.add_argument("--by", metavar="FIELD", help="also score each value of a per-image dataset field, e.g. artist")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_device(p)
     p.set_defaults(run=run_evaluate)
@@ -191,9 +192,11 @@ def run_evaluate(args) -> int:
             raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
         evaluation = evaluate_model(
             args.model, args.data, images=args.images, format=args.format, split=args.split,
-            beam_size=args.beam_size, batch_size=args.batch_size, device=args.device,
+            beam_size=args.beam_size, batch_size=args.batch_size, device=args.device, by=args.by,
         )
         scores = evaluation.scores
+        if evaluation.by_group is not None:
+            scores = {**scores, f"by_{args.by}": evaluation.by_group}
         output = args.output or f"predictions-{args.split}.json"
         results = evaluation.coco_results()
         atomic_write_text(output, json.dumps(results, ensure_ascii=False))
@@ -203,9 +206,14 @@ def run_evaluate(args) -> int:
         print(f"{metric} skipped: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+        return 0
+    groups = summary.pop(f"by_{args.by}", None) if getattr(args, "by", None) else None
+    for key, value in summary.items():
+        print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+    if groups is not None:
+        print(f"\n{args.by:24s} {'images':>7s} {'exact':>7s} {'Bleu_4':>7s} {'CIDEr':>7s}")
+        for group, row in groups.items():
+            print(f"{group:24s} {row['images']:7d} {row['exact_match']:7.3f} {row['Bleu_4']:7.3f} {row['CIDEr']:7.3f}")
     return 0
 
 

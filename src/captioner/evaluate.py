@@ -22,6 +22,7 @@ class Evaluation:
 
     scores: dict[str, Any]
     predictions: dict[Hashable, str]
+    by_group: Optional[dict[str, dict[str, Any]]] = None  # ``by=FIELD``: scores per value of that field
 
     def coco_results(self) -> list[dict]:
         """The predictions as a COCO results file's list ``[{"image_id", "caption"}]``."""
@@ -38,11 +39,14 @@ def evaluate_model(
     beam_size: int = 3,
     batch_size: int = 64,
     device: str = "auto",
+    by: Optional[str] = None,
 ) -> Evaluation:
     """Caption the ``split`` examples of the captions file ``data`` with ``model`` (a model
     directory, a loaded :class:`Captioner`, or ``None`` for the bundled model) and score them
     with every coco-caption metric. ``images``: the image root (default: ``data``'s folder);
-    ``format``: the captions format (default: detected)."""
+    ``format``: the captions format (default: detected). ``by``: a per-image field of the
+    dataset (e.g. ``artist``) to score each of its values on its own as well
+    (:func:`captioner.metrics.groups.evaluate_by_group`)."""
     from .data.loaders import CaptionPairs
     from .data.sources import read_dataset, split_examples, validate_examples
     from .metrics import ALL_METRICS
@@ -60,13 +64,33 @@ def evaluate_model(
     problems = validate_examples(examples)
     if problems:
         raise ValueError(f"{data} has problems:\n{problems.report()}")
+    groups = _groups(examples, by, data) if by else None
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
     record, predictions = caption_and_score(
         model, examples, rows, pairs, None, batch_size, beam_size, torch_device, metrics=ALL_METRICS
     )
     renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
-    return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions)
+    by_group = None
+    if groups is not None:
+        from .metrics.groups import evaluate_by_group
+
+        by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups)
+    return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions, by_group)
+
+
+def _groups(examples, field: str, data) -> dict[Hashable, str]:
+    """``{image_id: value of the per-image field}``; every example must have the field."""
+    from .errors import CaptionerError
+
+    missing = [e.image_id for e in examples if field not in e.metadata]
+    if missing:
+        known = sorted({k for e in examples for k in e.metadata})
+        raise CaptionerError(
+            f"--by {field}: {len(missing)} of {len(examples)} images of {data} have no {field!r} field "
+            f"(e.g. {missing[0]!r}); per-image fields there: {', '.join(known) or 'none'}"
+        )
+    return {e.image_id: str(e.metadata[field]) for e in examples}
 
 
 def evaluate_files(predictions: Union[str, Path], references: Union[str, Path]) -> dict[str, Any]:

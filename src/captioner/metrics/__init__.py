@@ -8,7 +8,7 @@ tools when available (nothing Java is started at import time).
 from ..data.tokenizer import ptb_tokenize, tokenize_corpus
 from .bleu import compute_bleu
 from .cider import CiderD, compute_cider_d
-from .evaluate import ALL_METRICS, evaluate_captions, load_coco_references, load_coco_results
+from .evaluate import ALL_METRICS, evaluate_captions, exact_match, load_coco_references, load_coco_results
 from .rouge import compute_rouge_l
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "compute_cider_d",
     "compute_rouge_l",
     "evaluate_captions",
+    "exact_match",
     "load_coco_references",
     "load_coco_results",
     "ptb_tokenize",

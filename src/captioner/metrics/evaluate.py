@@ -210,3 +210,14 @@ def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
         return _references(data)
     except ValueError as e:
         raise ValueError(f"references file {path}: {e}") from None
+
+
+def exact_match(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
+    """Share of images whose caption equals one of its references (after PTB tokenization)."""
+    from ..data.tokenizer import ptb_tokenize
+
+    hits = 0
+    for key, caption in predictions.items():
+        tokens = ptb_tokenize(caption)
+        hits += any(tokens == ptb_tokenize(ref) for ref in references[key])
+    return hits / max(len(predictions), 1)

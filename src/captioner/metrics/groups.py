@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
-from .evaluate import _predictions, _references, evaluate_captions
+from .evaluate import _predictions, _references, evaluate_captions, exact_match
 
 
 def evaluate_by_group(
@@ -23,8 +23,6 @@ def evaluate_by_group(
     "exact_match": share, "Bleu_4": ..., "CIDEr": ..., ...}}`` in sorted group order, ``"all"`` last;
     ``per_image`` is dropped and ``skipped`` kept.
     """
-    from ..train.validation import exact_match
-
     pred = _predictions(predictions)
     refs = _references(references)
     missing = [k for k in refs if k not in groups]

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.loaders import ImageRows
-from ..data.tokenizer import ptb_tokenize
+from ..metrics import exact_match
 from ..decoders.base import Features
 from ..objectives import CaptionCrossEntropy
 
@@ -25,15 +25,6 @@ def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
     loader = DataLoader(ImageRows([str(e.path) for e in val_examples], model.preprocess), batch_size=batch_size)
     for pixels, indices in loader:
         yield int(indices[0]), model.encode(pixels.to(device))
-
-
-def exact_match(predictions: dict, references: dict) -> float:
-    """Share of images whose caption equals one of its references (after PTB tokenization)."""
-    hits = 0
-    for key, caption in predictions.items():
-        tokens = ptb_tokenize(caption)
-        hits += any(tokens == ptb_tokenize(ref) for ref in references[key])
-    return hits / max(len(predictions), 1)
 
 
 @torch.no_grad()
