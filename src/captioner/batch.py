@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 from torch.utils.data import DataLoader
 
 from .data.loaders import ImageRows, collate_with_errors
+from .device import resolve_device
 from .model import Caption, Captioner
 from .train import distributed as dist_utils
 
@@ -129,7 +130,7 @@ def iter_captions(
     merged into ``output`` after the last batch."""
     log = log or (lambda message: None)
     captioner = model if isinstance(model, Captioner) else None
-    torch_device = captioner.device if captioner is not None else dist_utils.resolve_device(device)
+    torch_device = captioner.device if captioner is not None else resolve_device(device)
     info = dist_utils.setup(torch_device, backend="gloo")  # under torchrun: only barriers, whatever the device
     try:
         if captioner is None:

@@ -46,7 +46,7 @@ def evaluate_model(
     from .data.loaders import CaptionPairs
     from .data.sources import read_dataset, split_examples, validate_examples
     from .metrics import ALL_METRICS
-    from .train.distributed import resolve_device
+    from .device import resolve_device
     from .train.validation import caption_and_score
 
     if isinstance(model, Captioner):

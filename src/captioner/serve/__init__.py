@@ -41,7 +41,7 @@ def serve(
     _require_serve_extra()
     import uvicorn
 
-    from ..train.distributed import resolve_device
+    from ..device import resolve_device
     from .app import create_app
 
     torch_device = resolve_device(device)

@@ -158,14 +158,3 @@ def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """``auto`` = CUDA when available; under torchrun each process takes its LOCAL_RANK GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device

@@ -23,6 +23,7 @@ from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
+from ..device import resolve_device
 from ..model import Captioner
 from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
@@ -30,7 +31,7 @@ from .config import TrainConfig, save_config
 from .distributed import DistInfo
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
-from .state import Progress, RunFolder, load_training_state, save_training_state
+from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
 
 
@@ -221,7 +222,7 @@ def train_one_epoch(ctx: TrainContext, progress: Progress) -> tuple[dict[str, fl
 
 def main(config: TrainConfig, resume: bool = False) -> Path:
     """Train; ``config.out`` ends as a model directory (best model), ``out/last`` beside it."""
-    device = dist_utils.resolve_device(config.device)
+    device = resolve_device(config.device)
     info = dist_utils.setup(device)
     seed_everything(config.seed + info.rank)
     run = RunFolder(Path(config.out))
@@ -232,12 +233,11 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             run.create()
             metrics = MetricsLog(run.metrics_file, run.tensorboard_dir if config.tensorboard else None)
         examples, vocab = prepare_data(config, say)
-        if resume:
-            resumed = load_training_state(run, config)
+        resumed = start_run(run, config, resume, log=say, is_main=info.is_main)
+        if resumed is not None:
             model, progress = resumed.model, resumed.progress
             vocab = model.vocab  # the run's vocabulary, even if the data changed since
         else:
-            run.check_fresh()
             model, progress = build_model(config, vocab), Progress()
         model.to(device)
         objective = create_objective(config.objective, vocab=vocab, config=config)  # a bad name fails here, early
@@ -262,7 +262,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             if info.enabled else model
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
-        if resume:
+        if resumed is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
             scheduler.load_state_dict(resumed.scheduler_state)
         stop_request = StopRequest()
@@ -295,8 +295,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                     score = record.get("CIDEr", -record.get("val_loss", means["loss"]))
                     improved = score > progress.best_score
                     if improved:
-                        progress.best_score, progress.best_epoch = score, progress.epoch
-                        model.save_pretrained(run.out)
+                        progress.best_score, progress.best_epoch = score, progress.epoch  # saved below
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
