@@ -5,6 +5,7 @@ from .decoders import create_decoder, list_decoders  # noqa: E402
 from .encoders import create_encoder, list_encoders  # noqa: E402
 from .model import Caption, Captioner  # noqa: E402
 from .batch import caption_files  # noqa: E402
+from .errors import CaptionerError  # noqa: E402
 
 
 def evaluate_captions(predictions, references, **options):
@@ -17,6 +18,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "CaptionerError",
     "caption_files",
     "create_decoder",
     "create_encoder",

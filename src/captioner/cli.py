@@ -6,6 +6,9 @@ import json
 import os
 import sys
 
+from .errors import CaptionerError, InvalidInputError
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
@@ -122,7 +125,7 @@ def parse_overrides(args) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise InvalidInputError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
@@ -135,7 +138,7 @@ def run_train(args) -> int:
 
     config = load_config(args.config, parse_overrides(args))
     if not config.data.path or not config.out:
-        raise ValueError("captioner train needs --data FILE and --out DIR (or data.path / out in --config)")
+        raise InvalidInputError("captioner train needs --data FILE and --out DIR (or data.path / out in --config)")
     main(config, resume=args.resume)
     return 0
 
@@ -181,11 +184,11 @@ def run_evaluate(args) -> int:
 
     if args.predictions or args.references:
         if not (args.predictions and args.references):
-            raise ValueError("--predictions and --references go together")
+            raise InvalidInputError("--predictions and --references go together")
         scores = evaluate_files(args.predictions, args.references)
     else:
         if not args.data:
-            raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
+            raise InvalidInputError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
         evaluation = evaluate_model(
             args.model, args.data, images=args.images, format=args.format, split=args.split,
             beam_size=args.beam_size, batch_size=args.batch_size, device=args.device,
@@ -273,12 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         # `captioner caption DIR | head`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
-        # Expected failures (bad input, missing files, offline weights) get one clear message.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"captioner {args.command}: error: {message}", file=sys.stderr)
+    except CaptionerError as e:
+        # An error the user can fix (bad input, a missing file, offline weights): one message.
+        print(f"captioner {args.command}: error: {e}", file=sys.stderr)
         return 2
-
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        print(f"captioner {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

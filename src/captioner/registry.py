@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Generic, TypeVar
 
+from .errors import InvalidInputError, UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -52,7 +54,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; registered: {', '.join(self.names()) or 'none'}"
             ) from None
 
@@ -62,7 +64,7 @@ def build_dataclass(config_cls: type, options: dict[str, Any], what: str):
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown option(s) for {what}: {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
         )
     return config_cls(**options)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
 from .io import atomic_write
+from .errors import InvalidInputError
 
 PANEL_INCHES = 2.2
 MAX_COLUMNS = 5
@@ -34,7 +35,7 @@ def smooth_heatmaps(attention: torch.Tensor, grid_shape: tuple[int, int], size: 
 
     h, w = grid_shape
     if attention.shape[-1] != h * w:
-        raise ValueError(f"attention has {attention.shape[-1]} regions but the grid is {h}x{w}")
+        raise InvalidInputError(f"attention has {attention.shape[-1]} regions but the grid is {h}x{w}")
     maps = attention.detach().float().cpu().reshape(-1, 1, h, w)  # (words, 1, h, w)
     cell = 8
     maps = F.interpolate(maps, size=(h * cell, w * cell), mode="bilinear", align_corners=False)
@@ -53,7 +54,7 @@ def _grid_shape(caption) -> tuple[int, int]:
     regions = caption.attention.shape[-1]
     side = int(round(math.sqrt(regions)))
     if side * side != regions:
-        raise ValueError(f"caption has attention over {regions} regions but no grid_shape to lay them out")
+        raise InvalidInputError(f"caption has attention over {regions} regions but no grid_shape to lay them out")
     return side, side
 
 
@@ -75,7 +76,7 @@ def save_attention_figure(
     from matplotlib.figure import Figure
 
     if caption.attention is None:
-        raise ValueError("this caption carries no attention weights (the decoder has no attention)")
+        raise InvalidInputError("this caption carries no attention weights (the decoder has no attention)")
     view = model_view(image_path, preprocess)  # (size, size, 3)
     size = view.shape[0]
     words = list(caption.words)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import CaptionerError, InvalidInputError
+
 SOURCES = ("google", "noto", "openmoji")
 SPLITS = ("train", "val", "test")
 GOOGLE_PACKAGE, GOOGLE_VERSION = "emoji-datasource-google", "16.0.0"
@@ -99,7 +101,7 @@ LICENSES = {
 }
 
 
-class EmojiSourceError(RuntimeError):
+class EmojiSourceError(CaptionerError, RuntimeError):
     """No usable emoji source (or a forbidden one); the message says how to get one."""
 
 
@@ -657,10 +659,10 @@ def build_emoji_dataset(
     if not sources:
         raise EmojiSourceError(f"no emoji source asked for; choose from {', '.join(SOURCES)}")
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError("test_fraction and val_fraction must be in [0, 1) and sum to less than 1")
+        raise InvalidInputError("test_fraction and val_fraction must be in [0, 1) and sum to less than 1")
     image_size = int(image_size)
     if not 8 <= image_size <= 1024:
-        raise ValueError(f"image_size must be between 8 and 1024, got {image_size}")
+        raise InvalidInputError(f"image_size must be between 8 and 1024, got {image_size}")
 
     def log(message: str) -> None:
         if progress:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
+from ..errors import InvalidInputError
 
 
 def default_cache_root() -> Path:
@@ -122,7 +123,7 @@ class FeatureCache:
         encoder = self.encoder.to(device).eval()
         if onnx:
             if device.type != "cpu":
-                raise ValueError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
+                raise InvalidInputError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
                                  "drop --onnx (data.onnx) or use --device cpu")
             from ..encoders.onnx_runtime import OnnxEncoder
 

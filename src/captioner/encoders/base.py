@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data.images import PreprocessConfig
 from ..registry import Registry
+from ..errors import CaptionerError, InvalidInputError
 
 
 @dataclass
@@ -25,7 +26,7 @@ class EncoderOutput(NamedTuple):
     grid: torch.Tensor  # (batch, regions, grid_dim)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(CaptionerError, RuntimeError):
     """Pretrained weights were asked for and cannot be had (offline, no cache)."""
 
 
@@ -63,7 +64,7 @@ class Encoder(nn.Module):
         stages = self.stages()
         n = self.config.trainable_blocks
         if n < 0 or n > len(stages):
-            raise ValueError(f"{self.name}: trainable_blocks must be 0..{len(stages)}, got {n}")
+            raise InvalidInputError(f"{self.name}: trainable_blocks must be 0..{len(stages)}, got {n}")
         self.requires_grad_(False)
         for stage in stages[len(stages) - n :]:
             stage.requires_grad_(True)

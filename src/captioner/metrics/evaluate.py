@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from ..errors import InvalidInputError, MissingFileError
+
 
 __all__ = ["ALL_METRICS", "evaluate_captions", "load_coco_references", "load_coco_results"]
 
@@ -18,7 +20,7 @@ def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:
         elif isinstance(v, Sequence) and len(v) == 1 and isinstance(v[0], str):
             out[k] = v[0]
         else:
-            raise ValueError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
+            raise InvalidInputError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
     return out
 
 
@@ -28,7 +30,7 @@ def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashab
     if set(cands) != set(references):
         missing_c = [k for k in references if k not in cands]
         missing_r = [k for k in cands if k not in references]
-        raise ValueError(
+        raise InvalidInputError(
             f"candidate/reference ids differ: {len(missing_c)} ids without candidate {missing_c[:10]}, "
             f"{len(missing_r)} ids without references {missing_r[:10]}"
         )
@@ -37,7 +39,7 @@ def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashab
     for k in ids:
         r = references[k]
         if isinstance(r, str) or not isinstance(r, Sequence) or len(r) == 0:
-            raise ValueError(f"references for id {k!r} must be a non-empty list of strings")
+            raise InvalidInputError(f"references for id {k!r} must be a non-empty list of strings")
         refs[k] = list(r)
     return ids, cands, refs
 
@@ -62,7 +64,7 @@ def _metric_set(metrics: Iterable[str] | None) -> list[str]:
     for m in metrics:
         key = _ALIASES.get(str(m).lower())
         if key is None:
-            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
+            raise InvalidInputError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
         if key not in out:
             out.append(key)
     return [m for m in ALL_METRICS if m in out]
@@ -77,32 +79,32 @@ def _predictions(pred: Any) -> dict[Hashable, str]:
             if isinstance(v, Mapping) and "caption" in v:
                 v = v["caption"]
             if not isinstance(v, str):
-                raise ValueError(f"prediction for image {k!r} must be a caption string, got {type(v).__name__}")
+                raise InvalidInputError(f"prediction for image {k!r} must be a caption string, got {type(v).__name__}")
             out[k] = v
         return out
     if isinstance(pred, Sequence) and not isinstance(pred, (str, bytes)):
         out = {}
         for i, item in enumerate(pred):
             if not isinstance(item, Mapping) or "image_id" not in item or "caption" not in item:
-                raise ValueError(f"results entry {i} must be a dict with 'image_id' and 'caption': {item!r:.100}")
+                raise InvalidInputError(f"results entry {i} must be a dict with 'image_id' and 'caption': {item!r:.100}")
             if not isinstance(item["caption"], str):
-                raise ValueError(f"results entry {i}: 'caption' must be a string")
+                raise InvalidInputError(f"results entry {i}: 'caption' must be a string")
             if item["image_id"] in out:
-                raise ValueError(f"results contain image_id {item['image_id']!r} more than once")
+                raise InvalidInputError(f"results contain image_id {item['image_id']!r} more than once")
             out[item["image_id"]] = item["caption"]
         return out
-    raise ValueError("predictions must be a mapping image_id -> caption or a COCO results list")
+    raise InvalidInputError("predictions must be a mapping image_id -> caption or a COCO results list")
 
 
 def _references(refs: Any) -> dict[Hashable, list[str]]:
     if isinstance(refs, Mapping) and "annotations" in refs:
         anns = refs["annotations"]
         if not isinstance(anns, Sequence):
-            raise ValueError("'annotations' must be a list")
+            raise InvalidInputError("'annotations' must be a list")
         out: dict[Hashable, list[str]] = {}
         for i, a in enumerate(anns):
             if not isinstance(a, Mapping) or "image_id" not in a or not isinstance(a.get("caption"), str):
-                raise ValueError(f"annotation {i} must be a dict with 'image_id' and string 'caption'")
+                raise InvalidInputError(f"annotation {i} must be a dict with 'image_id' and string 'caption'")
             out.setdefault(a["image_id"], []).append(a["caption"])
         # images listed without captions are an error only if predicted; keep order of "images" if present
         return out
@@ -110,19 +112,19 @@ def _references(refs: Any) -> dict[Hashable, list[str]]:
         out = {}
         for k, v in refs.items():
             if isinstance(v, str) or not isinstance(v, Sequence):
-                raise ValueError(f"references for image {k!r} must be a list of strings")
+                raise InvalidInputError(f"references for image {k!r} must be a list of strings")
             caps = []
             for c in v:
                 if isinstance(c, Mapping) and "caption" in c:
                     c = c["caption"]
                 if not isinstance(c, str):
-                    raise ValueError(f"references for image {k!r} must be strings")
+                    raise InvalidInputError(f"references for image {k!r} must be strings")
                 caps.append(c)
             if not caps:
-                raise ValueError(f"image {k!r} has no reference captions")
+                raise InvalidInputError(f"image {k!r} has no reference captions")
             out[k] = caps
         return out
-    raise ValueError("references must be a mapping image_id -> [captions] or a COCO captions dict")
+    raise InvalidInputError("references must be a mapping image_id -> [captions] or a COCO captions dict")
 
 
 def _check_ids(pred: Mapping, refs: Mapping) -> None:
@@ -134,7 +136,7 @@ def _check_ids(pred: Mapping, refs: Mapping) -> None:
             parts.append(f"{len(missing_pred)} image id(s) have references but no prediction: {missing_pred[:10]}")
         if missing_ref:
             parts.append(f"{len(missing_ref)} image id(s) have a prediction but no references: {missing_ref[:10]}")
-        raise ValueError("prediction and reference image ids do not match; " + "; ".join(parts))
+        raise InvalidInputError("prediction and reference image ids do not match; " + "; ".join(parts))
 
 
 def evaluate_captions(
@@ -226,20 +228,20 @@ def _load_json(path: str | os.PathLike, what: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file not found: {path}") from None
+        raise MissingFileError(f"{what} file not found: {path}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
+        raise InvalidInputError(f"{what} file {path} is not valid JSON: {e}") from None
 
 
 def load_coco_results(path: str | os.PathLike) -> dict[Hashable, str]:
     """Read a COCO results file ``[{"image_id": ..., "caption": ...}, ...]`` -> ``{image_id: caption}``."""
     data = _load_json(path, "results")
     if not isinstance(data, list):
-        raise ValueError(f"results file {path} must contain a JSON list of {{'image_id', 'caption'}} objects")
+        raise InvalidInputError(f"results file {path} must contain a JSON list of {{'image_id', 'caption'}} objects")
     try:
         return _predictions(data)
     except ValueError as e:
-        raise ValueError(f"results file {path}: {e}") from None
+        raise InvalidInputError(f"results file {path}: {e}") from None
 
 
 def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
@@ -247,8 +249,8 @@ def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
     ``{image_id: [captions]}`` JSON -> ``{image_id: [captions]}``."""
     data = _load_json(path, "references")
     if not isinstance(data, dict):
-        raise ValueError(f"references file {path} must contain a JSON object")
+        raise InvalidInputError(f"references file {path} must contain a JSON object")
     try:
         return _references(data)
     except ValueError as e:
-        raise ValueError(f"references file {path}: {e}") from None
+        raise InvalidInputError(f"references file {path}: {e}") from None

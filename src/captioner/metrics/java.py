@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
+from ..errors import CaptionerError
 
 __all__ = ["JavaMetricError", "java_metrics_status", "meteor_score", "spice_score"]
 
 DEFAULT_TIMEOUT = 300.0
 
 
-class JavaMetricError(RuntimeError):
+class JavaMetricError(CaptionerError, RuntimeError):
     """A Java-based metric could not be computed."""
 
 

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import MissingDependencyError
+
 SERVE_EXTRA_HINT = "captioner serve needs the 'serve' extra: pip install 'captioner[serve]'"
 
 def _require_serve_extra() -> None:
@@ -17,7 +19,7 @@ def _require_serve_extra() -> None:
         import multipart  # noqa: F401  (python-multipart, for uploads)
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"{SERVE_EXTRA_HINT} ({e})") from None
+        raise MissingDependencyError(f"{SERVE_EXTRA_HINT} ({e})") from None
 
 
 def url_for(host: str, port: int) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write
+from ..errors import MissingDependencyError
 
 
 class MetricsLog:
@@ -19,7 +20,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise MissingDependencyError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self._writer = SummaryWriter(str(tensorboard_dir))
 
     def __call__(self, record: dict) -> None:

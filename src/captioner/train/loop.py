@@ -33,6 +33,7 @@ from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
 from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
+from ..errors import InvalidInputError
 
 
 def _print(message: str) -> None:
@@ -150,7 +151,7 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
             return warm * o.gamma ** (step // max(1, steps_per_epoch * o.step_size))
         if o.schedule == "constant":
             return warm
-        raise ValueError(f"optim.schedule must be constant, cosine or step, got {o.schedule!r}")
+        raise InvalidInputError(f"optim.schedule must be constant, cosine or step, got {o.schedule!r}")
 
     factor(0)  # fail now on a bad schedule name, not after an epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -329,7 +330,7 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     """
     if not model.encoder.frozen:
         if config.data.onnx:
-            raise ValueError("--onnx (data.onnx) extracts a frozen encoder's features; with "
+            raise InvalidInputError("--onnx (data.onnx) extracts a frozen encoder's features; with "
                              f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
     cache = FeatureCache(
