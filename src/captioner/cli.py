@@ -25,7 +25,9 @@ def add_caption(sub) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (default: PATH<TAB>CAPTION lines, with backslash, tab and "
+                        "newline in PATH written as \\\\, \\t and \\n)")
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
     p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
@@ -56,10 +58,16 @@ def run_caption(args) -> int:
         if args.json:
             print(record.to_json(), flush=True)
         elif record.error is None:
-            print(f"{record.image}\t{record.caption.text}", flush=True)
+            print(f"{_tsv_field(str(record.image))}\t{record.caption.text}", flush=True)
     if failures:
         print(f"captioner caption: {failures} of {count} images could not be read", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _tsv_field(text: str) -> str:
+    """``text`` as one field of a tab-separated line: backslash, tab, newline and carriage
+    return escaped (``\\``, ``\t``, ``\n``, ``\r``), so a file name cannot split a record."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 # --- train -------------------------------------------------------------------------

@@ -31,6 +31,10 @@ class DecodingConfig:
     max_length: int = 20
     min_length: int = 1  # words before <end> may be chosen: no empty captions
 
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise InvalidInputError(f"max_length must be at least 1 word, got {self.max_length}")
+
 
 def _prepare(log_probs: torch.Tensor, config: DecodingConfig, step: int) -> torch.Tensor:
     """Step log-probs with banned tokens (and <end> before ``min_length`` words) at -inf."""
