@@ -242,7 +242,13 @@ def add_data(sub) -> None:
 
 
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP API and web page (needs the 'serve' extra)")
+    from .serve import BODY_TIMEOUT, HEADER_TIMEOUT  # light: uvicorn is imported only to serve
+
+    p = sub.add_parser("serve", help="HTTP API and web page (needs the 'serve' extra)",
+                       description="Serve the HTTP API and web page. Limits: request bytes (--max-upload-bytes, 413), "
+                                   "pixels per image (--max-pixels, 413), images per request (--max-files), decode "
+                                   "memory over all requests (--decode-memory-mb), header and body read deadlines "
+                                   "(--header-timeout, --body-timeout: slow clients are closed).")
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -251,6 +257,13 @@ def add_serve(sub) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
     p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument("--decode-memory-mb", type=int, default=1024,
+                   help="memory for the images being decoded at once, over all requests (estimated from their "
+                        "headers at 7 bytes a pixel); decodes beyond it wait")
+    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
+                   help="seconds a request's headers may take to arrive (slow clients are closed, 408)")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT,
+                   help="seconds a request's body may take to arrive after its headers")
     _add_device(p)
     p.set_defaults(run=run_serve)
 
@@ -261,6 +274,8 @@ def run_serve(args) -> int:
     return serve(
         args.model, host=args.host, port=args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
         max_pixels=args.max_pixels, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_files=args.max_files,
+        decode_memory_bytes=args.decode_memory_mb * 1024 * 1024, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
 
 

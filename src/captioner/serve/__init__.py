@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import MissingDependencyError
 
 SERVE_EXTRA_HINT = "captioner serve needs the 'serve' extra: pip install 'captioner[serve]'"
+HEADER_TIMEOUT, BODY_TIMEOUT = 10.0, 60.0  # seconds a request's headers / body may take to arrive
+
 
 def _require_serve_extra() -> None:
     try:
@@ -37,14 +39,19 @@ def serve(
     max_batch: int | None = None,
     max_wait_ms: float | None = None,
     max_files: int | None = None,
+    decode_memory_bytes: int | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> int:
     """Load ``model`` (a model directory; ``None`` = the bundled model), print the URL and run
-    uvicorn until interrupted. A limit left at ``None`` keeps :func:`create_app`'s default."""
+    uvicorn until interrupted. A limit left at ``None`` keeps :func:`create_app`'s default;
+    ``header_timeout``/``body_timeout`` (seconds) close requests that arrive too slowly."""
     _require_serve_extra()
     import uvicorn
 
     from ..device import resolve_device
     from .app import create_app
+    from .protocol import timed_protocol
 
     torch_device = resolve_device(device)
     limits = {
@@ -53,6 +60,7 @@ def serve(
         "max_batch": max_batch,
         "max_wait_ms": max_wait_ms,
         "max_files": max_files,
+        "decode_memory_bytes": decode_memory_bytes,
     }
     app = create_app(model, device=torch_device, **{k: v for k, v in limits.items() if v is not None})
     captioner = app.state.model
@@ -61,7 +69,7 @@ def serve(
         f"{url_for(host, port)} (API docs at /docs; Ctrl-C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(header_timeout, body_timeout))
     return 0
 
 
@@ -69,8 +77,11 @@ class BackgroundServer:
     """Run an app with uvicorn in a daemon thread on a free loopback port (tests, notebooks,
     benchmarks). Use as a context manager; ``url`` ends with ``/``."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT):
         import uvicorn
+
+        from .protocol import timed_protocol
 
         self.app = app
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -78,7 +89,8 @@ class BackgroundServer:
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
         self.url = url_for(host, self.port)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                                                    http=timed_protocol(header_timeout, body_timeout)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self, timeout: float = 60.0) -> "BackgroundServer":
