@@ -99,6 +99,15 @@ def test_one_caption_dataset_fails_before_feature_extraction(tmp_path, capsys, m
 def test_absurd_decoder_size_is_refused_before_allocating(tmp_path, capsys, tiny_one_caption):
     _fails_in_one_line(_train(tiny_one_caption, tmp_path / "run", "--set", "model.decoder_options={hidden_dim: 200000}"),
                        capsys, "GiB", "choose smaller sizes")
+    for bad in ("-5", "many"):
+        _fails_in_one_line(_train(tiny_one_caption, tmp_path / "run", "--set", f"model.decoder_options={{hidden_dim: {bad}}}"),
+                           capsys, "cannot be built with options", "hidden_dim")
+
+
+def test_run_folder_of_an_older_layout(tmp_path, capsys, tiny_one_caption):
+    out = tmp_path / "run"
+    shutil.copytree(default_model_dir(), out / "last")  # out/last as a real folder: the old layout
+    _fails_in_one_line(_train(tiny_one_caption, out, "--resume"), capsys, str(out / "last"), "older captioner")
 
 
 def test_zero_max_length_and_beam_size(tmp_path, capsys, tiny_one_caption):

@@ -113,17 +113,22 @@ class Captioner(nn.Module):
         max_length: int = 20,
     ) -> "Captioner":
         enc = create_encoder(encoder, **(encoder_options or {}))
-        arguments = (decoder, len(vocab), enc.pooled_dim, enc.grid_dim)
-        with torch.device("meta"):  # sized without memory: refuse what cannot be allocated
-            probe = create_decoder(*arguments, **(decoder_options or {}))
+        arguments, options = (decoder, len(vocab), enc.pooled_dim, enc.grid_dim), decoder_options or {}
+        try:
+            with torch.device("meta"):  # built without memory: refuse what cannot be built or allocated
+                probe = create_decoder(*arguments, **options)
+        except CaptionerError:
+            raise
+        except (TypeError, ValueError, RuntimeError) as e:  # the options' fault: nothing else runs here
+            raise InvalidInputError(f"decoder {decoder!r} cannot be built with options {options}: {e}") from None
         needed = sum(p.numel() * p.element_size() for p in probe.parameters())
         available = available_memory()
         if needed > available:
             raise InvalidInputError(
-                f"decoder {decoder!r} with options {decoder_options or {}} needs {needed / 2**30:.1f} GiB for its "
-                f"weights alone, more than the {available / 2**30:.1f} GiB of memory available; choose smaller sizes"
+                f"decoder {decoder!r} with options {options} needs {needed / 2**30:.1f} GiB for its weights "
+                f"alone, more than the {available / 2**30:.1f} GiB of memory available; choose smaller sizes"
             )
-        dec = create_decoder(*arguments, **(decoder_options or {}))
+        dec = create_decoder(*arguments, **options)
         return cls(enc, dec, vocab, preprocess, max_length)
 
     @property

@@ -214,8 +214,12 @@ def _remove_stale(run: RunFolder, keep: Path | None) -> None:
     replaced) and temp files."""
     if run.checkpoints.is_dir():
         for folder in run.checkpoints.iterdir():
-            if folder != keep:
-                shutil.rmtree(folder) if folder.is_dir() and not folder.is_symlink() else folder.unlink()
+            if folder == keep:
+                continue
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+            else:
+                folder.unlink()
     if run.out.is_dir():
         for path in run.out.glob(".*.tmp"):
             path.unlink()
