@@ -74,6 +74,12 @@ def _train(data, out, hooks, resume, crash_at) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def _lines(out: Path) -> int:
+    """Complete lines in metrics.jsonl (while a run may be appending to it)."""
+    path = out / "metrics.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 def _records(out: Path) -> list[dict]:
     # Everything but the wall-clock numbers, which differ from run to run.
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -119,13 +125,19 @@ def test_sigkill_at_checkpoint_moments_and_random_times_resumes_exactly(tiny_one
     # Resumed: the second checkpoint written and about to be committed.
     kill(f"replace:{crashed}/last:1", resume=True)
     assert os.readlink(crashed / "last").endswith("step-00000004")
-    # A kill at a random instant of a resumed run, then one run to the end.
-    process = subprocess.Popen(_command(tiny_one_caption, crashed, True), env=_env(hooks),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(random.Random(13).uniform(2.0, 8.0))
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert "Traceback" not in err, err
+    # Kills at random instants of resumed runs, once each has trained a step, then one run to the end.
+    rng = random.Random(13)
+    for _ in range(2):
+        logged = _lines(crashed)
+        process = subprocess.Popen(_command(tiny_one_caption, crashed, True), env=_env(hooks),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline and _lines(crashed) <= logged:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+        assert "Traceback" not in err, err
     finished = subprocess.run(_command(tiny_one_caption, crashed, True), env=_env(hooks), capture_output=True,
                               text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
