@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from .data.loaders import ImageRows, collate_with_errors
 from .device import resolve_device
+from .errors import InvalidInputError
 from .model import Caption, Captioner
 from .train import distributed as dist_utils
-from .errors import InvalidInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 

@@ -16,8 +16,8 @@ from .data.images import ImageInput, PreprocessConfig, build_transform, load_ima
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
 from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
-from .encoders import Encoder, create_encoder
 from .device import available_memory
+from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .data.images import ImageInput, PreprocessConfig, build_transform, load_image
-from .io import atomic_write
 from .errors import InvalidInputError
+from .io import atomic_write
 
 PANEL_INCHES = 2.2
 MAX_COLUMNS = 5

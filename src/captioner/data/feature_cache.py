@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
-from ..errors import InvalidInputError
 
 
 def default_cache_root() -> Path:

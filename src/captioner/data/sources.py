@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
 from ..errors import CaptionerError
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl")

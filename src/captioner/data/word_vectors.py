@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .vocab import Vocabulary
 from ..errors import InvalidInputError, MissingFileError
+from .vocab import Vocabulary
 
 
 def _open_text(path: Path):

@@ -21,8 +21,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from ..registry import Registry
 from ..errors import InvalidInputError
+from ..registry import Registry
 
 
 class Features(NamedTuple):

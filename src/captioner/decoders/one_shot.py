@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Decoder, DecoderOutput, Features, State, register_decoder
 from ..errors import InvalidInputError
+from .base import Decoder, DecoderOutput, Features, State, register_decoder
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from .base import Decoder, DecoderOutput, Features, State, register_decoder
 from .layers import sinusoidal_positions
-from ..errors import InvalidInputError
 
 
 @dataclass

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..data.images import PreprocessConfig
-from ..registry import Registry
 from ..errors import CaptionerError, InvalidInputError
+from ..registry import Registry
 
 
 @dataclass

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError, MissingDependencyError
 from ..io import atomic_write
 from .base import Encoder, EncoderOutput
-from ..errors import InvalidInputError, MissingDependencyError
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
 OPSET = 17

@@ -8,7 +8,6 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from ..errors import InvalidInputError, MissingFileError
 
-
 __all__ = ["ALL_METRICS", "evaluate_captions", "load_coco_references", "load_coco_results"]
 
 def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
+
 from ..errors import CaptionerError
 
 __all__ = ["JavaMetricError", "java_metrics_status", "meteor_score", "spice_score"]

@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import InvalidInputError
 from ..data.images import build_transform, load_image
+from ..errors import InvalidInputError
 from ..model import Caption, Captioner, default_model_dir
 from .batcher import MicroBatcher, QueueFullError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io import atomic_write
 from ..errors import MissingDependencyError
+from ..io import atomic_write
 
 
 class MetricsLog:

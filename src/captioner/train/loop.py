@@ -24,6 +24,7 @@ from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examp
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
 from ..device import resolve_device
+from ..errors import InvalidInputError
 from ..model import Captioner
 from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
@@ -33,7 +34,6 @@ from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
 from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
-from ..errors import InvalidInputError
 
 
 def _print(message: str) -> None:
@@ -331,7 +331,7 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     if not model.encoder.frozen:
         if config.data.onnx:
             raise InvalidInputError("--onnx (data.onnx) extracts a frozen encoder's features; with "
-                             f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
+                                    f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
     cache = FeatureCache(
         config.data.feature_cache or default_cache_root(), model.encoder, model.preprocess, paths,
