@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -286,7 +287,9 @@ def load_training_state(run: RunFolder, config) -> ResumedRun:
         )
     path = folder / STATE_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
         progress = Progress(**state["progress"])
         _set_rng_state(state["rng"])
         return ResumedRun(model, progress, state["optimizer"], state["scheduler"])
