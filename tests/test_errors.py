@@ -144,3 +144,18 @@ def test_file_name_with_newline_stays_on_one_output_line(tmp_path, capsys):
     assert len(lines) == 1, lines
     path, caption = lines[0].split("\t")
     assert path == str(tmp_path / "two\\nlines\\tand\\\\tab.png") and caption
+
+
+def test_the_installed_command_prints_one_line(model_dir):
+    """The real process: nothing else (warnings, tracebacks) reaches stderr."""
+    import subprocess
+    import sys
+
+    (model_dir / "config.json").write_text("[]")
+    result = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(model_dir), str(IMAGE)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"captioner caption: error: {model_dir}: unreadable config.json or vocab.json "
+        "(config.json holds a JSON list, not an object)"
+    ]
