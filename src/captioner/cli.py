@@ -254,16 +254,18 @@ def add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=16, help="images per model call (1 = no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024,
+                   help="bytes per request, 413 beyond (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
     p.add_argument("--max-files", type=int, default=16, help="images per request")
     p.add_argument("--decode-memory-mb", type=int, default=1024,
                    help="memory for the images being decoded at once, over all requests (estimated from their "
-                        "headers at 7 bytes a pixel); decodes beyond it wait")
+                        "headers at 7 bytes a pixel); decodes beyond it wait (default %(default)s)")
     p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
-                   help="seconds a request's headers may take to arrive (slow clients are closed, 408)")
+                   help="seconds a request's headers may take to arrive; slower clients are closed, 408 "
+                        "(default %(default)s)")
     p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT,
-                   help="seconds a request's body may take to arrive after its headers")
+                   help="seconds a request's body may take to arrive after its headers (default %(default)s)")
     _add_device(p)
     p.set_defaults(run=run_serve)
 
