@@ -5,15 +5,18 @@ import socket
 import threading
 import time
 
-from captioner.serve import url_for
+from captioner.serve import BODY_TIMEOUT, HEADER_TIMEOUT, url_for
 
 
 class BackgroundServer:
     """Run an app with uvicorn in a daemon thread on a free loopback port. Use as a context
     manager; ``url`` ends with ``/``."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT):
         import uvicorn
+
+        from captioner.serve.protocol import timed_protocol
 
         self.app = app
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -21,7 +24,8 @@ class BackgroundServer:
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
         self.url = url_for(host, self.port)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                                                    http=timed_protocol(header_timeout, body_timeout)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self, timeout: float = 60.0) -> "BackgroundServer":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -402,3 +403,96 @@ def test_captioner_serve_bad_model_dir(tmp_path):
     from captioner.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+
+
+# --- slow clients and the decode budget ----------------------------------------------
+@pytest.fixture(scope="module")
+def impatient_server():
+    """The bundled model behind 1-second header and body deadlines."""
+    with BackgroundServer(create_app(), header_timeout=1.0, body_timeout=1.0) as running:
+        yield running
+
+
+def _closed_within(sockets: list[socket.socket], seconds: float, drip: bytes) -> tuple[int, float]:
+    """Keep dripping ``drip`` into each open socket every 0.2 s; returns how many the server
+    closed within ``seconds`` and when the last one closed."""
+    started, open_ = time.monotonic(), set(sockets)
+    last = 0.0
+    while open_ and time.monotonic() - started < seconds:
+        for sock in list(open_):
+            try:
+                sock.sendall(drip)
+                closed = bool(select.select([sock], [], [], 0)[0])  # the server answered (408) or closed
+            except OSError:  # reset by the server
+                closed = True
+            if closed:
+                open_.discard(sock)
+                last = time.monotonic() - started
+        time.sleep(0.2)
+    return len(sockets) - len(open_), last
+
+
+def test_slowloris_connections_are_closed_at_the_header_deadline(impatient_server):
+    sockets = [socket.create_connection(("127.0.0.1", impatient_server.port), timeout=5) for _ in range(50)]
+    try:
+        for sock in sockets:
+            sock.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\n")
+        closed, last = _closed_within(sockets, 6.0, b"X")  # one header byte at a time, never the end
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert closed == 50 and last < 4.0, (closed, last)
+    assert httpx.get(impatient_server.url + "healthz", timeout=10).status_code == 200  # still serving
+
+
+def test_a_body_that_never_ends_is_closed_at_the_body_deadline(impatient_server):
+    sock = socket.create_connection(("127.0.0.1", impatient_server.port), timeout=5)
+    try:
+        sock.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 100000\r\n\r\n--b\r\n")
+        closed, last = _closed_within([sock], 6.0, b"y")
+    finally:
+        sock.close()
+    assert closed == 1 and last < 4.0, last
+
+
+def test_a_slow_but_steady_request_within_the_deadline_is_answered(impatient_server):
+    sock = socket.create_connection(("127.0.0.1", impatient_server.port), timeout=10)
+    try:
+        for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+            sock.sendall(part)
+            time.sleep(0.2)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        sock.close()
+
+
+def test_decode_budget_bounds_concurrent_decodes():
+    from captioner.serve.app import DECODE_BYTES_PER_PIXEL, DecodeBudget, decode_upload
+
+    image = (IMAGES / "astronaut.jpg").read_bytes()
+    with Image.open(io.BytesIO(image)) as probe:
+        cost = probe.width * probe.height * DECODE_BYTES_PER_PIXEL
+    budget = DecodeBudget(cost * 2)  # room for two decodes at once
+    peak, lock = [0], threading.Lock()
+    reserve = budget.reserve
+
+    def watched(nbytes):
+        context = reserve(nbytes)
+
+        class Watch:
+            def __enter__(self):
+                context.__enter__()
+                with lock:
+                    peak[0] = max(peak[0], budget.reserved)
+
+            def __exit__(self, *exc):
+                return context.__exit__(*exc)
+
+        return Watch()
+
+    budget.reserve = watched
+    with ThreadPoolExecutor(8) as pool:
+        decoded = list(pool.map(lambda _: decode_upload(image, "astronaut.jpg", 10**9, budget), range(16)))
+    assert all(d.size == decoded[0].size for d in decoded)
+    assert peak[0] == cost * 2 and budget.reserved == 0  # two at once at most, and all released

@@ -13,6 +13,7 @@ from .version import __version__
 _EXPORTS = {
     "Caption": "model",
     "Captioner": "model",
+    "CaptionerError": "errors",
     "ImageReadError": "data.images",
     "caption_files": "batch",
     "create_decoder": "decoders",
@@ -40,6 +41,7 @@ def evaluate_captions(predictions, references, **options):
 __all__ = [
     "Caption",
     "Captioner",
+    "CaptionerError",
     "ImageReadError",
     "__version__",
     "caption_files",

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from .data.loaders import ImageRows, collate_with_errors
 from .device import resolve_device
+from .errors import InvalidInputError
 from .model import Caption, Captioner
 from .train import distributed as dist_utils
 
@@ -188,7 +189,7 @@ def caption_images(
     if no_repeat_ngram_size:
         beam_options["no_repeat_ngram_size"] = no_repeat_ngram_size
     if attention_out is not None and not model.decoder.has_attention:
-        raise ValueError(
+        raise InvalidInputError(
             f"decoder {model.decoder.name!r} has no attention; --attention-out needs "
             "an attention decoder (show-attend-tell, transformer)"
         )

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .errors import CaptionerError
+from .errors import CaptionerError, InvalidInputError
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,9 @@ def add_caption(sub) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (default: PATH<TAB>CAPTION lines, with backslash, tab and "
+                        "newline in PATH written as \\\\, \\t and \\n)")
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
     p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
@@ -56,10 +58,16 @@ def run_caption(args) -> int:
         if args.json:
             print(record.to_json(), flush=True)
         elif record.error is None:
-            print(f"{record.image}\t{record.caption.text}", flush=True)
+            print(f"{_tsv_field(str(record.image))}\t{record.caption.text}", flush=True)
     if failures:
         print(f"captioner caption: {failures} of {count} images could not be read", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _tsv_field(text: str) -> str:
+    """``text`` as one field of a tab-separated line: backslash, tab, newline and carriage
+    return escaped (``\\``, ``\t``, ``\n``, ``\r``), so a file name cannot split a record."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 # --- train -------------------------------------------------------------------------
@@ -125,7 +133,7 @@ def parse_overrides(args) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise InvalidInputError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
@@ -138,7 +146,7 @@ def run_train(args) -> int:
 
     config = load_config(args.config, parse_overrides(args))
     if not config.data.path or not config.out:
-        raise ValueError("captioner train needs --data FILE and --out DIR (or data.path / out in --config)")
+        raise InvalidInputError("captioner train needs --data FILE and --out DIR (or data.path / out in --config)")
     main(config, resume=args.resume)
     return 0
 
@@ -185,11 +193,11 @@ def run_evaluate(args) -> int:
 
     if args.predictions or args.references:
         if not (args.predictions and args.references):
-            raise ValueError("--predictions and --references go together")
+            raise InvalidInputError("--predictions and --references go together")
         scores = evaluate_files(args.predictions, args.references)
     else:
         if not args.data:
-            raise ValueError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
+            raise InvalidInputError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
         evaluation = evaluate_model(
             args.model, args.data, images=args.images, format=args.format, split=args.split,
             beam_size=args.beam_size, batch_size=args.batch_size, device=args.device, by=args.by,
@@ -292,15 +300,30 @@ def run_data_emoji(args) -> int:
 
 
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP API and web page (needs the 'serve' extra)")
+    from .serve import BODY_TIMEOUT, HEADER_TIMEOUT  # light: uvicorn is imported only to serve
+
+    p = sub.add_parser("serve", help="HTTP API and web page (needs the 'serve' extra)",
+                       description="Serve the HTTP API and web page. Limits: request bytes (--max-upload-bytes, 413), "
+                                   "pixels per image (--max-pixels, 413), images per request (--max-files), decode "
+                                   "memory over all requests (--decode-memory-mb), header and body read deadlines "
+                                   "(--header-timeout, --body-timeout: slow clients are closed).")
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=16, help="images per model call (1 = no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024,
+                   help="bytes per request, 413 beyond (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
     p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument("--decode-memory-mb", type=int, default=1024,
+                   help="memory for the images being decoded at once, over all requests (estimated from their "
+                        "headers at 7 bytes a pixel); decodes beyond it wait (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
+                   help="seconds a request's headers may take to arrive; slower clients are closed, 408 "
+                        "(default %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT,
+                   help="seconds a request's body may take to arrive after its headers (default %(default)s)")
     _add_device(p)
     p.set_defaults(run=run_serve)
 
@@ -311,6 +334,8 @@ def run_serve(args) -> int:
     return serve(
         args.model, host=args.host, port=args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
         max_pixels=args.max_pixels, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_files=args.max_files,
+        decode_memory_bytes=args.decode_memory_mb * 1024 * 1024, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
 
 
@@ -354,12 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         # `captioner caption DIR | head`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CaptionerError, ValueError, FileNotFoundError, FileExistsError, RuntimeError, KeyError) as e:
-        # Expected failures (bad input, missing files, offline weights) get one clear message.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"captioner {args.command}: error: {message}", file=sys.stderr)
+    except CaptionerError as e:
+        # An error the user can fix (bad input, a missing file, offline weights): one message.
+        print(f"captioner {args.command}: error: {e}", file=sys.stderr)
         return 2
-
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        print(f"captioner {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .decoders.base import Decoder, Features, State
+from .errors import InvalidInputError
 
 
 @dataclass
@@ -29,6 +30,10 @@ class DecodingConfig:
     banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>)
     max_length: int = 20
     min_length: int = 1  # words before <end> may be chosen: no empty captions
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise InvalidInputError(f"max_length must be at least 1 word, got {self.max_length}")
 
 
 def _prepare(log_probs: torch.Tensor, config: DecodingConfig, step: int) -> torch.Tensor:
@@ -153,8 +158,10 @@ def beam_search(
     ``max_length`` — then unfinished beams are returned as they are, so every image gets a
     caption even when ``<end>`` never wins.
     """
+    if beam_size < 1:
+        raise InvalidInputError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
     if n_best > beam_size:
-        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
+        raise InvalidInputError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
     batch, k = features.pooled.shape[0], beam_size
     device = features.pooled.device
     state = expand_state(decoder.init_state(features), k)

@@ -48,7 +48,7 @@ def evaluate_model(
     dataset (e.g. ``artist``) to score each of its values on its own as well
     (:func:`captioner.metrics.groups.evaluate_by_group`)."""
     from .data.loaders import CaptionPairs
-    from .data.sources import read_dataset, split_examples, validate_examples
+    from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
     from .metrics import ALL_METRICS
     from .device import resolve_device
     from .train.validation import caption_and_score
@@ -60,10 +60,10 @@ def evaluate_model(
         model = Captioner.from_pretrained(model, device=torch_device)
     examples = split_examples(read_dataset(data, images, format), split)
     if not examples:
-        raise ValueError(f"{data} has no {split!r} examples")
+        raise DatasetError(f"{data} has no {split!r} examples")
     problems = validate_examples(examples)
     if problems:
-        raise ValueError(f"{data} has problems:\n{problems.report()}")
+        raise DatasetError(f"{data} has problems:\n{problems.report()}")
     groups = _groups(examples, by, data) if by else None
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Callable
 
 
-def _fsync_path(path: str | Path, directory: bool = False) -> None:
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's contents to disk (a folder: the names in it, so a rename
+    into it survives a power loss). Folders are skipped where they cannot be opened (Windows)."""
+    directory = os.path.isdir(path)
+    if directory and os.name != "posix":
+        return
     fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     try:
         os.fsync(fd)
@@ -29,7 +34,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -38,8 +43,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    if os.name == "posix":  # Windows cannot open a folder to fsync it
-        _fsync_path(path.parent, directory=True)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -16,14 +16,16 @@ from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
 from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
+from .device import available_memory
 from .encoders import Encoder, create_encoder
+from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
 FORMAT_VERSION = 1
 
 
-class ModelDirectoryError(ValueError):
+class ModelDirectoryError(CaptionerError, ValueError):
     """A model directory that is missing, incomplete or tampered with."""
 
 
@@ -90,6 +92,8 @@ class Captioner(nn.Module):
         max_length: int = 20,
     ):
         super().__init__()
+        if max_length < 1:
+            raise InvalidInputError(f"max_length must be at least 1 word, got {max_length}")
         self.encoder = encoder
         self.decoder = decoder
         self.vocab = vocab
@@ -109,7 +113,22 @@ class Captioner(nn.Module):
         max_length: int = 20,
     ) -> "Captioner":
         enc = create_encoder(encoder, **(encoder_options or {}))
-        dec = create_decoder(decoder, len(vocab), enc.pooled_dim, enc.grid_dim, **(decoder_options or {}))
+        arguments, options = (decoder, len(vocab), enc.pooled_dim, enc.grid_dim), decoder_options or {}
+        try:
+            with torch.device("meta"):  # built without memory: refuse what cannot be built or allocated
+                probe = create_decoder(*arguments, **options)
+        except CaptionerError:
+            raise
+        except (TypeError, ValueError, RuntimeError) as e:  # the options' fault: nothing else runs here
+            raise InvalidInputError(f"decoder {decoder!r} cannot be built with options {options}: {e}") from None
+        needed = sum(p.numel() * p.element_size() for p in probe.parameters())
+        available = available_memory()
+        if needed > available:
+            raise InvalidInputError(
+                f"decoder {decoder!r} with options {options} needs {needed / 2**30:.1f} GiB for its weights "
+                f"alone, more than the {available / 2**30:.1f} GiB of memory available; choose smaller sizes"
+            )
+        dec = create_decoder(*arguments, **options)
         return cls(enc, dec, vocab, preprocess, max_length)
 
     @property
@@ -154,7 +173,7 @@ class Captioner(nn.Module):
             end_id=v.end_id,
             pad_id=v.pad_id,
             banned_ids=(v.pad_id, v.start_id, v.unk_id),
-            max_length=max_length or self.max_length,
+            max_length=self.max_length if max_length is None else max_length,
         )
 
     def generate(
@@ -282,15 +301,17 @@ class Captioner(nn.Module):
                 )
         try:
             config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise ValueError(f"{CONFIG_FILE} holds a JSON {type(config).__name__}, not an object")
             vocab = Vocabulary.load(directory / VOCAB_FILE)
-        except (json.JSONDecodeError, KeyError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, UTF-8 and shape errors
             raise ModelDirectoryError(f"{directory}: unreadable config.json or vocab.json ({e})") from None
         if config.get("format_version") != FORMAT_VERSION:
             raise ModelDirectoryError(
                 f"{directory}: model format {config.get('format_version')!r} is not supported by this "
                 f"captioner (format {FORMAT_VERSION}); re-save it with a matching version"
             )
-        if config["vocab_size"] != len(vocab):
+        if config.get("vocab_size") != len(vocab):
             raise ModelDirectoryError(
                 f"{directory}: vocab.json has {len(vocab)} words but config.json says {config['vocab_size']}"
             )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoders.base import Features
+from .errors import InvalidInputError
 
 
 @dataclass
@@ -78,7 +79,7 @@ def list_objectives() -> list[str]:
 def create_objective(name: str, *, vocab, config) -> Objective:
     """The objective ``name`` for a run with this vocabulary and ``TrainConfig``."""
     if name not in _OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r} (config key 'objective'); choose one of {list_objectives()}")
+        raise InvalidInputError(f"unknown objective {name!r} (config key 'objective'); choose one of {list_objectives()}")
     return _OBJECTIVES[name](vocab=vocab, config=config)
 
 

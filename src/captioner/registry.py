@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Generic, TypeVar
 
+from .errors import InvalidInputError, UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -59,7 +61,7 @@ class Registry(Generic[T]):
             if any(name.startswith(prefix) and len(name) > len(prefix) for prefix in prefixes):
                 return entry
         known = self.names() + self.routes()
-        raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(known) or 'none'}")
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {', '.join(known) or 'none'}")
 
 
 def build_dataclass(config_cls: type, options: dict[str, Any], what: str):
@@ -67,7 +69,7 @@ def build_dataclass(config_cls: type, options: dict[str, Any], what: str):
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown option(s) for {what}: {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
         )
     return config_cls(**options)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.images import ImageInput, PreprocessConfig, build_transform
+from .errors import InvalidInputError
 from .io import atomic_write
 
 PANEL_INCHES = 2.2
@@ -42,7 +43,7 @@ def smooth_heatmaps(attention: torch.Tensor, grid_shape: tuple[int, int], size: 
     h, w = grid_shape
     height, width = (size, size) if isinstance(size, int) else size
     if attention.shape[-1] != h * w:
-        raise ValueError(f"attention has {attention.shape[-1]} regions but the grid is {h}x{w}")
+        raise InvalidInputError(f"attention has {attention.shape[-1]} regions but the grid is {h}x{w}")
     maps = attention.detach().float().cpu().reshape(-1, 1, h, w)  # (words, 1, h, w)
     cell = 8
     maps = F.interpolate(maps, size=(h * cell, w * cell), mode="bilinear", align_corners=False)
@@ -74,9 +75,9 @@ def save_attention_figure(
     from matplotlib.figure import Figure
 
     if caption.attention is None:
-        raise ValueError("this caption carries no attention weights (the decoder has no attention)")
+        raise InvalidInputError("this caption carries no attention weights (the decoder has no attention)")
     if caption.grid_shape is None:
-        raise ValueError("this caption has attention weights but no grid_shape (h, w) to lay them out")
+        raise InvalidInputError("this caption has attention weights but no grid_shape (h, w) to lay them out")
     view = model_view(image_path, preprocess)  # (height, width, 3)
     height, width = view.shape[:2]
     words = list(caption.words)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..cache import weights_digest
+from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
@@ -111,7 +112,7 @@ class FeatureCache:
         encoder = self.encoder.to(device).eval()
         if onnx:
             if device.type != "cpu":
-                raise ValueError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
+                raise InvalidInputError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
                                  "drop --onnx (data.onnx) or use --device cpu")
             from ..encoders.onnx_runtime import OnnxEncoder
 

@@ -16,12 +16,15 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import CaptionerError
+
+if TYPE_CHECKING:
+    import torch
 
 ImageInput = Union[str, Path, Image.Image]
 # What load_image and the transform also take: an upload's bytes or an open binary file.

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .images import ImageReadError, PreprocessConfig, build_transform
-from .sources import Example
+from .sources import DatasetError, Example
 from .vocab import Vocabulary
 
 
@@ -57,13 +57,16 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool: int = 50,
         shuffle: bool = True,
     ):
-        if len(lengths) < world_size:
-            raise ValueError(f"{len(lengths)} training captions cannot be shared by {world_size} processes")
+        self.world_size = world_size
+        if len(lengths) < self._smallest:
+            raise DatasetError(
+                f"{len(lengths)} training caption(s) with {world_size} process(es): training needs at least "
+                f"{self._smallest} (BatchNorm cannot learn from one sample, and every process needs one); add captions"
+            )
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
-        self.world_size = world_size
         self.pool = pool
         self.shuffle = shuffle
         self.epoch = 0

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from .images import ImageReadError, verify_image
 
+from ..errors import CaptionerError
+
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl")
 SPLITS = ("train", "val", "test")
 
@@ -64,7 +66,7 @@ class DatasetProblems:
         return "\n".join(lines)
 
 
-class DatasetError(ValueError):
+class DatasetError(CaptionerError, ValueError):
     """A dataset file that cannot be used as it is; the message says what to fix."""
 
 
@@ -210,17 +212,22 @@ def read_dataset(
     if not path.is_file():
         raise DatasetError(f"captions file not found: {path}")
     image_root = Path(image_root) if image_root is not None else path.parent
-    fmt = fmt or detect_format(path)
-    if fmt == "coco":
-        examples = read_coco(path, image_root)
-    elif fmt == "karpathy":
-        examples = read_karpathy(path, image_root)
-    elif fmt == "flickr8k":
-        examples = read_flickr8k(path, image_root, split_files or _flickr_split_files(path))
-    elif fmt in ("csv", "jsonl"):
-        examples = read_rows(path, image_root, fmt)
-    else:
-        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        fmt = fmt or detect_format(path)
+        if fmt == "coco":
+            examples = read_coco(path, image_root)
+        elif fmt == "karpathy":
+            examples = read_karpathy(path, image_root)
+        elif fmt == "flickr8k":
+            examples = read_flickr8k(path, image_root, split_files or _flickr_split_files(path))
+        elif fmt in ("csv", "jsonl"):
+            examples = read_rows(path, image_root, fmt)
+        else:
+            raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
+        ) from None
     if val_fraction > 0 and not any(e.split == "val" for e in examples):
         train = [e for e in examples if e.split == "train"]
         order = random.Random(seed).sample(range(len(train)), len(train))

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError, MissingFileError
 from .vocab import Vocabulary
 
 
@@ -32,7 +33,7 @@ def load_word_vectors(embedding: nn.Embedding, vocab: Vocabulary, path: str | Pa
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"word vectors file not found: {path}")
+        raise MissingFileError(f"word vectors file not found: {path}")
     dim = embedding.embedding_dim
     file_dim = None
     found: dict[int, tuple[bool, list[float]]] = {}  # row → (exact spelling, vector)
@@ -49,7 +50,7 @@ def load_word_vectors(embedding: nn.Embedding, vocab: Vocabulary, path: str | Pa
                 file_dim = len(parts) - 1
                 _check_dim(path, file_dim, dim)
             if len(parts) < file_dim + 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}:{line_number}: expected a word and {file_dim} numbers, got {len(parts)} fields"
                 )
             # Some GloVe files hold "words" with spaces: the vector is always the last file_dim fields.
@@ -69,7 +70,7 @@ def load_word_vectors(embedding: nn.Embedding, vocab: Vocabulary, path: str | Pa
 
 def _check_dim(path: Path, file_dim: int, dim: int) -> None:
     if file_dim != dim:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: word vectors have dimension {file_dim} but the decoder's embedding has dimension {dim}; "
             f"use {dim}-dimensional vectors or set the decoder's embedding size to {file_dim}"
         )

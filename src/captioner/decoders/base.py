@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..registry import Registry
 
 
@@ -47,7 +48,7 @@ class Decoder(nn.Module):
     def __init__(self, name: str, config, vocab_size: int, pooled_dim: int, grid_dim: int | None = None):
         super().__init__()
         if self.needs_grid and grid_dim is None:
-            raise ValueError(f"decoder {name!r} attends over a region grid; the encoder must provide grid_dim")
+            raise InvalidInputError(f"decoder {name!r} attends over a region grid; the encoder must provide grid_dim")
         self.name = name
         self.config = config
         self.vocab_size = vocab_size

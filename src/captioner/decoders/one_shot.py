@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from .base import Decoder, DecoderOutput, Features, State, register_decoder
 
 
@@ -42,11 +43,11 @@ class OneShot(Decoder):
 
     @property
     def embedding(self) -> nn.Embedding:
-        raise ValueError(f"decoder {self.name!r} never reads words, so it has no word embedding for word vectors")
+        raise InvalidInputError(f"decoder {self.name!r} never reads words, so it has no word embedding for word vectors")
 
     def _logits(self, pooled: torch.Tensor, length: int) -> torch.Tensor:
         if length > self.config.max_length:
-            raise ValueError(
+            raise InvalidInputError(
                 f"one-shot predicts at most max_length={self.config.max_length} positions, asked for {length}; "
                 "build it with a larger max_length"
             )
@@ -65,7 +66,7 @@ class OneShot(Decoder):
     def step(self, tokens: torch.Tensor, state: State):
         position = state["position"]
         if int(position.max()) >= self.config.max_length:
-            raise ValueError(
+            raise InvalidInputError(
                 f"one-shot predicts at most max_length={self.config.max_length} positions; decoding asked for more"
             )
         rows = torch.arange(position.shape[0], device=position.device)

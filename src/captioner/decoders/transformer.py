@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from .base import Decoder, DecoderOutput, Features, State, register_decoder
 from .layers import sinusoidal_positions
 
@@ -37,7 +38,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int):
         super().__init__()
         if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+            raise InvalidInputError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
@@ -109,7 +110,7 @@ class TransformerDecoder(Decoder):
     def __init__(self, name, config: TransformerConfig, vocab_size, pooled_dim, grid_dim=None):
         super().__init__(name, config, vocab_size, pooled_dim, grid_dim)
         if config.positions not in ("learned", "sinusoidal"):
-            raise ValueError(f"transformer positions must be 'learned' or 'sinusoidal', got {config.positions!r}")
+            raise InvalidInputError(f"transformer positions must be 'learned' or 'sinusoidal', got {config.positions!r}")
         d = config.d_model
         self.grid_proj = nn.Linear(grid_dim, d)
         self.pooled_proj = nn.Linear(pooled_dim, d) if config.pooled_token else None

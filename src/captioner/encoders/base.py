@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.images import PreprocessConfig
-from ..errors import CaptionerError
+from ..errors import CaptionerError, InvalidInputError
 from ..registry import Registry
 
 
@@ -97,7 +97,7 @@ class Encoder(nn.Module):
         """Freeze everything but the last ``trainable_blocks`` stages."""
         n, count = self.config.trainable_blocks, len(self.stage_members())
         if n < 0 or n > count:
-            raise ValueError(f"{self.name}: trainable_blocks must be 0..{count}, got {n}")
+            raise InvalidInputError(f"{self.name}: trainable_blocks must be 0..{count}, got {n}")
         self.requires_grad_(False)
         for module in self._trainable_modules():
             for parameter in module.parameters(recurse=False):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..cache import cache_root, weights_digest
+from ..errors import InvalidInputError, MissingDependencyError
 from ..io import atomic_write_bytes
 from .base import Encoder, EncoderOutput
 
@@ -32,7 +33,7 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"the ONNX Runtime encoder needs the onnxruntime package, which is not installed: {INSTALL_HINT}"
         ) from None
     return onnxruntime
@@ -73,7 +74,7 @@ def export_onnx(encoder: Encoder, size: int) -> bytes:
                 dynamo=False,
             )
     except ImportError as e:  # the exporter's own dependencies (onnx)
-        raise RuntimeError(f"exporting the encoder to ONNX failed ({e}): {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"exporting the encoder to ONNX failed ({e}): {INSTALL_HINT}") from None
     finally:
         encoder.train(was_training)
     return buffer.getvalue()
@@ -89,7 +90,7 @@ class OnnxEncoder:
 
     def __init__(self, encoder: Encoder, size: int, cache_dir: str | Path | None = None, threads: int | None = None):
         if not encoder.frozen:
-            raise ValueError(
+            raise InvalidInputError(
                 f"ONNX Runtime can only run a frozen encoder; {encoder.name} has "
                 f"trainable_blocks={encoder.config.trainable_blocks} (fine-tuned stages)"
             )
@@ -130,7 +131,7 @@ class OnnxEncoder:
 
     def __call__(self, images: torch.Tensor) -> EncoderOutput:
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.size, self.size):
-            raise ValueError(
+            raise InvalidInputError(
                 f"the ONNX {self.name} encoder was exported for (batch, 3, {self.size}, {self.size}) "
                 f"inputs, got {tuple(images.shape)}"
             )

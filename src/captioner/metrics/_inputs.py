@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
+from ..errors import InvalidInputError
+
 
 def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:
     """Accept ``{id: "caption"}`` or pycocoevalcap-style ``{id: ["caption"]}``."""
@@ -20,7 +22,7 @@ def as_candidates(candidates: Mapping[Hashable, object]) -> dict[Hashable, str]:
         elif isinstance(v, Sequence) and len(v) == 1 and isinstance(v[0], str):
             out[k] = v[0]
         else:
-            raise ValueError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
+            raise InvalidInputError(f"candidate for id {k!r} must be a string (or a one-element list), got {v!r}")
     return out
 
 
@@ -34,7 +36,7 @@ def check_ids(candidates: Mapping, references: Mapping) -> None:
             parts.append(f"{len(missing_pred)} image id(s) have references but no prediction: {missing_pred[:10]}")
         if missing_ref:
             parts.append(f"{len(missing_ref)} image id(s) have a prediction but no references: {missing_ref[:10]}")
-        raise ValueError("prediction and reference image ids do not match; " + "; ".join(parts))
+        raise InvalidInputError("prediction and reference image ids do not match; " + "; ".join(parts))
 
 
 def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashable, Sequence[str]]):
@@ -46,7 +48,7 @@ def check_pair(candidates: Mapping[Hashable, object], references: Mapping[Hashab
     for k in ids:
         r = references[k]
         if isinstance(r, str) or not isinstance(r, Sequence) or len(r) == 0:
-            raise ValueError(f"references for id {k!r} must be a non-empty list of strings")
+            raise InvalidInputError(f"references for id {k!r} must be a non-empty list of strings")
         refs[k] = list(r)
     return ids, cands, refs
 

@@ -6,9 +6,10 @@ import json
 import os
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from ..errors import InvalidInputError, MissingFileError
 from ._inputs import check_ids, check_pair
 
-__all__ = ["ALL_METRICS", "evaluate_captions", "load_coco_references", "load_coco_results"]
+__all__ = ["ALL_METRICS", "evaluate_captions", "exact_match", "load_coco_references", "load_coco_results"]
 
 
 
@@ -32,7 +33,7 @@ def _metric_set(metrics: Iterable[str] | None) -> list[str]:
     for m in metrics:
         key = _ALIASES.get(str(m).lower())
         if key is None:
-            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
+            raise InvalidInputError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
         if key not in out:
             out.append(key)
     return [m for m in ALL_METRICS if m in out]
@@ -47,32 +48,32 @@ def _predictions(pred: Any) -> dict[Hashable, str]:
             if isinstance(v, Mapping) and "caption" in v:
                 v = v["caption"]
             if not isinstance(v, str):
-                raise ValueError(f"prediction for image {k!r} must be a caption string, got {type(v).__name__}")
+                raise InvalidInputError(f"prediction for image {k!r} must be a caption string, got {type(v).__name__}")
             out[k] = v
         return out
     if isinstance(pred, Sequence) and not isinstance(pred, (str, bytes)):
         out = {}
         for i, item in enumerate(pred):
             if not isinstance(item, Mapping) or "image_id" not in item or "caption" not in item:
-                raise ValueError(f"results entry {i} must be a dict with 'image_id' and 'caption': {item!r:.100}")
+                raise InvalidInputError(f"results entry {i} must be a dict with 'image_id' and 'caption': {item!r:.100}")
             if not isinstance(item["caption"], str):
-                raise ValueError(f"results entry {i}: 'caption' must be a string")
+                raise InvalidInputError(f"results entry {i}: 'caption' must be a string")
             if item["image_id"] in out:
-                raise ValueError(f"results contain image_id {item['image_id']!r} more than once")
+                raise InvalidInputError(f"results contain image_id {item['image_id']!r} more than once")
             out[item["image_id"]] = item["caption"]
         return out
-    raise ValueError("predictions must be a mapping image_id -> caption or a COCO results list")
+    raise InvalidInputError("predictions must be a mapping image_id -> caption or a COCO results list")
 
 
 def _references(refs: Any) -> dict[Hashable, list[str]]:
     if isinstance(refs, Mapping) and "annotations" in refs:
         anns = refs["annotations"]
         if not isinstance(anns, Sequence):
-            raise ValueError("'annotations' must be a list")
+            raise InvalidInputError("'annotations' must be a list")
         out: dict[Hashable, list[str]] = {}
         for i, a in enumerate(anns):
             if not isinstance(a, Mapping) or "image_id" not in a or not isinstance(a.get("caption"), str):
-                raise ValueError(f"annotation {i} must be a dict with 'image_id' and string 'caption'")
+                raise InvalidInputError(f"annotation {i} must be a dict with 'image_id' and string 'caption'")
             out.setdefault(a["image_id"], []).append(a["caption"])
         # images listed without captions are an error only if predicted; keep order of "images" if present
         return out
@@ -80,19 +81,19 @@ def _references(refs: Any) -> dict[Hashable, list[str]]:
         out = {}
         for k, v in refs.items():
             if isinstance(v, str) or not isinstance(v, Sequence):
-                raise ValueError(f"references for image {k!r} must be a list of strings")
+                raise InvalidInputError(f"references for image {k!r} must be a list of strings")
             caps = []
             for c in v:
                 if isinstance(c, Mapping) and "caption" in c:
                     c = c["caption"]
                 if not isinstance(c, str):
-                    raise ValueError(f"references for image {k!r} must be strings")
+                    raise InvalidInputError(f"references for image {k!r} must be strings")
                 caps.append(c)
             if not caps:
-                raise ValueError(f"image {k!r} has no reference captions")
+                raise InvalidInputError(f"image {k!r} has no reference captions")
             out[k] = caps
         return out
-    raise ValueError("references must be a mapping image_id -> [captions] or a COCO captions dict")
+    raise InvalidInputError("references must be a mapping image_id -> [captions] or a COCO captions dict")
 
 
 def evaluate_captions(
@@ -184,20 +185,20 @@ def _load_json(path: str | os.PathLike, what: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file not found: {path}") from None
+        raise MissingFileError(f"{what} file not found: {path}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
+        raise InvalidInputError(f"{what} file {path} is not valid JSON: {e}") from None
 
 
 def load_coco_results(path: str | os.PathLike) -> dict[Hashable, str]:
     """Read a COCO results file ``[{"image_id": ..., "caption": ...}, ...]`` -> ``{image_id: caption}``."""
     data = _load_json(path, "results")
     if not isinstance(data, list):
-        raise ValueError(f"results file {path} must contain a JSON list of {{'image_id', 'caption'}} objects")
+        raise InvalidInputError(f"results file {path} must contain a JSON list of {{'image_id', 'caption'}} objects")
     try:
         return _predictions(data)
     except ValueError as e:
-        raise ValueError(f"results file {path}: {e}") from None
+        raise InvalidInputError(f"results file {path}: {e}") from None
 
 
 def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
@@ -205,11 +206,11 @@ def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
     ``{image_id: [captions]}`` JSON -> ``{image_id: [captions]}``."""
     data = _load_json(path, "references")
     if not isinstance(data, dict):
-        raise ValueError(f"references file {path} must contain a JSON object")
+        raise InvalidInputError(f"references file {path} must contain a JSON object")
     try:
         return _references(data)
     except ValueError as e:
-        raise ValueError(f"references file {path}: {e}") from None
+        raise InvalidInputError(f"references file {path}: {e}") from None
 
 
 def exact_match(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:

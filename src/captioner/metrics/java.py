@@ -25,13 +25,14 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 
 from ._inputs import check_pair
+from ..errors import CaptionerError
 
 __all__ = ["JavaMetricError", "java_metrics_status", "meteor_score", "spice_score"]
 
 DEFAULT_TIMEOUT = 300.0
 
 
-class JavaMetricError(RuntimeError):
+class JavaMetricError(CaptionerError, RuntimeError):
     """A Java-based metric could not be computed."""
 
 

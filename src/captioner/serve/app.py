@@ -5,14 +5,16 @@
 - Uploads are checked before they are decoded: total request bytes (413), the pixel
   count read from the image header (413, decompression bombs), the format (415); a file
   that is not a readable image is a 400. Every error is JSON ``{"error": "..."}``.
+- Decodes share a server-wide memory budget (``decode_memory_bytes``): more wait.
 - Images are decoded in a worker thread and captioned by a :class:`MicroBatcher`, so
   the event loop never runs the model and concurrent requests share forward passes.
 """
 from __future__ import annotations
 
 import io
+import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..version import __version__
 from ..data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform, load_image
+from ..errors import InvalidInputError
 from ..model import Caption, Captioner, default_model_dir
 from .batcher import MicroBatcher, QueueFullError
 
@@ -40,6 +43,38 @@ MAX_BEAM_SIZE = 10
 DEFAULT_BEAM_SIZE = 3  # Captioner.caption's default, so the API and the library agree
 
 
+# Peak bytes per pixel of one decode: PIL's decoded image (at most 4 bytes a pixel: RGBA,
+# 32-bit integer or float modes) plus its 3-byte RGB copy.
+DECODE_BYTES_PER_PIXEL = 7
+
+
+class DecodeBudget:
+    """A server-wide bound on the memory of the images being decoded at once.
+
+    A decode reserves its size (from the header) and waits while the reservations would pass
+    ``total_bytes``; an image larger than the whole budget still runs, alone.
+    """
+
+    def __init__(self, total_bytes: int):
+        if total_bytes < 1:
+            raise InvalidInputError(f"the decode memory budget must be positive, got {total_bytes} bytes")
+        self.total_bytes = total_bytes
+        self.reserved = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int):
+        with self._changed:
+            self._changed.wait_for(lambda: self.reserved == 0 or self.reserved + nbytes <= self.total_bytes)
+            self.reserved += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.reserved -= nbytes
+                self._changed.notify_all()
+
+
 class UploadError(Exception):
     """A rejected upload: an HTTP status (4xx) and a message for the client."""
 
@@ -49,9 +84,12 @@ class UploadError(Exception):
         self.message = message
 
 
-def decode_upload(data: bytes, filename: str, max_pixels: int, preprocess: PreprocessConfig) -> Image.Image:
+def decode_upload(
+    data: bytes, filename: str, max_pixels: int, preprocess: PreprocessConfig, budget: DecodeBudget | None = None
+) -> Image.Image:
     """Upload bytes → RGB image, refusing unknown formats and oversized images before decoding;
-    decoded only as large as ``preprocess`` needs (JPEG draft mode, whole-factor reduction)."""
+    decoded only as large as ``preprocess`` needs (JPEG draft mode, whole-factor reduction);
+    with a ``budget``, the decode waits for its share of the server's decode memory."""
     if not data:
         raise UploadError(400, f"{filename}: empty file")
     try:
@@ -71,7 +109,8 @@ def decode_upload(data: bytes, filename: str, max_pixels: int, preprocess: Prepr
                 413, f"{filename}: {width}×{height} = {width * height} pixels is over the limit of {max_pixels}"
             )
     try:
-        return load_image(data, preprocess, ImageLimits(max_pixels=max_pixels), name=filename)
+        with budget.reserve(width * height * DECODE_BYTES_PER_PIXEL) if budget else nullcontext():
+            return load_image(data, preprocess, ImageLimits(max_pixels=max_pixels), name=filename)
     except ImageTooLargeError as e:
         raise UploadError(413, str(e)) from None
     except ImageReadError as e:  # truncated data, bad EXIF, decoder errors: the file's fault
@@ -159,8 +198,12 @@ def create_app(
     max_wait_ms: float = 5.0,
     max_files: int = 16,
     max_queue: int = 1024,
+    decode_memory_bytes: int = 1024 * 1024 * 1024,
 ) -> FastAPI:
     """Load the model (default: the bundled one) and build the app.
+
+    ``decode_memory_bytes`` bounds the memory of all the images being decoded at once
+    (estimated from their headers, :data:`DECODE_BYTES_PER_PIXEL`); decodes beyond it wait.
 
     ``max_batch=1`` turns micro-batching off. The model is loaded here, so a bad model
     directory fails before any port is opened.
@@ -170,10 +213,12 @@ def create_app(
     model_id = directory.resolve().name
     info = _model_info(model, model_id)
     transform = build_transform(model.preprocess)
+    budget = DecodeBudget(decode_memory_bytes)
     limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_pixels": max_pixels,
         "max_files": max_files,
+        "decode_memory_bytes": decode_memory_bytes,
         "max_beam_size": MAX_BEAM_SIZE,
         "formats": ACCEPTED_TEXT.split(", "),
     }
@@ -251,7 +296,7 @@ def create_app(
         uploads = [(upload.filename or f"image{i}", await upload.read()) for i, upload in enumerate(image)]
 
         def prepare():
-            return [transform(decode_upload(data, name, max_pixels, model.preprocess)) for name, data in uploads]
+            return [transform(decode_upload(data, name, max_pixels, model.preprocess, budget)) for name, data in uploads]
 
         pixels = await run_in_threadpool(prepare)
         try:

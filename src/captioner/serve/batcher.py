@@ -17,6 +17,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
+from ..errors import InvalidInputError
+
 # ``run(items, key) -> results``: one result per item, in order.
 RunBatch = Callable[[Sequence[Any], Hashable], Sequence[Any]]
 
@@ -37,9 +39,9 @@ _STOP = object()
 class MicroBatcher:
     def __init__(self, run: RunBatch, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 1024):
         if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+            raise InvalidInputError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+            raise InvalidInputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.run = run
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
+from ..errors import CaptionerError
+
 
 @dataclass
 class DataConfig:
@@ -77,7 +79,7 @@ class TrainConfig:
         return asdict(self)
 
 
-class ConfigError(ValueError):
+class ConfigError(CaptionerError, ValueError):
     """A config key or value that does not exist or does not fit its type."""
 
 
@@ -150,7 +152,11 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
         path = Path(yaml_path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            reason = " ".join(str(e).split())  # the parser's message spans lines
+            raise ConfigError(f"{path} is not a readable YAML file ({reason[:300]}); fix its syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         config = merge(config, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import MissingDependencyError
 from ..io import atomic_write
 
 
@@ -19,7 +20,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise MissingDependencyError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self._writer = SummaryWriter(str(tensorboard_dir))
 
     def __call__(self, record: dict) -> None:

@@ -25,6 +25,7 @@ from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examp
 from ..data.vocab import Vocabulary
 from ..decoders.base import Features
 from ..device import resolve_device
+from ..errors import InvalidInputError
 from ..model import Captioner
 from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
@@ -32,7 +33,7 @@ from .config import TrainConfig, save_config
 from .distributed import DistInfo
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
-from .state import Progress, RunFolder, load_training_state, save_training_state
+from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
 
 
@@ -151,7 +152,7 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
             return warm * o.gamma ** (step // max(1, steps_per_epoch * o.step_size))
         if o.schedule == "constant":
             return warm
-        raise ValueError(f"optim.schedule must be constant, cosine or step, got {o.schedule!r}")
+        raise InvalidInputError(f"optim.schedule must be constant, cosine or step, got {o.schedule!r}")
 
     factor(0)  # fail now on a bad schedule name, not after an epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -234,12 +235,11 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             run.create()
             metrics = MetricsLog(run.metrics_file, run.tensorboard_dir if config.tensorboard else None)
         examples, vocab = prepare_data(config, say)
-        if resume:
-            resumed = load_training_state(run, config)
+        resumed = start_run(run, config, resume, log=say, is_main=info.is_main)
+        if resumed is not None:
             model, progress = resumed.model, resumed.progress
             vocab = model.vocab  # the run's vocabulary, even if the data changed since
         else:
-            run.check_fresh()
             model, progress = build_model(config, vocab), Progress()
         model.to(device)
         objective = create_objective(config.objective, vocab=vocab, config=config)  # a bad name fails here, early
@@ -264,7 +264,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             if info.enabled else model
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
-        if resume:
+        if resumed is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
             scheduler.load_state_dict(resumed.scheduler_state)
         stop_request = StopRequest()
@@ -297,8 +297,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                     score = record.get("CIDEr", -record.get("val_loss", means["loss"]))
                     improved = score > progress.best_score
                     if improved:
-                        progress.best_score, progress.best_epoch = score, progress.epoch
-                        model.save_pretrained(run.out)
+                        progress.best_score, progress.best_epoch = score, progress.epoch  # saved below
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
@@ -332,8 +331,8 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     """
     if not model.encoder.frozen:
         if config.data.onnx:
-            raise ValueError("--onnx (data.onnx) extracts a frozen encoder's features; with "
-                             f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
+            raise InvalidInputError("--onnx (data.onnx) extracts a frozen encoder's features; with "
+                                    f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
     cache = FeatureCache(
         config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, paths,

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from ...errors import InvalidInputError
 from ...io import atomic_write_text
 from .names import (
     NameTable, add_emoji_package_names, emoji_key, hex_string, parse_codepoints, read_emoji_test, tokenize,
@@ -65,10 +66,10 @@ def build_emoji_dataset(
                 "an artist is the name of its source"
             )
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError("test_fraction and val_fraction must be in [0, 1) and sum to less than 1")
+        raise InvalidInputError("test_fraction and val_fraction must be in [0, 1) and sum to less than 1")
     image_size = int(image_size)
     if not 8 <= image_size <= 1024:
-        raise ValueError(f"image_size must be between 8 and 1024, got {image_size}")
+        raise InvalidInputError(f"image_size must be between 8 and 1024, got {image_size}")
 
     def log(message: str) -> None:
         if progress:

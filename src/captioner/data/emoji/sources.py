@@ -23,7 +23,7 @@ from ...errors import CaptionerError
 from .names import COMPONENT_KEYS, SKIN_TONES, NameTable, emoji_key, hex_string, map_icon_name, parse_codepoints
 
 
-class EmojiSourceError(CaptionerError):
+class EmojiSourceError(CaptionerError, RuntimeError):
     """No usable emoji source (or a forbidden one); the message says how to get one."""
 
 
