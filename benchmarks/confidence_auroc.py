@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: the bundled model)")
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--extra-photos", nargs="*", default=[],
+                        help="more photographs (e.g. scikit-learn's china.jpg and flower.jpg copied from its wheel)")
     parser.add_argument("--json", type=Path, help="write the numbers here as JSON")
     args = parser.parse_args()
 
@@ -110,7 +112,7 @@ def main() -> None:
     sets = {"held-out emoji": split_paths(args.data, "test", set(args.sources.split(",")))}
     if args.other_sources:
         sets["unseen artists' emoji"] = split_paths(args.data, "test", set(args.other_sources.split(",")))
-    sets["photos"] = photo_paths()
+    sets["photos"] = photo_paths() + [str(p) for p in args.extra_photos]
     started = time.perf_counter()
     scores = {name: measure(model, paths, args.beam_size) for name, paths in sets.items()}
     seconds = time.perf_counter() - started

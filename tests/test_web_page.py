@@ -76,10 +76,10 @@ def api_caption(server, path: Path, beam_size: int = 3, n_best: int = 3) -> dict
     return response.json()["results"][0]
 
 
-def load_page(driver, server):
+def load_page(driver, server, decoder: str = "show-tell"):
     driver.get(server.url)
     wait = WebDriverWait(driver, 30)
-    wait.until(lambda d: "show-tell" in d.find_element(By.ID, "model-info").text)
+    wait.until(lambda d: decoder in d.find_element(By.ID, "model-info").text)
     return wait
 
 
@@ -176,9 +176,7 @@ def test_bundled_attention_model_end_to_end(browser, tmp_path):
     """The bundled show-attend-tell model: real attention weights reach the page's overlay."""
     examples = Path(__file__).parent.parent / "examples"
     with BackgroundServer(create_app()) as bundled:
-        browser.get(bundled.url)
-        wait = WebDriverWait(browser, 30)
-        wait.until(lambda d: "show-attend-tell" in d.find_element(By.ID, "model-info").text)
+        wait = load_page(browser, bundled, "show-attend-tell")
         caption = upload_and_wait(browser, wait, examples / "emoji-rocket.png")
         assert caption == "rocket"
         overlay = browser.find_element(By.ID, "overlay")
@@ -192,9 +190,7 @@ def test_low_confidence_notice_on_a_photo(browser, tmp_path):
     """The bundled emoji model flags a photograph on the page, naming what it knows; an emoji is not flagged."""
     examples = Path(__file__).parent.parent / "examples"
     with BackgroundServer(create_app()) as bundled:
-        browser.get(bundled.url)
-        wait = WebDriverWait(browser, 30)
-        wait.until(lambda d: "show-attend-tell" in d.find_element(By.ID, "model-info").text)
+        wait = load_page(browser, bundled, "show-attend-tell")
         notice = browser.find_element(By.ID, "low-confidence")
         upload_and_wait(browser, wait, examples / "photo-chelsea.jpg")
         wait.until(lambda d: notice.is_displayed())
