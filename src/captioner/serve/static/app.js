@@ -118,7 +118,7 @@ function render(result) {
   state.word = 0;
   $("result").hidden = false;
   $("caption").textContent = result.caption || "(empty caption)";
-  const confidence = typeof result.confidence === "number" ? ` · confidence ${result.confidence.toFixed(2)}` : "";
+  const confidence = typeof result.confidence === "number" ? ` · confidence ${result.confidence.toFixed(3)}` : "";
   $("score").textContent = `score ${formatScore(result.score)} (log-probability)${confidence}`;
   const notice = $("low-confidence");
   notice.hidden = !result.low_confidence;
