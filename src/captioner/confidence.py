@@ -92,6 +92,7 @@ class ConfidenceModel:
         return self.calibrate(self.score(self.signals(pooled, word_probabilities)))
 
     def is_low(self, confidence: float) -> bool:
+        """Whether a caption of this confidence is flagged (``low_confidence``)."""
         return confidence < self.threshold
 
     # --- fitting --------------------------------------------------------------------------
