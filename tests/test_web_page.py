@@ -76,10 +76,10 @@ def api_caption(server, path: Path, beam_size: int = 3, n_best: int = 3) -> dict
     return response.json()["results"][0]
 
 
-def load_page(driver, server):
+def load_page(driver, server, decoder: str = "show-tell"):
     driver.get(server.url)
     wait = WebDriverWait(driver, 30)
-    wait.until(lambda d: "show-tell" in d.find_element(By.ID, "model-info").text)
+    wait.until(lambda d: decoder in d.find_element(By.ID, "model-info").text)
     return wait
 
 
@@ -176,13 +176,28 @@ def test_bundled_attention_model_end_to_end(browser, tmp_path):
     """The bundled show-attend-tell model: real attention weights reach the page's overlay."""
     examples = Path(__file__).parent.parent / "examples"
     with BackgroundServer(create_app()) as bundled:
-        browser.get(bundled.url)
-        wait = WebDriverWait(browser, 30)
-        wait.until(lambda d: "show-attend-tell" in d.find_element(By.ID, "model-info").text)
+        wait = load_page(browser, bundled, "show-attend-tell")
         caption = upload_and_wait(browser, wait, examples / "emoji-rocket.png")
         assert caption == "rocket"
         overlay = browser.find_element(By.ID, "overlay")
         wait.until(lambda d: overlay.get_attribute("data-drawn") == "true")
         assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#words button")] == ["rocket"]
         browser.save_screenshot(str(tmp_path / "bundled-attention.png"))
+        assert severe_console_errors(browser) == []
+
+
+def test_low_confidence_notice_on_a_photo(browser, tmp_path):
+    """The bundled emoji model flags a photograph on the page, naming what it knows; an emoji is not flagged."""
+    examples = Path(__file__).parent.parent / "examples"
+    with BackgroundServer(create_app()) as bundled:
+        wait = load_page(browser, bundled, "show-attend-tell")
+        notice = browser.find_element(By.ID, "low-confidence")
+        upload_and_wait(browser, wait, examples / "photo-chelsea.jpg")
+        wait.until(lambda d: notice.is_displayed())
+        assert notice.text == "low confidence — this model knows emoji art"
+        assert "confidence 0." in browser.find_element(By.ID, "score").text
+        browser.save_screenshot(str(tmp_path / "low-confidence.png"))
+        browser.find_element(By.ID, "file-input").send_keys(str(examples / "emoji-rocket.png"))
+        wait.until(lambda d: d.find_element(By.ID, "caption").text == "rocket")
+        assert not notice.is_displayed()
         assert severe_console_errors(browser) == []

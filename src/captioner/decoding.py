@@ -2,7 +2,7 @@
 interface, batched over images (and beams), for every decoder."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -14,12 +14,14 @@ from .errors import InvalidInputError
 @dataclass
 class Hypothesis:
     """One generated caption: word ids (no markers), its summed log-probability, the
-    ranking score (log-probability after the length penalty), and per-word attention."""
+    ranking score (log-probability after the length penalty), per-word attention, and the
+    log-probability of each chosen word (``<end>`` last, when the caption ended)."""
 
     tokens: list[int]
     log_prob: float
     score: float
     attention: Optional[torch.Tensor] = None  # (words, regions)
+    token_log_probs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -85,13 +87,14 @@ def _one_per_image(decoder: Decoder, features: Features, config: DecodingConfig,
     tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     total = torch.zeros(batch, device=device)
-    words, attentions = [], []
+    words, attentions, chosen_log_probs = [], [], []
     for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
         log_probs = _prepare(log_probs, config, step)
         tokens = choose(log_probs)  # (batch,)
         chosen = log_probs.gather(1, tokens[:, None])[:, 0]
         total += torch.where(finished, torch.zeros_like(chosen), chosen)
+        chosen_log_probs.append(chosen)
         words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
         if _attention_of(state) is not None:
             attentions.append(_attention_of(state))
@@ -99,12 +102,14 @@ def _one_per_image(decoder: Decoder, features: Features, config: DecodingConfig,
         if finished.all():
             break
     words = torch.stack(words, 1).tolist()  # (batch, steps)
+    chosen_log_probs = torch.stack(chosen_log_probs, 1).tolist()  # (batch, steps)
     attention = torch.stack(attentions, 1) if attentions else None  # (batch, steps, regions)
     results = []
     for i in range(batch):
         sequence = _strip(words[i], config)
         att = attention[i, : len(sequence)].cpu() if attention is not None else None
-        results.append([Hypothesis(sequence, float(total[i]), float(total[i]), att)])
+        word_log_probs = chosen_log_probs[i][: _scored_steps(words[i], sequence, config)]
+        results.append([Hypothesis(sequence, float(total[i]), float(total[i]), att, word_log_probs)])
     return results
 
 
@@ -121,6 +126,12 @@ def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
             break
         out.append(i)
     return out
+
+
+def _scored_steps(ids: list[int], words: list[int], config: DecodingConfig) -> int:
+    """How many steps of ``ids`` the caption ``words`` used: its words, plus ``<end>`` if it ended."""
+    ended = len(ids) > len(words) and ids[len(words)] == config.end_id
+    return len(words) + int(ended)
 
 
 def _length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -172,6 +183,7 @@ def beam_search(
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch * k, dtype=torch.long, device=device)
     sequences = torch.empty(batch * k, 0, dtype=torch.long, device=device)
+    sequence_log_probs = torch.empty(batch * k, 0, device=device)  # each chosen word's log-prob
     attention = None
     offsets = (torch.arange(batch, device=device) * k)[:, None]  # (batch, 1)
     for step in range(config.max_length):
@@ -194,11 +206,13 @@ def beam_search(
         word = top % vocab
         source = (beam + offsets).view(-1)  # (batch*k,) rows in the flat beam layout
         scores = raw.view(batch, k * vocab).gather(1, top)
+        word_log_probs = log_probs.view(batch, k * vocab).gather(1, top).view(-1, 1)  # (batch*k, 1)
         was_finished = finished[source]
         lengths = torch.where(was_finished, lengths[source], lengths[source] + 1)
         tokens = word.view(-1)
         finished = was_finished | (tokens == config.end_id)
         sequences = torch.cat([sequences[source], tokens[:, None]], dim=1)
+        sequence_log_probs = torch.cat([sequence_log_probs[source], word_log_probs], dim=1)
         state = reorder_state(state, source, decoder.static_state)
         step_attention = _attention_of(state)
         if step_attention is not None:
@@ -209,6 +223,7 @@ def beam_search(
     final = scores / _length_penalty(lengths, length_penalty).view(batch, k)
     order = final.argsort(dim=-1, descending=True)[:, :n_best]  # (batch, n_best)
     sequences, scores_list, final_list = sequences.tolist(), scores.tolist(), final.tolist()
+    sequence_log_probs = sequence_log_probs.tolist()
     results = []
     for i in range(batch):
         hypotheses = []
@@ -216,7 +231,8 @@ def beam_search(
             row = i * k + j
             words = _strip(sequences[row], config)
             att = attention[row, : len(words)].cpu() if attention is not None else None
-            hypotheses.append(Hypothesis(words, scores_list[i][j], final_list[i][j], att))
+            word_log_probs = sequence_log_probs[row][: _scored_steps(sequences[row], words, config)]
+            hypotheses.append(Hypothesis(words, scores_list[i][j], final_list[i][j], att, word_log_probs))
         results.append(hypotheses)
     return results
 

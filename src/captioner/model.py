@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .version import __version__
+from .confidence import CONFIDENCE_FILE, ConfidenceModel, mean_word_probability
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
@@ -48,8 +49,10 @@ class Alternative:
 @dataclass
 class Caption:
     """A caption for one image: its text, score (length-penalised log-probability), the
-    n-best ``alternatives`` (the best included, first) and, for attention decoders, the
-    per-word attention weights (words × regions) over a ``grid_shape`` grid."""
+    n-best ``alternatives`` (the best included, first), for attention decoders the per-word
+    attention weights (words × regions) over a ``grid_shape`` grid, and the ``confidence`` in
+    [0, 1] (``None`` for a model without ``confidence.safetensors``; see
+    :mod:`captioner.confidence`) with ``low_confidence`` set below the model's threshold."""
 
     text: str
     score: float
@@ -57,14 +60,19 @@ class Caption:
     attention: Optional[torch.Tensor] = None
     grid_shape: Optional[tuple[int, int]] = None
     words: list[str] = field(default_factory=list)
+    confidence: Optional[float] = None
+    low_confidence: Optional[bool] = None
 
     def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
-        """``{"caption", "score", "alternatives"}``, JSON values only (a -inf or NaN score is
-        ``None``); ``attention=True`` adds ``{"words", "grid", "weights"}`` (weights rounded to
-        ``digits``) when the caption has attention weights."""
+        """``{"caption", "score", "confidence", "low_confidence", "alternatives"}``, JSON values
+        only (a -inf or NaN score is ``None``, so are both confidence fields for a model without
+        confidence statistics); ``attention=True`` adds ``{"words", "grid", "weights"}`` (weights
+        rounded to ``digits``) when the caption has attention weights."""
         result = {
             "caption": self.text,
             "score": _json_score(self.score),
+            "confidence": None if self.confidence is None else round(self.confidence, digits),
+            "low_confidence": self.low_confidence,
             "alternatives": [a.to_dict() for a in self.alternatives],
         }
         if attention and self.attention is not None:
@@ -100,6 +108,7 @@ class Captioner(nn.Module):
         self.preprocess = preprocess or encoder.default_preprocess
         self.max_length = max_length
         self._onnx_encoder = None  # set by use_onnxruntime()
+        self.confidence: Optional[ConfidenceModel] = None  # from confidence.safetensors, if any
 
     @classmethod
     def build(
@@ -220,8 +229,12 @@ class Captioner(nn.Module):
         """Caption a batch of already preprocessed images (batch, 3, H, W)."""
         features = self.encode(pixels)
         results = self.generate(features, beam_size, n_best, max_length, **beam_options)
+        confidences = [None] * len(results)
+        if self.confidence is not None:
+            word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
+            confidences = self.confidence.confidence(features.pooled, word_probabilities).tolist()
         captions = []
-        for hypotheses in results:
+        for hypotheses, confidence in zip(results, confidences):
             best = hypotheses[0]
             captions.append(
                 Caption(
@@ -231,6 +244,8 @@ class Captioner(nn.Module):
                     attention=best.attention,
                     grid_shape=features.grid_shape if best.attention is not None else None,
                     words=[self.vocab.itos[t] for t in best.tokens],
+                    confidence=confidence,
+                    low_confidence=None if confidence is None else self.confidence.is_low(confidence),
                 )
             )
         return captions
@@ -262,7 +277,9 @@ class Captioner(nn.Module):
     def save_pretrained(
         self, directory: str | Path, extra_files: dict[str, str] | None = None, weights_dtype: torch.dtype | None = None
     ) -> Path:
-        """Write config.json, vocab.json and model.safetensors (each atomically).
+        """Write config.json, vocab.json, model.safetensors and, when the model has confidence
+        statistics, confidence.safetensors (each atomically; a stale confidence file of earlier
+        weights is removed).
 
         ``weights_dtype=torch.float16`` halves the file (the bundled model); weights are
         cast back to the model's dtype on load.
@@ -278,6 +295,10 @@ class Captioner(nn.Module):
         self.vocab.save(directory / VOCAB_FILE)
         for name, text in (extra_files or {}).items():
             atomic_write_text(directory / name, text)
+        if self.confidence is not None:
+            self.confidence.save(directory)
+        else:
+            (directory / CONFIDENCE_FILE).unlink(missing_ok=True)
         # config.json last: a directory with a config is a complete model.
         atomic_write_text(directory / CONFIG_FILE, json.dumps(self.describe(), indent=2))
         return directory
@@ -331,6 +352,7 @@ class Captioner(nn.Module):
         except (KeyError, TypeError, ValueError) as e:
             raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
         model._load_weights(state, directory)
+        model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim)
         return model.to(device).eval()
 
     def _load_weights(self, state: dict[str, torch.Tensor], directory: Path) -> None:

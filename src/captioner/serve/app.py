@@ -186,6 +186,8 @@ def _model_info(model: Captioner, model_id: str) -> dict:
         "has_attention": bool(model.decoder.has_attention),
         "max_length": model.max_length,
         "preprocess": model.preprocess.to_dict(),
+        # {"threshold", "domain", "held_out_images"}: the page names the domain under the threshold
+        "confidence": model.confidence.describe() if model.confidence is not None else None,
     }
 
 

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..cache import cache_root
+from ..confidence import save_run_confidence
 from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
@@ -314,6 +315,9 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                     plot_curves(progress.history, run.curves_file)
                 if dist_utils.broadcast_flag(stop, info):
                     break
+        if info.is_main and progress.best_epoch > 0:  # the best model: feature statistics, val calibration
+            say(save_run_confidence(Captioner.from_pretrained(run.out, device), run.out, paths,
+                                    len(train_examples), cache))
         say(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")
         return run.out
     finally:

@@ -106,13 +106,23 @@ function formatScore(score) {
   return score === null || score === undefined ? "–" : score.toFixed(3);
 }
 
+// What the model was trained on, as its confidence file names it ("emoji art").
+function modelDomain() {
+  const confidence = state.model && state.model.confidence;
+  return (confidence && confidence.domain) || "the images it was trained on";
+}
+
 // Shows one result of /v1/captions; also the hook the page's browser test calls directly.
 function render(result) {
   state.result = result;
   state.word = 0;
   $("result").hidden = false;
   $("caption").textContent = result.caption || "(empty caption)";
-  $("score").textContent = `score ${formatScore(result.score)} (log-probability)`;
+  const confidence = typeof result.confidence === "number" ? ` · confidence ${result.confidence.toFixed(3)}` : "";
+  $("score").textContent = `score ${formatScore(result.score)} (log-probability)${confidence}`;
+  const notice = $("low-confidence");
+  notice.hidden = !result.low_confidence;
+  notice.textContent = result.low_confidence ? `low confidence — this model knows ${modelDomain()}` : "";
 
   const list = $("alternatives");
   list.replaceChildren();

@@ -1,0 +1,63 @@
+"""Fit a trained model's confidence statistics and write ``confidence.safetensors`` into its
+directory (``captioner train`` does this itself for new models; this is for models trained
+before it did, such as the bundled one).
+
+Feature statistics come from the model's training images, calibration from its held-out
+validation images, both read from the dataset it was trained on (only its ``--sources``):
+
+    python scripts/confidence_stats.py --data data/emoji/dataset.json \\
+        --sources google,noto,openmoji --domain "emoji art" [--model DIR] [--train-stride 3]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+from captioner import Captioner
+from captioner.confidence import DEFAULT_DOMAIN, DEFAULT_THRESHOLD, features_from_images, fit_confidence
+from captioner.model import default_model_dir
+
+
+def split_paths(data: Path, split: str, sources: set[str] | None) -> list[str]:
+    """A Karpathy-format dataset's image paths of one split (and of ``sources``, when given)."""
+    images = json.loads(data.read_text(encoding="utf-8"))["images"]
+    return [
+        str(data.parent / image.get("filepath", "") / image["filename"])
+        for image in images
+        if image["split"] == split and (sources is None or image.get("source") in sources)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="the model's training dataset.json")
+    parser.add_argument("--sources", help="comma-separated sources the model was trained on (default: all)")
+    parser.add_argument("--model", help="model directory (default: the bundled model)")
+    parser.add_argument("--domain", default=DEFAULT_DOMAIN, help="what the model knows, as the page names it")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="confidence below which a caption is flagged (the share of held-out images flagged)")
+    parser.add_argument("--train-stride", type=int, default=1,
+                        help="use every Nth training image for the feature statistics (faster on a CPU)")
+    parser.add_argument("--beam-size", type=int, default=3, help="decoding used for the calibration captions")
+    args = parser.parse_args()
+
+    sources = set(args.sources.split(",")) if args.sources else None
+    train = split_paths(args.data, "train", sources)[:: args.train_stride]
+    held_out = split_paths(args.data, "val", sources)
+    if not train or not held_out:
+        raise SystemExit(f"{args.data}: {len(train)} train and {len(held_out)} val images of sources {args.sources}")
+    model = Captioner.from_pretrained(args.model)
+    directory = Path(args.model) if args.model else default_model_dir()
+    started = time.perf_counter()
+    model.confidence = fit_confidence(
+        model, features_from_images(model, train), features_from_images(model, held_out),
+        beam_size=args.beam_size, threshold=args.threshold, domain=args.domain,
+    )
+    path = model.confidence.save(directory)
+    print(f"wrote {path} ({path.stat().st_size} bytes): statistics of {len(train)} training images, "
+          f"calibrated on {len(held_out)} val images, threshold {args.threshold}, "
+          f"in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
