@@ -298,7 +298,7 @@ class _DecoderExport:
 
 def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoder graph against torch; returns torch's (pooled, grid) of ``pixels``."""
-    pooled, grid = model.encoder(pixels)
+    pooled, grid = model.encoder(pixels)[:2]  # (pooled, grid, grid_shape): the graph gives the first two
     what = f"encoder {model.encoder.name!r} cannot be exported"
     session = _session(graph)
     _check(what, _run(session, what, {INPUT: pixels.numpy()}, list(OUTPUTS)), [pooled, grid], list(OUTPUTS))

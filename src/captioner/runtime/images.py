@@ -112,8 +112,9 @@ def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
-    """An image → normalised float32 (3, crop, crop), as ``build_transform(config)(load_image(image))``."""
-    pixels = np.asarray(load_image(image))  # (H, W, 3) uint8
+    """An image → normalised float32 (3, crop, crop), as ``build_transform(config)(image)``: the same
+    ``load_image`` (header limits, JPEG draft and whole-factor reduction for ``config``), then resize."""
+    pixels = np.asarray(load_image(image, config))  # (H, W, 3) uint8
     crop = config.crop_size
     if config.resize == "squash":
         pixels = resize(pixels, crop, crop, config.interpolation)
