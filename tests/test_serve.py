@@ -468,6 +468,7 @@ def test_a_slow_but_steady_request_within_the_deadline_is_answered(impatient_ser
 
 
 def test_decode_budget_bounds_concurrent_decodes():
+    from captioner.data.images import PreprocessConfig
     from captioner.serve.app import DECODE_BYTES_PER_PIXEL, DecodeBudget, decode_upload
 
     image = (IMAGES / "astronaut.jpg").read_bytes()
@@ -493,6 +494,6 @@ def test_decode_budget_bounds_concurrent_decodes():
 
     budget.reserve = watched
     with ThreadPoolExecutor(8) as pool:
-        decoded = list(pool.map(lambda _: decode_upload(image, "astronaut.jpg", 10**9, budget), range(16)))
+        decoded = list(pool.map(lambda _: decode_upload(image, "astronaut.jpg", 10**9, PreprocessConfig(), budget), range(16)))
     assert all(d.size == decoded[0].size for d in decoded)
     assert peak[0] == cost * 2 and budget.reserved == 0  # two at once at most, and all released
