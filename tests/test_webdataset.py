@@ -236,5 +236,8 @@ def test_torchrun_ranks_caption_whole_shards_into_one_output(model_dir, tiny_sha
     assert done.returncode == 0, done.stderr[-3000:]
     single = tmp_path / "single.jsonl"
     assert _caption(model_dir, tiny_shards, single) == 0
-    assert _lines(output) == _lines(single)  # merged back into shard order
+    merged, alone = _lines(output), _lines(single)
+    # Merged back into shard order; scores only to rounding (other batches, other float sums).
+    assert [(r["key"], r["shard"], r["caption"]) for r in merged] == [(r["key"], r["shard"], r["caption"]) for r in alone]
+    np.testing.assert_allclose([r["score"] for r in merged], [r["score"] for r in alone], rtol=1e-4)
     assert not list(tmp_path.glob("preds.rank*.jsonl"))

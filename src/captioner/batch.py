@@ -521,6 +521,11 @@ def caption_with_ray(
         ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
     sink = open(sink_path, "a", encoding="utf-8") if sink_path is not None else None
     try:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if not num_gpus and actors >= cpus:
+            # Each actor holds a CPU for good; reading needs one more, or the job waits forever.
+            raise ValueError(f"--ray-actors {actors} would hold all {cpus} CPUs of the Ray cluster and leave none "
+                             f"to read the images: use at most {max(cpus - 1, 1)} CPU actors, or GPUs")
         dataset = ray.data.read_binary_files([os.path.abspath(p) for p in remaining], include_paths=True)
         dataset = dataset.map_batches(
             CaptionPredictor, batch_size=batch_size, concurrency=actors, num_gpus=num_gpus or None,
