@@ -3,20 +3,16 @@ the module) gives the CLI's captions; a corrupt image becomes an ``error`` row."
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from captioner import Captioner
 from captioner.batch import CaptionPredictor, caption_files
 from captioner.cli import main
-from captioner.data.vocab import Vocabulary
 
 from conftest import TINY
+from test_batch_caption import model_dir  # noqa: F401 (the untrained 64-pixel model, a fixture)
 
 ray = pytest.importorskip("ray")
 
@@ -26,14 +22,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = Captioner.build("efficientnet_lite0", "show-tell", Vocabulary(f"w{i}" for i in range(40)), max_length=6)
-    model.preprocess = replace(model.preprocess, crop_size=64, resize_size=64)
-    return model.save_pretrained(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 import braceexpand
 import numpy as np
 import pytest
-import torch
 
 from captioner import Captioner
 from captioner.cli import main
@@ -24,6 +23,7 @@ from captioner.data.webdataset import (ShardPairStream, expand_braces, iter_samp
 from captioner.train.validation import exact_match
 
 from conftest import TINY, train_tiny
+from test_batch_caption import model_dir  # noqa: F401 (the untrained 64-pixel model, a fixture)
 
 
 def _tiny_samples(json_captions: bool = False) -> list[tuple[str, dict[str, bytes]]]:
@@ -183,15 +183,6 @@ def test_fine_tuning_reads_pixels_from_shards(tiny_shards, tmp_path):
 
 
 # --- captioning ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """An untrained show-tell on 64-pixel inputs: deterministic nonsense, fast on the CPU."""
-    torch.manual_seed(0)
-    model = Captioner.build("efficientnet_lite0", "show-tell", Vocabulary(f"w{i}" for i in range(40)), max_length=6)
-    model.preprocess = replace(model.preprocess, crop_size=64, resize_size=64)
-    return model.save_pretrained(tmp_path_factory.mktemp("model"))
-
-
 @pytest.fixture(scope="module")
 def shards_with_a_bad_image(tmp_path_factory) -> str:
     samples = _tiny_samples()

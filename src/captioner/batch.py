@@ -500,6 +500,9 @@ def caption_with_ray(
     except ImportError:
         raise RuntimeError("--engine ray needs Ray: pip install 'captioner[ray]'") from None
     log = log or (lambda message: None)
+    if _are_shards(paths):
+        raise ValueError("--engine ray reads image files; caption WebDataset shards with the torch engine "
+                         "(torchrun for several processes)")
     skipped: list[str] = []
     files = expand_image_paths(paths, skipped)
     if skipped:
