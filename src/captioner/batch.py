@@ -100,8 +100,10 @@ def caption_files(
     attention_out: Union[str, Path, None] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[CaptionRecord]:
-    """Caption image files, directories or globs; one :class:`CaptionRecord` per image this
-    process captioned, in input order (an unreadable file gets a record with its ``error``).
+    """Caption image files, directories or globs — or WebDataset shards (``.tar`` brace
+    patterns; records then carry ``key`` and ``shard``, and resume by key); one
+    :class:`CaptionRecord` per image this process captioned, in input order (an unreadable
+    file gets a record with its ``error``).
 
     ``model``: a model directory, a loaded :class:`Captioner` (used where it is; ``device``
     only applies to loading), or ``None`` for the bundled model. ``output``: a JSON-lines file

@@ -80,6 +80,9 @@ def expand_shards(patterns: Sequence[str] | str) -> list[str]:
             for shard in matches:
                 if not Path(shard).is_file():
                     raise ShardError(f"shard not found: {shard} (from {pattern})")
+                if not shard.endswith(SHARD_SUFFIX):  # samples are named SHARD.tar#KEY
+                    raise ShardError(f"{shard}: WebDataset shards are uncompressed tar files ending in "
+                                     f"{SHARD_SUFFIX}; rename or unpack it")
                 if shard not in shards:
                     shards.append(shard)
     if not shards:
