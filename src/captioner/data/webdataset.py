@@ -30,6 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset
 
+from ..errors import CaptionerError
 from .images import ImageReadError, PreprocessConfig, build_transform, load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the image of a sample: the first of these it has
@@ -41,8 +42,8 @@ _CHOICES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
-class ShardError(ValueError):
-    """A shard that cannot be read as a tar file; the message names it."""
+class ShardError(CaptionerError, ValueError):
+    """A shard that is missing or cannot be read as a tar file; the message names it."""
 
 
 # --- shard lists ---------------------------------------------------------------------
