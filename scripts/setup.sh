@@ -27,6 +27,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 extras="serve,emoji"
-[ "$want_test" = 1 ] && extras="serve,emoji,java-metrics,onnx,test"
+[ "$want_test" = 1 ] && extras="serve,emoji,java-metrics,onnx,ray,test"
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 echo "captioner is set up in .venv (extras: ${extras})"

@@ -15,8 +15,9 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 # --- caption -----------------------------------------------------------------------
 def add_caption(sub) -> None:
-    p = sub.add_parser("caption", help="caption images (files, directories or globs)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("caption", help="caption images (files, directories, globs or WebDataset shards)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files, folders, globs, or WebDataset shards ('shards/{00000..00099}.tar')")
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--max-length", type=int, default=None)
@@ -31,22 +32,38 @@ def add_caption(sub) -> None:
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
     p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
+    p.add_argument("--engine", choices=("torch", "ray"), default="torch",
+                   help="ray: caption image files with Ray Data actors (the 'ray' extra); torch: this process "
+                        "(or torchrun ranks)")
+    p.add_argument("--ray-address", help="--engine ray: the cluster to join (default: start a local one)")
+    p.add_argument("--ray-actors", type=int, default=1, help="--engine ray: model copies captioning side by side")
     _add_device(p)
     p.set_defaults(run=run_caption)
 
 
 def run_caption(args) -> int:
-    from .batch import iter_captions
+    from .batch import caption_with_ray, iter_captions
 
     def log(message: str) -> None:
         print(f"captioner caption: {message}", file=sys.stderr)
 
-    records = iter_captions(
-        args.paths, model=args.model, output=args.output, batch_size=args.batch_size, num_workers=args.num_workers,
-        beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
-        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
-        onnx=args.onnx, attention_out=args.attention_out, log=log,
-    )
+    if args.engine == "ray":
+        if args.n_best != 1 or args.onnx or args.attention_out or args.num_workers:
+            raise InvalidInputError("--engine ray takes --beam-size, --max-length, --length-penalty, --no-repeat-ngram-size "
+                             "and --batch-size; drop --n-best, --onnx, --attention-out and --num-workers")
+        records = caption_with_ray(
+            args.paths, model=args.model, output=args.output, ray_address=args.ray_address, actors=args.ray_actors,
+            num_gpus=1 if args.device.startswith("cuda") else 0, batch_size=args.batch_size,
+            beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size, log=log,
+        )
+    else:
+        records = iter_captions(
+            args.paths, model=args.model, output=args.output, batch_size=args.batch_size,
+            num_workers=args.num_workers, beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
+            length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
+            onnx=args.onnx, attention_out=args.attention_out, log=log,
+        )
     count = failures = 0
     for record in records:
         count += 1
@@ -76,6 +93,8 @@ TRAIN_FLAGS = {
     "images": ("data.images", str),
     "format": ("data.format", str),
     "val_fraction": ("data.val_fraction", float),
+    "val_shards": ("data.val_shards", str),
+    "caption_key": ("data.caption_key", str),
     "min_word_count": ("data.min_word_count", int),
     "max_length": ("data.max_length", int),
     "feature_cache": ("data.feature_cache", str),
@@ -286,7 +305,7 @@ def run_data_emoji(args) -> int:
     for pair in args.source_dir:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--source-dir {pair!r}: expected NAME=PATH, e.g. fluent-flat=~/fluent-emoji-flat")
+            raise InvalidInputError(f"--source-dir {pair!r}: expected NAME=PATH, e.g. fluent-flat=~/fluent-emoji-flat")
         source_dirs[name.strip().lower()] = path
     summary = build_emoji_dataset(
         args.out, sources=args.sources, source_dirs=source_dirs, google_dir=args.google_dir,

@@ -5,6 +5,9 @@ and a digest of its weights, the preprocessing, whether the spatial grid is kept
 image list. A rerun with the same key reuses it (and an interrupted extraction resumes);
 anything else gets its own folder. Training then reads rows from the memmaps, never pixels,
 so resident memory stays far below the cache size.
+
+Images are files or WebDataset samples (``SHARD#KEY``); samples are extracted and marked
+done one shard at a time, so an interrupted extraction resumes at the shard it was in.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
+from .webdataset import ShardImages, is_sample_ref, shard_runs
 
 
 def _done_chunks(folder: Path) -> list[tuple[int, int]]:
@@ -132,21 +136,21 @@ class FeatureCache:
         if rank != 0:
             arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
         pooled, grid = arrays["pooled.npy"], arrays.get("grid.npy")
-        chunk = batch_size * 8
-        chunks = [c for c in range(0, n, chunk) if (c // chunk) % world == rank and c not in done_chunks]
+        chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
+                  if i % world == rank and start not in done_chunks]
         use_cuda = device.type == "cuda"
         if use_cuda:
             encoder = encoder.to(memory_format=torch.channels_last)
         from tqdm import tqdm
 
-        bar = tqdm(total=n, initial=n - sum(min(c + chunk, n) - c for c in chunks), disable=not progress,
+        bar = tqdm(total=n, initial=n - sum(stop - start for start, stop in chunks), disable=not progress,
                    desc=f"features {self.encoder.name}", unit="img")
-        for start in chunks:
-            stop = min(start + chunk, n)
+        for start, stop in chunks:
+            shard = is_sample_ref(self.paths[start])
             loader = DataLoader(
-                ImageRows(self.paths[start:stop], self.preprocess),
+                (ShardImages if shard else ImageRows)(self.paths[start:stop], self.preprocess),
                 batch_size=batch_size,
-                num_workers=num_workers,
+                num_workers=0 if shard else num_workers,  # a shard is one stream: read where it is written
                 pin_memory=use_cuda,
             )
             row = start
@@ -164,7 +168,7 @@ class FeatureCache:
             pooled.flush()
             if grid is not None:
                 grid.flush()
-            self._mark_done(start, n, chunk)
+            self._mark_done(start, stop)
         bar.close()
         return self.open() if world == 1 else self
 
@@ -176,8 +180,15 @@ class FeatureCache:
                 return array
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
 
-    def _mark_done(self, start: int, n: int, chunk: int) -> None:
-        stop = min(start + chunk, n)
+    def _chunks(self, size: int) -> list[tuple[int, int]]:
+        """The (start, stop) row ranges extracted and marked done one at a time: for shard
+        samples, each run of rows in one shard; for files, ``size`` rows."""
+        if self.paths and is_sample_ref(self.paths[0]):
+            return shard_runs(self.paths)
+        n = len(self.paths)
+        return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def _mark_done(self, start: int, stop: int) -> None:
         (self.folder / "chunks").mkdir(exist_ok=True)
         (self.folder / "chunks" / f"{start}-{stop}.done").touch()
 

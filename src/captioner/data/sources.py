@@ -6,7 +6,9 @@ Supported formats (detected from content, overridable with ``fmt``):
 - ``karpathy``: Karpathy split JSON (``images[].filepath/filename/split/sentences[].raw``);
 - ``flickr8k``: ``Flickr8k.token.txt`` (``name.jpg#0<TAB>caption``), optional split lists;
 - ``csv`` / ``jsonl``: one row per caption with ``image`` and ``caption`` columns
-  (an optional ``split`` column).
+  (an optional ``split`` column);
+- ``webdataset``: tar shards named by a brace pattern (``'shards/{00000..00099}.tar'``),
+  detected from the ``.tar`` suffix (see :mod:`captioner.data.webdataset`).
 """
 from __future__ import annotations
 
@@ -22,19 +24,27 @@ from .images import ImageReadError, verify_image
 
 from ..errors import CaptionerError
 
-FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl")
+FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl", "webdataset")
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Example:
-    """One image and all of its reference captions."""
+    """One image and all of its reference captions. ``path`` is the image file, or for a
+    WebDataset sample its shard (``image_id`` is then the sample's key)."""
 
     image_id: str
     path: Path
     captions: list[str]
     split: str = "train"
     metadata: dict = field(default_factory=dict)  # the dataset's own per-image fields, e.g. "artist"
+
+    @property
+    def image_ref(self) -> str:
+        """What names the image in training's image lists: its file, or ``SHARD#KEY``."""
+        from .webdataset import is_shard_pattern, sample_ref
+
+        return sample_ref(str(self.path), self.image_id) if is_shard_pattern(str(self.path)) else str(self.path)
 
 
 @dataclass
@@ -202,12 +212,24 @@ def read_dataset(
     val_fraction: float = 0.0,
     split_files: dict[str, Path] | None = None,
     seed: int = 0,
+    caption_key: str | None = None,
+    val_shards: str | None = None,
 ) -> list[Example]:
-    """Read any supported captions file into a list of :class:`Example`.
+    """Read any supported captions file, or WebDataset shards, into a list of :class:`Example`.
 
     ``image_root`` defaults to the captions file's folder. A file without splits puts
     everything in train unless ``val_fraction`` moves a seeded random share to val.
+    Shards (a ``.tar`` pattern or ``fmt="webdataset"``): captions from each sample's ``.txt``,
+    or from the ``caption_key`` of its ``.json``; ``val_shards`` are the val split, else
+    ``val_fraction`` of the keys by hash.
     """
+    if fmt == "webdataset" or (fmt is None and str(path).endswith(".tar")):
+        from .webdataset import ShardError, read_webdataset
+
+        try:
+            return read_webdataset(str(path), caption_key, val_shards, val_fraction)
+        except ShardError as e:
+            raise DatasetError(str(e)) from None
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"captions file not found: {path}")
@@ -251,13 +273,18 @@ def validate_examples(examples: list[Example], check_images: bool = True) -> Dat
     """Find missing/unreadable images, empty captions and duplicate ids in one pass."""
     problems = DatasetProblems()
     seen = set()
+    shard_examples = [e for e in examples if e.image_ref != str(e.path)]
+    if shard_examples and check_images:
+        from .webdataset import check_images as check_shard_images
+
+        check_shard_images(shard_examples, problems)
     for example in examples:
         if example.image_id in seen or example.split == "__duplicate__":
             problems.duplicate_ids.append(example.image_id)
         seen.add(example.image_id)
         if not example.captions or any(not c.strip() for c in example.captions):
-            problems.empty_captions.append(f"{example.image_id} ({example.path})")
-        if check_images:
+            problems.empty_captions.append(f"{example.image_id} ({example.image_ref})")
+        if check_images and example.image_ref == str(example.path):
             if not os.path.lexists(example.path):  # a directory or a symlink loop is unreadable, not missing
                 problems.missing.append(str(example.path))
                 problems.bad_paths.add(str(example.path))
@@ -274,7 +301,7 @@ def drop_invalid(examples: list[Example], problems: DatasetProblems) -> list[Exa
     """Keep only the examples validation found nothing wrong with."""
     kept, seen = [], set()
     for example in examples:
-        if str(example.path) in problems.bad_paths or example.image_id in seen or example.split == "__duplicate__":
+        if example.image_ref in problems.bad_paths or example.image_id in seen or example.split == "__duplicate__":
             continue
         captions = [c for c in example.captions if c.strip()]
         if not captions:

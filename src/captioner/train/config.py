@@ -19,8 +19,11 @@ from ..errors import CaptionerError
 class DataConfig:
     path: str = ""  # the captions file (any supported format)
     images: Optional[str] = None  # image root; default: the captions file's folder
-    format: Optional[str] = None  # coco | karpathy | flickr8k | csv | jsonl; default: detected
-    val_fraction: float = 0.0  # for files without splits
+    format: Optional[str] = None  # coco | karpathy | flickr8k | csv | jsonl | webdataset; default: detected
+    val_fraction: float = 0.0  # for files without splits (shards: by key hash)
+    val_shards: Optional[str] = None  # webdataset: the val split's shards (a brace pattern)
+    caption_key: Optional[str] = None  # webdataset: captions from this key of each .json (default: the .txt)
+    shuffle_buffer: int = 1000  # webdataset, fine-tuning: training pairs shuffled through a buffer this large
     skip_invalid: bool = False  # drop bad examples instead of stopping
     min_word_count: int = 4
     max_length: int = 20  # words per caption, training and generation

@@ -24,6 +24,7 @@ from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
+from ..data.webdataset import ShardPairStream, is_sample_ref
 from ..decoders.base import Features
 from ..device import resolve_device
 from ..errors import InvalidInputError
@@ -55,7 +56,8 @@ def seed_everything(seed: int) -> None:
 def prepare_data(config: TrainConfig, log=print):
     """Read and validate the dataset (before any heavy work) and build the vocabulary."""
     examples = read_dataset(
-        config.data.path, config.data.images, config.data.format, config.data.val_fraction, seed=config.seed
+        config.data.path, config.data.images, config.data.format, config.data.val_fraction, seed=config.seed,
+        caption_key=config.data.caption_key, val_shards=config.data.val_shards,
     )
     problems = validate_examples(examples)
     if problems:
@@ -113,23 +115,33 @@ class FeatureBatches:
 
 
 class PixelBatches:
-    """Batches of (augmented pixels, captions) — the fine-tuning path."""
+    """Batches of (augmented pixels, captions) — the fine-tuning path. From image files, the
+    sampler's length-bucketed batches; from WebDataset shards, each rank streams its own
+    shards through a shuffle buffer (``ShardPairStream``, following the sampler's epoch)."""
 
-    def __init__(self, paths, pairs, preprocess, sampler, device, num_workers):
+    def __init__(self, paths, pairs, preprocess, sampler, device, num_workers, shuffle_buffer: int = 1000):
         self.pairs, self.sampler, self.device = pairs, sampler, device
-        self.loader = DataLoader(
-            PixelPairs(paths, pairs, preprocess, train=True),
-            batch_sampler=sampler,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
+        if paths and is_sample_ref(paths[0]):
+            self.stream = ShardPairStream(paths, pairs.image_rows, preprocess, sampler.batch_size, sampler.seed,
+                                          sampler.rank, sampler.world_size, shuffle_buffer)
+            self.loader = None
+        else:
+            self.stream = None
+            self.loader = DataLoader(
+                PixelPairs(paths, pairs, preprocess, train=True),
+                batch_sampler=sampler,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )
 
     def __len__(self):
-        return len(self.sampler)
+        return len(self.stream) if self.stream is not None else len(self.sampler)
 
     def __iter__(self):
-        for pixels, indices in self.loader:
-            captions = self.pairs.captions(indices.numpy())
+        if self.stream is not None:
+            self.stream.set_epoch(self.sampler.epoch)
+        for pixels, indices in self.stream if self.stream is not None else self.loader:
+            captions = self.pairs.captions(np.asarray(indices))
             yield pixels.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
 
 
@@ -249,7 +261,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if info.is_main:
             save_config(config, run.config_file)
             save_cider_df(run.out, train_examples)
-        paths = [str(e.path) for e in train_examples + val_examples]
+        paths = [e.image_ref for e in train_examples + val_examples]
         val_rows = list(range(len(train_examples), len(paths)))
         pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
@@ -337,7 +349,8 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
         if config.data.onnx:
             raise InvalidInputError("--onnx (data.onnx) extracts a frozen encoder's features; with "
                                     f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
-        return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers), None
+        return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
+                            config.data.shuffle_buffer), None
     cache = FeatureCache(
         config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, paths,
         with_grid=model.decoder.needs_grid or config.data.cache_grid,

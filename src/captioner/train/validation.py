@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.loaders import ImageRows
+from ..data.webdataset import ShardImages, is_sample_ref
 from ..metrics import exact_match
 from ..decoders.base import Features
 from ..objectives import CaptionCrossEntropy
@@ -22,7 +23,9 @@ def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
             pooled, grid = cache.rows(np.asarray(val_rows[start : start + batch_size]))
             yield start, Features(pooled.to(device), grid.to(device) if grid is not None else None)
         return
-    loader = DataLoader(ImageRows([str(e.path) for e in val_examples], model.preprocess), batch_size=batch_size)
+    refs = [e.image_ref for e in val_examples]
+    images = (ShardImages if refs and is_sample_ref(refs[0]) else ImageRows)(refs, model.preprocess)
+    loader = DataLoader(images, batch_size=batch_size)
     for pixels, indices in loader:
         yield int(indices[0]), model.encode(pixels.to(device))
 
