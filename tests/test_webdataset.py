@@ -119,7 +119,7 @@ def test_bad_samples_are_named_by_shard_and_key_and_skip_invalid_drops_them(tmp_
     assert main(args) == 2
     err = capsys.readouterr().err
     shards = expand_braces(pattern)
-    assert f"{sample_ref(shards[0], samples[2][0])}: not a readable image" in err
+    assert f"{sample_ref(shards[0], samples[2][0])}: not an image" in err
     assert f"{samples[13][0]} ({sample_ref(shards[1], samples[13][0])})" in err  # the empty caption
     assert f"{sample_ref(shards[2], samples[20][0])}: no image" in err
     assert main([*args, "--skip-invalid"]) == 0
