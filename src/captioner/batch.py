@@ -83,7 +83,7 @@ def caption_files(
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     device: str = "auto",
-    onnx: bool = False,
+    runtime: Optional[str] = None,
     attention_out: Union[str, Path, None] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[CaptionRecord]:
@@ -91,7 +91,9 @@ def caption_files(
     process captioned, in input order (an unreadable file gets a record with its ``error``).
 
     ``model``: a model directory, a loaded :class:`Captioner` (used where it is; ``device``
-    only applies to loading), or ``None`` for the bundled model. ``output``: a JSON-lines file
+    only applies to loading), or ``None`` for the bundled model. ``runtime``: ``"auto"``,
+    ``"torch"`` or ``"onnx"`` (see :meth:`Captioner.use_runtime`); ``None`` keeps the model's
+    setting (``auto`` for a model loaded here: ONNX Runtime on the CPU when installed). ``output``: a JSON-lines file
     to append to and resume from (see the module docstring); images it already holds are not
     captioned again and not returned. ``attention_out``: a folder for one attention figure per
     image (attention decoders only). ``log`` receives progress notes (resume, skipped files).
@@ -102,7 +104,7 @@ def caption_files(
         iter_captions(
             paths, model=model, output=output, batch_size=batch_size, num_workers=num_workers,
             beam_size=beam_size, n_best=n_best, max_length=max_length, length_penalty=length_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, device=device, onnx=onnx,
+            no_repeat_ngram_size=no_repeat_ngram_size, device=device, runtime=runtime,
             attention_out=attention_out, log=log,
         )
     )
@@ -121,7 +123,7 @@ def iter_captions(
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     device: str = "auto",
-    onnx: bool = False,
+    runtime: Optional[str] = None,
     attention_out: Union[str, Path, None] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> Iterator[CaptionRecord]:
@@ -135,8 +137,8 @@ def iter_captions(
     try:
         if captioner is None:
             captioner = Captioner.from_pretrained(model, device=torch_device)
-        if onnx:
-            captioner.use_onnxruntime()
+        if runtime is not None:
+            captioner.use_runtime(runtime)
         skipped: list[str] = []
         all_paths = expand_image_paths(paths, skipped)
         if skipped and info.is_main:

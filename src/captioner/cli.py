@@ -13,6 +13,24 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
+RUNTIME_HELP = ("engine for the frozen encoder: auto (default: ONNX Runtime on the CPU when installed, "
+                "else torch), torch or onnx")
+
+
+def _add_runtime(parser: argparse.ArgumentParser, onnx_help: str) -> None:
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None, help=RUNTIME_HELP)
+    parser.add_argument("--onnx", action="store_true", help=onnx_help)
+
+
+def _runtime(args) -> str | None:
+    """--runtime, with --onnx as the old spelling of --runtime onnx (None: neither given)."""
+    if args.onnx:
+        if args.runtime not in (None, "onnx"):
+            raise ValueError(f"--onnx means --runtime onnx; it contradicts --runtime {args.runtime}")
+        return "onnx"
+    return args.runtime
+
+
 # --- caption -----------------------------------------------------------------------
 def add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption images (files, directories or globs)")
@@ -28,7 +46,7 @@ def add_caption(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
-    p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
+    _add_runtime(p, "same as --runtime onnx")
     _add_device(p)
     p.set_defaults(run=run_caption)
 
@@ -43,7 +61,7 @@ def run_caption(args) -> int:
         args.paths, model=args.model, output=args.output, batch_size=args.batch_size, num_workers=args.num_workers,
         beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
         length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
-        onnx=args.onnx, attention_out=args.attention_out, log=log,
+        runtime=_runtime(args), attention_out=args.attention_out, log=log,
     )
     count = failures = 0
     for record in records:
@@ -96,8 +114,7 @@ def add_train(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", default=None, help="drop invalid examples")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder weights (tests)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--onnx", action="store_true", default=None,
-                   help="extract the feature cache with ONNX Runtime (CPU; the 'onnx' extra): 1.5-4x faster there")
+    _add_runtime(p, "same as --runtime onnx (data.runtime=onnx)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. optim.schedule=cosine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -120,8 +137,9 @@ def parse_overrides(args) -> dict:
         overrides["model.pretrained"] = False
     if args.no_progress:
         overrides["progress"] = False
-    if args.onnx:
-        overrides["data.onnx"] = True
+    runtime = _runtime(args)
+    if runtime is not None:
+        overrides["data.runtime"] = runtime
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
