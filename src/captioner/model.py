@@ -151,10 +151,11 @@ class Captioner(nn.Module):
         from .encoders.onnx_runtime import check_runtime
 
         check_runtime(runtime)
-        self._onnx_encoder = self._onnx_weights = None
-        self._auto_fell_back = False
-        if runtime == "onnx":
+        if runtime == "torch":
+            self._onnx_encoder = self._onnx_weights = None  # frees the session
+        elif runtime == "onnx" and (self._onnx_encoder is None or self._onnx_weights != self._encoder_weights()):
             self._make_onnx_encoder("onnx")  # raises before the setting changes
+        self._auto_fell_back = False
         self.runtime = runtime
         return self
 

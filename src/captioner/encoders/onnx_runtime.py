@@ -46,8 +46,8 @@ def onnxruntime_available() -> bool:
     """Whether ``runtime="auto"`` can use ONNX Runtime here: onnxruntime imports (and onnx,
     which exports the encoder the first time)."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
+        import onnx  # noqa: F401
     except ImportError:
         return False
     return True
