@@ -92,7 +92,7 @@ class FeatureCache:
 
         ``batch_size``: default 64 on CUDA, 16 on the CPU (ResNet-152 and EfficientNet-Lite0
         encoded 25–50 % more images per second at 16 than at 64 on a 2-core CPU).
-        ``runtime``: the engine that runs the encoder (``onnxruntime.runtime_encoder``): ``auto``
+        ``runtime``: the engine that runs the encoder (``encoders.onnx_runtime.runtime_encoder``): ``auto``
         (ONNX Runtime on the CPU when installed, torch elsewhere), ``torch`` or ``onnx`` (CPU
         only). Same features within float rounding either way, and the same cache key. On a
         2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
