@@ -113,20 +113,30 @@ def test_runtime_names_are_checked():
     assert load_config().data.runtime == "auto"
 
 
-@pytest.mark.parametrize("flags, runtime", [([], None), (["--runtime", "torch"], "torch"),
-                                            (["--runtime", "onnx"], "onnx"), (["--onnx"], "onnx")])
-def test_caption_cli_forces_the_runtime(flags, runtime, monkeypatch, capsys):
+EXAMPLES = sorted(str(p) for p in (ROOT / "examples").iterdir() if p.suffix in (".png", ".jpg"))
+
+
+@pytest.mark.parametrize("flags, images, asked, engine", [
+    ([], EXAMPLES, [], "onnx"),  # the default: the model's own auto
+    ([], EXAMPLES[:1], ["torch"], "torch"),  # too few images to pay for ONNX Runtime's set-up
+    (["--runtime", "torch"], EXAMPLES, ["torch"], "torch"),
+    (["--runtime", "onnx"], EXAMPLES[:1], ["onnx"], "onnx"),
+    (["--onnx"], EXAMPLES[:1], ["onnx"], "onnx"),  # the old flag
+])
+def test_caption_cli_picks_or_forces_the_runtime(flags, images, asked, engine, monkeypatch, capsys):
     from captioner.cli import main
 
-    if runtime == "onnx" and not onnx_runtime.onnxruntime_available():
+    if engine == "onnx" and not onnx_runtime.onnxruntime_available():
         pytest.skip("onnxruntime is not installed")
-    asked = []
-    original = Captioner.use_runtime
-    monkeypatch.setattr(Captioner, "use_runtime", lambda self, name="auto": asked.append(name) or original(self, name))
-    image = str(ROOT / "examples" / "emoji-dog-face.png")
-    assert main(["caption", image, "--device", "cpu", *flags]) == 0
-    assert asked == ([runtime] if runtime else [])  # no flag: the model's own default, auto
-    assert capsys.readouterr().out.startswith(image + "\t")
+    assert len(EXAMPLES) >= 8
+    calls, onnx_calls = [], []
+    use_runtime, onnx_call = Captioner.use_runtime, onnx_runtime.OnnxEncoder.__call__
+    monkeypatch.setattr(Captioner, "use_runtime", lambda self, name="auto": calls.append(name) or use_runtime(self, name))
+    monkeypatch.setattr(onnx_runtime.OnnxEncoder, "__call__", lambda self, x: onnx_calls.append(len(x)) or onnx_call(self, x))
+    assert main(["caption", *images, "--device", "cpu", *flags]) == 0
+    assert calls == asked
+    assert (sum(onnx_calls) == len(images)) if engine == "onnx" else not onnx_calls
+    assert capsys.readouterr().out.count("\t") == len(images)
 
 
 def test_onnx_flag_contradicting_runtime_is_refused(capsys):
