@@ -157,8 +157,8 @@ def test_train_cli_passes_the_runtime_to_extraction(tiny_one_caption, tmp_path, 
     args = ["train", "--data", str(tiny_one_caption), "--encoder", "efficientnet_lite0", "--epochs", "1",
             "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--set", "log_every=0",
             "--set", "model.preprocess={crop_size: 64, resize_size: 64}", "--device", "cpu"]
-    assert main([*args, "--out", str(tmp_path / "a"), "--runtime", "torch"]) == 0
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--out", str(tmp_path / "a"), "--runtime", "torch", "--feature-cache", str(tmp_path / "fa")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--feature-cache", str(tmp_path / "fb")]) == 0
     assert seen == ["torch", "auto"]
 
 

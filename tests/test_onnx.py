@@ -110,7 +110,8 @@ def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_pa
 
     args = ["train", "--data", str(tiny_one_caption), "--encoder", "efficientnet_lite0", "--epochs", "1",
             "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--onnx", "--set", "log_every=0",
-            "--set", "model.preprocess={crop_size: 64, resize_size: 64}"]
+            "--set", "model.preprocess={crop_size: 64, resize_size: 64}",
+            "--feature-cache", str(tmp_path / "features")]  # its own: another test may have filled the shared one
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert list(cache_root("onnx").glob("efficientnet_lite0-*-64.onnx"))

@@ -19,16 +19,13 @@ from torch.utils.data import DataLoader
 
 from .data.loaders import ImageRows, collate_with_errors
 from .device import resolve_device
+from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from .model import Caption, Captioner
 from .train import distributed as dist_utils
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 ModelInput = Union[str, Path, Captioner, None]
-# Below this many images a model loaded here keeps torch under runtime auto: opening the ONNX
-# Runtime session (0.55 s) and hashing the weights for its cache key (0.15 s) cost more than
-# its faster encoding saves (~86 ms an image: 172 → 86 ms, the bundled model, beam 5, 2-core CPU).
-AUTO_ONNX_MIN_IMAGES = 8
 
 
 def expand_image_paths(patterns: Sequence[str], skipped: Optional[list[str]] = None) -> list[str]:
@@ -153,6 +150,7 @@ def iter_captions(
         final_output = Path(output) if output is not None else None
         shard, part = _shard(all_paths, final_output, info, log)
         if runtime is None and not isinstance(model, Captioner) and len(shard) < AUTO_ONNX_MIN_IMAGES:
+            # (a model passed in keeps its setting: its session, once opened, serves every call)
             captioner.use_runtime("torch")
         records = caption_images(
             captioner, shard, batch_size=batch_size, num_workers=num_workers, beam_size=beam_size, n_best=n_best,
