@@ -2,8 +2,9 @@
 
 Compares, in one run, the variants worth trying for the bundled model: input size,
 channels-last, and (when installed) ONNX Runtime for the encoder, alone and end to end
-through ``Captioner.use_onnxruntime()``. Prints a Markdown table of
-median / p90 milliseconds per stage.
+through ``Captioner.use_runtime("onnx")`` (what the default ``auto`` runtime picks on the CPU).
+Torch rows force ``use_runtime("torch")``. Prints a Markdown table of median / p90
+milliseconds per stage.
 
     python benchmarks/bench_latency.py [--model DIR] [--image examples/...] [--repeats 50]
 """
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="224,160")
     args = parser.parse_args()
 
-    model = Captioner.from_pretrained(args.model)
+    model = Captioner.from_pretrained(args.model).use_runtime("torch")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model or 'bundled'}")
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -68,7 +69,7 @@ def main() -> None:
                 # and measured end to end: a model whose preprocess gives this size, switched to ONNX
                 onnx_model = Captioner.from_pretrained(args.model)
                 onnx_model.preprocess = preprocess
-                onnx_model.use_onnxruntime()
+                onnx_model.use_runtime("onnx")
             else:
                 encoder = model.encoder
                 x = pixels
@@ -104,7 +105,7 @@ def main() -> None:
                 if captions[0].text != expected:
                     print(f"WARNING: {size}px onnx caption {captions[0].text!r} != torch {expected!r}")
                 nan = float("nan")  # stages not timed separately on this row
-                rows.append((size, "onnxruntime via use_onnxruntime()", nan, nan, nan, total_ms, total_p90))
+                rows.append((size, "onnxruntime via use_runtime(\"onnx\")", nan, nan, nan, total_ms, total_p90))
     print("\n| input | encoder | read+preprocess ms | encode ms | beam-%d ms | end to end ms (median) | p90 |" % args.beam_size)
     print("|---|---|---|---|---|---|---|")
 

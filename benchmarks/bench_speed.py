@@ -5,22 +5,27 @@ rewritten here only as far as a benchmark needs (no pickles, no hub weights): a 
 ResNet-152 recomputed for every (image, caption) pair at every step, Linear → BatchNorm1d,
 a packed 1-layer LSTM, Adam 1e-3, greedy ``sample`` for 20 steps. Captioner trains
 show-tell on its feature cache (extracted in the first epoch, read in the others) with the
-real ``train_one_epoch``, and captions with batched beam search (beam 5). On the CPU it also
-times the ``--onnx`` paths (``train --onnx`` extraction, ``caption --onnx``) when the
-``onnx`` extra is installed; on CUDA, bf16 autocast + channels-last captioning.
+real ``train_one_epoch``, and captions with batched beam search (beam 5). Every captioner row
+is timed on the default path (``runtime auto``: ONNX Runtime for the frozen encoder on the CPU
+when installed) and again on each forced path (``--runtime torch``, ``--runtime onnx``); on
+CUDA also bf16 autocast + channels-last captioning. It also counts the encoder's FLOPs and
+compares the achieved GFLOP/s with a matmul peak measured in the same run (fp32, bf16), and
+times one-image latency of the bundled model. ``--json-out FILE`` writes the table, a
+``speedup`` object (seed time / captioner time, > 1 is faster: ``train_epoch1``,
+``train_later``, ``caption_beam5``, ``latency_beam5``, and ``*_torch`` / ``*_onnx`` for the
+forced paths) and the raw timings.
 
 Both get the same random images (256², as the seed's ``resize.py`` leaves them; the encoders
 see 224² crops), the same random captions (8–20 words, ~10k-word vocabulary), the same batch
 size and the same weights (copied from the seed's modules; ``tests/test_bench_parity.py``
 checks both compute the same loss). Weights are random: no hub downloads here.
 
-    python benchmarks/bench_speed.py --device cpu --images 32 --batch-size 16
+    python benchmarks/bench_speed.py --device cpu --images 64 --batch-size 16 --json-out bench.json
     python benchmarks/bench_speed.py --device cuda --images 2048 --batch-size 128 --num-workers 8
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -44,6 +49,7 @@ from captioner.data.feature_cache import FeatureCache
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs, ImageRows
 from captioner.data.sources import Example
 from captioner.data.vocab import Vocabulary
+from captioner.encoders.onnx_runtime import onnxruntime_available
 from captioner.objectives import create_objective
 from captioner.train.config import TrainConfig
 from captioner.train.loop import FeatureBatches, TrainContext, make_optimizer, make_scheduler, train_one_epoch
@@ -253,17 +259,21 @@ def synchronize(device: torch.device) -> None:
 
 
 class Clock:
+    """Wall seconds, and the CPU seconds of this process (``cpu_seconds``): on a shared machine
+    the other processes' load shows in the first, hardly in the second."""
+
     def __init__(self, device):
         self.device = device
 
     def __enter__(self):
         synchronize(self.device)
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start
 
 
 def bench_seed_training(encoder, decoder, data: Data, args, device, model_preprocess) -> dict:
@@ -278,7 +288,28 @@ def bench_seed_training(encoder, decoder, data: Data, args, device, model_prepro
     with Clock(device) as clock:
         for images, captions, lengths in loader:
             seed_train_step(encoder, decoder, optimizer, images.to(device), captions.to(device), lengths)
-    return {"seconds": clock.seconds, "pairs_per_s": len(ids) / clock.seconds}
+    return {"seconds": clock.seconds, "pairs_per_s": len(ids) / clock.seconds, "cpu_pairs_per_s": len(ids) / clock.cpu_seconds}
+
+
+# --- which engine runs captioner's encoder ----------------------------------------------
+def runtimes(device: torch.device, compile: bool) -> list[str]:
+    """The paths timed: the default (``auto``) first, then each forced one that exists here.
+    Another engine is one more name here and one more branch in ``use_path``."""
+    if compile:  # --compile times torch.compile alone
+        return ["auto"]
+    names = ["auto", "torch"]
+    if device.type == "cpu" and onnxruntime_available():
+        names.append("onnx")
+    return names
+
+
+def use_path(model: Captioner, runtime: str, device: torch.device | None = None) -> Captioner:
+    """The model on this path; with ``device``, also set up (ONNX session opened), untimed."""
+    model.use_runtime(runtime)
+    if device is not None:
+        with torch.inference_mode():
+            model.encode(torch.zeros(1, 3, model.preprocess.crop_size, model.preprocess.crop_size, device=device))
+    return model
 
 
 def bench_captioner_training(model: Captioner, data: Data, args, device, cache_root: Path) -> dict:
@@ -300,10 +331,17 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
         context = TrainContext(model, objective, batches, optimizer, scheduler, config, device)
         return train_one_epoch(context, Progress(epoch=number))
 
-    with Clock(device) as extraction:  # the cache key hashes the encoder weights: counted too
-        cache = FeatureCache(cache_root, model.encoder, model.preprocess, data.images,
-                             with_grid=model.decoder.needs_grid)
-        cache.build(device, progress=False, num_workers=args.num_workers)
+    def extract(runtime: str):
+        # The cache key hashes the encoder weights: counted too. Each runtime fills its own
+        # folder; the ONNX file exported by the captioning runs is reused (export not timed).
+        with Clock(device) as clock:
+            cache = FeatureCache(cache_root / runtime, model.encoder, model.preprocess, data.images,
+                                 with_grid=model.decoder.needs_grid)
+            cache.build(device, progress=False, num_workers=args.num_workers, runtime=runtime)
+        return cache, clock
+
+    extraction = {}
+    cache, extraction["auto"] = extract("auto")
     batches = FeatureBatches(cache, pairs, sampler, device)
     with Clock(device) as first:
         epoch(batches, 0)
@@ -311,24 +349,20 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
     for number in range(1, 1 + args.cached_epochs):
         with Clock(device) as clock:
             epoch(batches, number)
-        later.append(clock.seconds)
-    first_seconds = extraction.seconds + first.seconds
-    later_seconds = statistics.mean(later)
+        later.append(clock)
+    for runtime in runtimes(device, args.compile)[1:]:
+        extraction[runtime] = extract(runtime)[1]
+    later_seconds = statistics.mean(c.seconds for c in later)
     result = {
-        "extraction_seconds": extraction.seconds,
-        "first_epoch_seconds": first_seconds,
-        "first_epoch_pairs_per_s": len(pairs) / first_seconds,
+        "first_epoch_seconds": first.seconds,  # training alone, from the cache
         "cached_epoch_seconds": later_seconds,
         "cached_epoch_pairs_per_s": len(pairs) / later_seconds,
+        "cpu_cached_epoch_pairs_per_s": len(pairs) / statistics.mean(c.cpu_seconds for c in later),
     }
-    if device.type == "cpu" and onnx_available() and not args.compile:  # train --onnx: the same, in ONNX Runtime
-        with Clock(device) as onnx_extraction:  # reuses the .onnx file the captioning runs exported
-            FeatureCache(cache_root / "onnx", model.encoder, model.preprocess, data.images,
-                         with_grid=model.decoder.needs_grid).build(device, progress=False, onnx=True,
-                                                                   num_workers=args.num_workers)
-        onnx_first = onnx_extraction.seconds + first.seconds
-        result |= {"onnx_extraction_seconds": onnx_extraction.seconds,
-                   "onnx_first_epoch_pairs_per_s": len(pairs) / onnx_first}
+    for runtime, clock in extraction.items():
+        result[f"extraction_seconds_{runtime}"] = clock.seconds
+        result[f"first_epoch_pairs_per_s_{runtime}"] = len(pairs) / (clock.seconds + first.seconds)
+        result[f"cpu_first_epoch_pairs_per_s_{runtime}"] = len(pairs) / (clock.cpu_seconds + first.cpu_seconds)
     return result
 
 
@@ -346,6 +380,13 @@ def seed_caption_batch(encoder, decoder, vocab, images) -> list[str]:
     return sentences
 
 
+def timings(images: int, clock: Clock, latencies: list[Clock]) -> dict:
+    """Throughput and median one-image latency, on wall time and on this process's CPU time."""
+    return {"images_per_s": images / clock.seconds, "latency_ms": 1000 * statistics.median(c.seconds for c in latencies),
+            "cpu_images_per_s": images / clock.cpu_seconds,
+            "cpu_latency_ms": 1000 * statistics.median(c.cpu_seconds for c in latencies)}
+
+
 def bench_seed_captioning(encoder, decoder, data: Data, args, device, model_preprocess, warm_up=True) -> dict:
     encoder.eval(), decoder.eval()
     transform = seed_sample_transform(model_preprocess.mean, model_preprocess.std)
@@ -361,12 +402,8 @@ def bench_seed_captioning(encoder, decoder, data: Data, args, device, model_prep
             with Clock(device) as one:
                 image = transform(Image.open(path).convert("RGB"))[None].to(device)
                 seed_caption_batch(encoder, decoder, data.vocab, image)
-            latencies.append(one.seconds)
-    return {"images_per_s": len(data.images) / clock.seconds, "latency_ms": 1000 * statistics.median(latencies[1:])}
-
-
-def onnx_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+            latencies.append(one)
+    return timings(len(data.images), clock, latencies[1:])
 
 
 class ImagesOnly(Dataset):
@@ -379,15 +416,13 @@ class ImagesOnly(Dataset):
     def __getitem__(self, i):
         return self.transform(Image.open(self.paths[i]).convert("RGB"))
 
-
-def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_size: int, amp: bool = False,
-                               onnx: bool = False, warm_up: bool = True) -> dict:
-    """What ``captioner caption DIR`` does: decode in workers, encode + decode in batches.
-    ``amp``: bf16 autocast + channels-last (CUDA); ``onnx``: the encoder in ONNX Runtime
-    (``caption --onnx``, CPU; exported once into $CAPTIONER_CACHE, not timed)."""
+def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_size: int, runtime: str = "auto",
+                               amp: bool = False, warm_up: bool = True) -> dict:
+    """What ``captioner caption DIR [--runtime R]`` does: decode in workers, encode + decode in
+    batches. ``amp``: bf16 autocast + channels-last (CUDA). The ONNX export happens in the
+    warm-up (once per weights, cached in $CAPTIONER_CACHE): not timed."""
     model.eval()
-    if onnx:
-        model.use_onnxruntime()
+    use_path(model, runtime, device)
     loader = DataLoader(ImageRows(data.images, model.preprocess), batch_size=args.batch_size,
                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
     if amp:
@@ -410,12 +445,81 @@ def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_
         with Clock(device) as one:
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                 model.caption(path, beam_size=beam_size)
-        latencies.append(one.seconds)
+        latencies.append(one)
     if amp:
         model.encoder.to(memory_format=torch.contiguous_format)
-    if onnx:
-        model.use_onnxruntime(False)
-    return {"images_per_s": len(data.images) / clock.seconds, "latency_ms": 1000 * statistics.median(latencies[1:])}
+    engine = "onnx" if model._onnx_encoder is not None else "torch"
+    use_path(model, "auto")
+    return timings(len(data.images), clock, latencies[1:]) | {"engine": engine}
+
+
+def bench_bundled_latency(args, beam_size: int = 5) -> dict:
+    """The bundled model, one example image, load → caption, per runtime: median ms."""
+    from captioner.model import default_model_dir
+
+    images = sorted(str(p) for p in (Path(__file__).parents[1] / "examples").glob("*.png"))
+    rows = {}
+    for runtime in runtimes(torch.device("cpu"), False):
+        model = use_path(Captioner.from_pretrained(default_model_dir()), runtime)
+        with Clock(torch.device("cpu")) as first:
+            caption = model.caption(images[0], beam_size=beam_size)  # first call: session (and export) set up
+        samples = []
+        for path in images[: args.latency_repeats]:
+            with Clock(torch.device("cpu")) as one:
+                model.caption(path, beam_size=beam_size)
+            samples.append(one.seconds)
+        rows[runtime] = {"latency_ms": 1000 * statistics.median(samples), "first_call_ms": 1000 * first.seconds,
+                         "caption": caption.text}
+    return rows
+
+
+# --- how close to the machine's limit ---------------------------------------------------
+def encoder_flops(model: Captioner, device: torch.device) -> int:
+    """FLOPs of one 224² image through the encoder (multiply-add = 2), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.encoder(torch.zeros(1, 3, 224, 224, device=device))
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024) -> tuple[float, float]:
+    """One n×n matmul's (wall, CPU-time) GFLOP/s: the peak the encoder is compared with."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    with Clock(device) as clock:
+        a @ b
+    return 2 * n**3 / clock.seconds / 1e9, 2 * n**3 / max(clock.cpu_seconds, 1e-9) / 1e9
+
+
+def bench_encoder(model: Captioner, args, device, flops: int, rounds: int = 3) -> dict:
+    """The encoder alone on preprocessed pixels, per runtime, at the benchmark's batch size and
+    at batch 1 (the latency case): images/s and achieved GFLOP/s, and the matmul peak (fp32,
+    bf16) measured between them, best of ``rounds``. Achieved/peak is taken on CPU time
+    (``cpu_*``) too: on a shared machine wall time mostly measures the other processes."""
+    best: dict[str, dict] = {}
+
+    def keep(key: str, wall: float, cpu: float) -> None:
+        row = best.setdefault(key, {"gflop_per_s": 0.0, "cpu_gflop_per_s": 0.0})
+        row["gflop_per_s"], row["cpu_gflop_per_s"] = max(row["gflop_per_s"], wall), max(row["cpu_gflop_per_s"], cpu)
+
+    for _ in range(rounds):  # interleaved: the load changes under a run
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            keep(f"matmul_{name}", *matmul_gflops(device, dtype))
+        for runtime in runtimes(device, args.compile):
+            use_path(model, runtime, device)
+            for batch in sorted({args.batch_size, 1}):
+                pixels = torch.randn(batch, 3, 224, 224, device=device)
+                with torch.inference_mode(), Clock(device) as clock:
+                    model.encode(pixels)
+                keep(f"{runtime}_batch{batch}", flops * batch / clock.seconds / 1e9,
+                     flops * batch / max(clock.cpu_seconds, 1e-9) / 1e9)
+    use_path(model, "auto")
+    for key, row in best.items():
+        if not key.startswith("matmul_"):
+            row["images_per_s"] = row["gflop_per_s"] * 1e9 / flops
+    return best
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -432,7 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="captioning passes per method (best kept)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile captioner's encoder (extraction and captioning); keep it only if faster")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json-out", "--json", dest="json_out", metavar="FILE",
+                        help="also write the table, the speedups over the seed and the raw timings here as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.num_workers is None:
@@ -454,65 +559,121 @@ def main(argv: list[str] | None = None) -> dict:
               f" ({torch.get_num_threads()} threads, {args.num_workers} workers)", file=sys.stderr)
         results = {"config": vars(args) | {"torch": torch.__version__,
                                             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-                                            else "cpu"}}
+                                            else "cpu", "threads": torch.get_num_threads()},
+                   "load_average_start": list(os.getloadavg())}
+        if "onnx" in runtimes(device, args.compile):
+            with Clock(device) as export:  # once per weights, ever (cached): ONNX export + session
+                use_path(model, "onnx")
+            results["onnx_export_seconds"] = export.seconds
         # Captioning first: training changes the weights, and both should caption with the same ones.
         # Interleaved repeats, best kept: on a shared machine the load changes under a run.
-        runs = {
-            "seed_greedy": lambda first: bench_seed_captioning(encoder, decoder, data, args, device,
-                                                               model.preprocess, warm_up=first),
-            "captioner_beam5": lambda first: bench_captioner_captioning(model, data, args, device, 5, warm_up=first),
-            "captioner_greedy": lambda first: bench_captioner_captioning(model, data, args, device, 1, warm_up=first),
-        }
+        runs = {"seed_greedy": lambda first: bench_seed_captioning(encoder, decoder, data, args, device,
+                                                                   model.preprocess, warm_up=first)}
+        for runtime in runtimes(device, args.compile):
+            runs[f"captioner_beam5_{runtime}"] = (
+                lambda first, runtime=runtime: bench_captioner_captioning(model, data, args, device, 5, runtime,
+                                                                          warm_up=first))
+        runs["captioner_greedy_auto"] = lambda first: bench_captioner_captioning(model, data, args, device, 1,
+                                                                                 warm_up=first)
         if device.type == "cuda":
             runs["captioner_beam5_bf16"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
                                                                                     amp=True, warm_up=first)
-        elif onnx_available() and not args.compile:  # --compile times torch.compile alone
-            runs["captioner_beam5_onnx"] = lambda first: bench_captioner_captioning(model, data, args, device, 5,
-                                                                                    onnx=True, warm_up=first)
         for repeat in range(args.repeats):
             for key, run in runs.items():
                 result = run(repeat == 0)
                 best = results.setdefault(key, result)
-                best["images_per_s"] = max(best["images_per_s"], result["images_per_s"])
-                best["latency_ms"] = min(best["latency_ms"], result["latency_ms"])
+                for rate in ("images_per_s", "cpu_images_per_s"):
+                    best[rate] = max(best[rate], result[rate])
+                for latency in ("latency_ms", "cpu_latency_ms"):
+                    best[latency] = min(best[latency], result[latency])
+        flops = encoder_flops(model, device)
+        results["encoder"] = {"gflop_per_image": flops / 1e9, **bench_encoder(model, args, device, flops)}
+        if device.type == "cpu":
+            results["bundled_latency_beam5"] = bench_bundled_latency(args)
         results["seed_training"] = bench_seed_training(encoder, decoder, data, args, device, model.preprocess)
         results["captioner_training"] = bench_captioner_training(model, data, args, device, tmp / "cache")
-    report(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return results
+        results["load_average_end"] = list(os.getloadavg())
+    table = summarise(results)
+    report(table, results)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(table | {"raw": results}, indent=2))
+    return table | {"raw": results}
 
 
-def report(results: dict) -> None:
-    seed, ours = results["seed_training"], results["captioner_training"]
-    rows = [
-        ("training, seed (CNN every step)", seed["pairs_per_s"], None),
-        ("training, captioner epoch 1 (extraction incl.)", ours["first_epoch_pairs_per_s"],
-         ours["first_epoch_pairs_per_s"] / seed["pairs_per_s"]),
-        ("training, captioner later epochs (cache)", ours["cached_epoch_pairs_per_s"],
-         ours["cached_epoch_pairs_per_s"] / seed["pairs_per_s"]),
-    ]
-    if "onnx_first_epoch_pairs_per_s" in ours:
-        rows.insert(2, ("training, captioner epoch 1, --onnx extraction", ours["onnx_first_epoch_pairs_per_s"],
-                        ours["onnx_first_epoch_pairs_per_s"] / seed["pairs_per_s"]))
-    greedy = results["seed_greedy"]
-    for key, label in (("seed_greedy", "captioning, seed greedy (20 steps)"),
-                       ("captioner_greedy", "captioning, captioner greedy"),
-                       ("captioner_beam5", "captioning, captioner beam 5"),
-                       ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last"),
-                       ("captioner_beam5_onnx", "captioning, captioner beam 5, --onnx encoder")):
+def summarise(results: dict) -> dict:
+    """The table: ``rows`` (label, rate, unit, × seed) and ``speedup`` (seed time / captioner
+    time, > 1 is faster) for the default path (``train_epoch1`` …) and each forced one
+    (``train_epoch1_torch`` …); ``speedup_cpu_time``: the same ratios on CPU seconds."""
+    seed, ours, greedy = results["seed_training"], results["captioner_training"], results["seed_greedy"]
+    speedup = {"train_later": ours["cached_epoch_pairs_per_s"] / seed["pairs_per_s"]}
+    training = [{"label": "training, seed (CNN every step)", "rate": seed["pairs_per_s"], "unit": "pairs/s"},
+                {"label": "training, captioner later epochs (cache)", "rate": ours["cached_epoch_pairs_per_s"],
+                 "unit": "pairs/s", "x_seed": speedup["train_later"]}]
+    captioning = [{"label": "captioning, seed greedy (20 steps)", "rate": greedy["images_per_s"], "unit": "images/s"}]
+    latency = [{"label": "one image load → caption, seed greedy", "rate": greedy["latency_ms"], "unit": "ms"}]
+    paths = [k.removeprefix("captioner_beam5_") for k in results
+             if k.startswith("captioner_beam5_") and k != "captioner_beam5_bf16"]
+    for runtime in paths:
+        suffix = "" if runtime == "auto" else f"_{runtime}"
+        path = "default path" if runtime == "auto" else f"--runtime {runtime}"
+        if f"first_epoch_pairs_per_s_{runtime}" in ours:
+            rate = ours[f"first_epoch_pairs_per_s_{runtime}"]
+            speedup["train_epoch1" + suffix] = rate / seed["pairs_per_s"]
+            training.append({"label": f"training, captioner epoch 1 (extraction incl.), {path}", "rate": rate,
+                             "unit": "pairs/s", "x_seed": speedup["train_epoch1" + suffix]})
+        beam = results[f"captioner_beam5_{runtime}"]
+        speedup["caption_beam5" + suffix] = beam["images_per_s"] / greedy["images_per_s"]
+        speedup["latency_beam5" + suffix] = greedy["latency_ms"] / beam["latency_ms"]
+        captioning.append({"label": f"captioning, captioner beam 5, {path} ({beam['engine']})",
+                           "rate": beam["images_per_s"], "unit": "images/s", "x_seed": speedup["caption_beam5" + suffix]})
+        latency.append({"label": f"one image load → caption, captioner beam 5, {path}", "rate": beam["latency_ms"],
+                        "unit": "ms", "x_seed": speedup["latency_beam5" + suffix]})
+    for key, label in (("captioner_greedy_auto", "captioning, captioner greedy, default path"),
+                       ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last")):
         if key in results:
-            rows.append((label, results[key]["images_per_s"], None if key == "seed_greedy"
-                         else results[key]["images_per_s"] / greedy["images_per_s"]))
-    print(f"{'':52s} {'per s':>9s} {'× seed':>8s}")
-    for label, rate, ratio in rows:
-        print(f"{label:52s} {rate:9.2f} {'' if ratio is None else f'{ratio:7.2f}×':>8s}")
-    print("single-image latency (load → caption), median ms: " + ", ".join(
-        f"{key} {results[key]['latency_ms']:.0f}" for key in
-        ("seed_greedy", "captioner_greedy", "captioner_beam5", "captioner_beam5_bf16", "captioner_beam5_onnx")
-        if key in results))
-    print(f"(training rates are (image, caption) pairs per second; captioner's first epoch spent "
-          f"{ours['extraction_seconds']:.1f} s of {ours['first_epoch_seconds']:.1f} s extracting features)")
+            rate = results[key]["images_per_s"]
+            captioning.append({"label": label, "rate": rate, "unit": "images/s", "x_seed": rate / greedy["images_per_s"]})
+    for runtime, row in results.get("bundled_latency_beam5", {}).items():
+        path = "default path" if runtime == "auto" else f"--runtime {runtime}"
+        latency.append({"label": f"bundled model, one image load → caption, beam 5, {path}", "rate": row["latency_ms"],
+                        "unit": "ms"})
+    speedup_cpu = {"train_later": ours["cpu_cached_epoch_pairs_per_s"] / seed["cpu_pairs_per_s"]}
+    for runtime in paths:
+        suffix = "" if runtime == "auto" else f"_{runtime}"
+        if f"cpu_first_epoch_pairs_per_s_{runtime}" in ours:
+            speedup_cpu["train_epoch1" + suffix] = ours[f"cpu_first_epoch_pairs_per_s_{runtime}"] / seed["cpu_pairs_per_s"]
+        beam = results[f"captioner_beam5_{runtime}"]
+        speedup_cpu["caption_beam5" + suffix] = beam["cpu_images_per_s"] / greedy["cpu_images_per_s"]
+        speedup_cpu["latency_beam5" + suffix] = greedy["cpu_latency_ms"] / beam["cpu_latency_ms"]
+    encoder = results["encoder"]
+    peak = {name: encoder[f"matmul_{name}"] for name in ("fp32", "bf16")}
+    efficiency = {key: value | {f"cpu_of_{name}_peak": value["cpu_gflop_per_s"] / peak[name]["cpu_gflop_per_s"]
+                                for name in peak}
+                  for key, value in encoder.items() if isinstance(value, dict) and not key.startswith("matmul_")}
+    return {"rows": training + captioning + latency, "speedup": speedup, "speedup_cpu_time": speedup_cpu,
+            "encoder_efficiency": {"gflop_per_image": encoder["gflop_per_image"], "matmul_peak": peak, **efficiency}}
+
+
+def report(table: dict, results: dict) -> None:
+    print(f"{'':78s} {'value':>9s} {'':8s} {'× seed':>8s}")
+    for row in table["rows"]:
+        ratio = row.get("x_seed")
+        print(f"{row['label']:78s} {row['rate']:9.2f} {row['unit']:8s} {'' if ratio is None else f'{ratio:7.2f}×':>8s}")
+    ours = results["captioner_training"]
+    print(f"(training rates are (image, caption) pairs per second; the default path's first epoch spent "
+          f"{ours['extraction_seconds_auto']:.1f} s extracting features and {ours['first_epoch_seconds']:.1f} s "
+          f"training" + (f"; the one-time ONNX export took {results['onnx_export_seconds']:.1f} s, not counted)"
+                         if "onnx_export_seconds" in results else ")"))
+    efficiency = table["encoder_efficiency"]
+    peak = efficiency["matmul_peak"]
+    print(f"encoder {efficiency['gflop_per_image']:.2f} GFLOP/image; matmul peak (GFLOP/s per CPU second) "
+          f"fp32 {peak['fp32']['cpu_gflop_per_s']:.0f}, bf16 {peak['bf16']['cpu_gflop_per_s']:.0f}; achieved: "
+          + ", ".join(f"{key} {value['cpu_gflop_per_s']:.0f} ({100 * value['cpu_of_fp32_peak']:.0f}% of fp32)"
+                      for key, value in efficiency.items() if isinstance(value, dict) and "cpu_of_fp32_peak" in value))
+    print("speedup over the seed: " + ", ".join(f"{k} {v:.2f}×" for k, v in table["speedup"].items()))
+    print("on CPU time (this process; the shared machine's load mostly drops out): " + ", ".join(
+        f"{k} {v:.2f}×" for k, v in table["speedup_cpu_time"].items()))
+    print(f"load average {results['load_average_start']} → {results['load_average_end']}")
 
 
 if __name__ == "__main__":

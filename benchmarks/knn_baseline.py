@@ -45,7 +45,7 @@ def pooled_features(paths: list[str], size: int, onnx: bool, batch_size: int, ca
     encoder = create_encoder("efficientnet_lite0").eval()
     preprocess = dataclasses.replace(encoder.default_preprocess, crop_size=size, resize="squash")
     cache = FeatureCache(cache_dir, encoder, preprocess, paths, with_grid=False)
-    cache.build(batch_size=batch_size, onnx=onnx, progress=True)
+    cache.build(batch_size=batch_size, runtime="onnx" if onnx else "auto", progress=True)
     pooled = np.asarray(cache.pooled, dtype=np.float32)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 

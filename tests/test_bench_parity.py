@@ -93,3 +93,30 @@ def test_decoding_steps_follow_the_seeds_greedy_sample(models, batch):
         for t in range(seed_ids.shape[1] - 1):
             log_probs, state = model.decoder.step(seed_ids[:, t], state)
             assert torch.equal(log_probs.argmax(-1), seed_ids[:, t + 1])
+
+
+def test_json_out_has_the_speedups_of_the_default_and_forced_paths(bench, tmp_path, monkeypatch):
+    """A tiny run end to end: the JSON table's speedups are seed time / captioner time, from the
+    same run's raw timings, for the default path and each forced runtime."""
+    import json
+
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))  # the benchmark points it at its temp folder
+    out = tmp_path / "bench.json"
+    bench.main(["--encoder", "efficientnet_lite0", "--images", "2", "--batch-size", "2", "--vocab-size", "40",
+                "--cached-epochs", "1", "--latency-repeats", "1", "--json-out", str(out)])
+    table = json.loads(out.read_text())
+    raw, speedup = table["raw"], table["speedup"]
+    paths = ["", "_torch"] + (["_onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    assert set(speedup) == {f"{k}{p}" for k in ("train_epoch1", "caption_beam5", "latency_beam5") for p in paths} | {
+        "train_later"}
+    seed, ours = raw["seed_training"], raw["captioner_training"]
+    assert speedup["train_later"] == pytest.approx(ours["cached_epoch_pairs_per_s"] / seed["pairs_per_s"])
+    assert speedup["train_epoch1"] == pytest.approx(ours["first_epoch_pairs_per_s_auto"] / seed["pairs_per_s"])
+    assert speedup["latency_beam5_torch"] == pytest.approx(
+        raw["seed_greedy"]["latency_ms"] / raw["captioner_beam5_torch"]["latency_ms"])
+    assert raw["captioner_beam5_torch"]["engine"] == "torch"
+    assert raw["captioner_beam5_auto"]["engine"] == ("onnx" if "_onnx" in paths else "torch")
+    efficiency = table["encoder_efficiency"]
+    assert 0.5 < efficiency["gflop_per_image"] < 1.0  # EfficientNet-Lite0 at 224: ~0.4 GMAC
+    assert efficiency["matmul_peak"]["fp32"]["cpu_gflop_per_s"] > 0 and efficiency["auto_batch1"]["cpu_gflop_per_s"] > 0
+    assert {row["label"] for row in table["rows"]} >= {"bundled model, one image load → caption, beam 5, default path"}

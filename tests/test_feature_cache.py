@@ -58,10 +58,10 @@ def test_interrupted_extraction_resumes_where_it_stopped(tmp_path):
     config = PreprocessConfig(crop_size=64)
     paths = PATHS * 3  # 18 images → chunks of 8
     cache = FeatureCache(tmp_path, encoder, config, paths, with_grid=False)
-    cache.build(batch_size=1, progress=False, shard=(0, 2))  # "crash" after the even chunks
+    cache.build(batch_size=1, progress=False, shard=(0, 2), runtime="torch")  # "crash" after the even chunks
     assert not cache.is_complete()
     calls.clear()
-    cache.build(batch_size=1, progress=False)
+    cache.build(batch_size=1, progress=False, runtime="torch")
     assert sum(calls) - 1 == 8  # only the missing chunk (images 8..15) was encoded
     assert cache.is_complete()
 

@@ -82,9 +82,9 @@ def test_onnx_extraction_fills_the_cache_torch_would(tmp_path):
     config = PreprocessConfig(crop_size=96, resize_size=96)
     paths = [str(p) for p in IMAGES]
     by_torch = FeatureCache(tmp_path / "torch", encoder, config, paths, with_grid=True).build(
-        batch_size=4, progress=False)
+        batch_size=4, progress=False, runtime="torch")
     by_onnx = FeatureCache(tmp_path / "onnx", encoder, config, paths, with_grid=True).build(
-        batch_size=4, progress=False, onnx=True)
+        batch_size=4, progress=False, runtime="onnx")
     from captioner.cache import cache_root
 
     assert list(cache_root("onnx").glob("efficientnet_lite0-*-96.onnx"))  # ONNX Runtime did extract
@@ -100,8 +100,8 @@ def test_onnx_extraction_is_refused_off_the_cpu(tmp_path):
 
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
     cache = FeatureCache(tmp_path, encoder, encoder.default_preprocess, [str(IMAGES[0])], with_grid=False)
-    with pytest.raises(ValueError, match="ONNX Runtime extracts features on the CPU"):
-        cache.build(device="meta", progress=False, onnx=True)
+    with pytest.raises(ValueError, match="ONNX Runtime runs the encoder on the CPU"):
+        cache.build(device="meta", progress=False, runtime="onnx")
 
 
 def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_path, capsys):
@@ -110,7 +110,8 @@ def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_pa
 
     args = ["train", "--data", str(tiny_one_caption), "--encoder", "efficientnet_lite0", "--epochs", "1",
             "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--onnx", "--set", "log_every=0",
-            "--set", "model.preprocess={crop_size: 64, resize_size: 64}"]
+            "--set", "model.preprocess={crop_size: 64, resize_size: 64}",
+            "--feature-cache", str(tmp_path / "features")]  # its own: another test may have filled the shared one
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert list(cache_root("onnx").glob("efficientnet_lite0-*-64.onnx"))

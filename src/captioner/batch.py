@@ -28,6 +28,7 @@ from .data.images import ImageReadError, build_transform, load_image
 from .data.loaders import ImageRows, collate_with_errors
 from .data.webdataset import ShardSamples, decode_image, expand_shards, is_shard_pattern, sample_ref
 from .device import resolve_device
+from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from .errors import InvalidInputError
 from .model import Alternative, Caption, Captioner
 from .train import distributed as dist_utils
@@ -98,7 +99,7 @@ def caption_files(
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     device: str = "auto",
-    onnx: bool = False,
+    runtime: Optional[str] = None,
     attention_out: Union[str, Path, None] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[CaptionRecord]:
@@ -108,7 +109,11 @@ def caption_files(
     file gets a record with its ``error``).
 
     ``model``: a model directory, a loaded :class:`Captioner` (used where it is; ``device``
-    only applies to loading), or ``None`` for the bundled model. ``output``: a JSON-lines file
+    only applies to loading), or ``None`` for the bundled model. ``runtime``: ``"auto"``,
+    ``"torch"`` or ``"onnx"`` (see :meth:`Captioner.use_runtime`); ``None`` keeps the model's
+    setting (``auto`` for a model loaded here: ONNX Runtime on the CPU when installed, torch for
+    fewer than ``AUTO_ONNX_MIN_IMAGES`` images, where setting up ONNX Runtime costs more than it
+    saves). ``output``: a JSON-lines file
     to append to and resume from (see the module docstring); images it already holds are not
     captioned again and not returned. ``attention_out``: a folder for one attention figure per
     image (attention decoders only). ``log`` receives progress notes (resume, skipped files).
@@ -119,7 +124,7 @@ def caption_files(
         iter_captions(
             paths, model=model, output=output, batch_size=batch_size, num_workers=num_workers,
             beam_size=beam_size, n_best=n_best, max_length=max_length, length_penalty=length_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, device=device, onnx=onnx,
+            no_repeat_ngram_size=no_repeat_ngram_size, device=device, runtime=runtime,
             attention_out=attention_out, log=log,
         )
     )
@@ -138,7 +143,7 @@ def iter_captions(
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     device: str = "auto",
-    onnx: bool = False,
+    runtime: Optional[str] = None,
     attention_out: Union[str, Path, None] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> Iterator[CaptionRecord]:
@@ -152,8 +157,8 @@ def iter_captions(
     try:
         if captioner is None:
             captioner = Captioner.from_pretrained(model, device=torch_device)
-        if onnx:
-            captioner.use_onnxruntime()
+        if runtime is not None:
+            captioner.use_runtime(runtime)
         final_output = Path(output) if output is not None else None
         options = dict(batch_size=batch_size, num_workers=num_workers, beam_size=beam_size, n_best=n_best,
                        max_length=max_length, length_penalty=length_penalty,
@@ -180,8 +185,11 @@ def iter_captions(
             if len(remaining) < len(all_paths) and info.is_main:
                 log(f"{len(all_paths) - len(remaining)} images already in {final_output}; "
                     f"captioning the other {len(remaining)}")
-            records = caption_images(captioner, remaining[info.rank :: info.world_size],
-                                     attention_out=attention_out, **options)
+            shard = remaining[info.rank :: info.world_size]
+            if runtime is None and not isinstance(model, Captioner) and len(shard) < AUTO_ONNX_MIN_IMAGES:
+                # (a model passed in keeps its setting: its session, once opened, serves every call)
+                captioner.use_runtime("torch")
+            records = caption_images(captioner, shard, attention_out=attention_out, **options)
         if part is None:
             yield from records
         else:

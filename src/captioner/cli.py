@@ -13,6 +13,24 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
+RUNTIME_HELP = ("engine for the frozen encoder: auto (default: ONNX Runtime on the CPU when installed, "
+                "else torch), torch or onnx")
+
+
+def _add_runtime(parser: argparse.ArgumentParser, onnx_help: str) -> None:
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None, help=RUNTIME_HELP)
+    parser.add_argument("--onnx", action="store_true", help=onnx_help)
+
+
+def _runtime(args) -> str | None:
+    """--runtime, with --onnx as the old spelling of --runtime onnx (None: neither given)."""
+    if args.onnx:
+        if args.runtime not in (None, "onnx"):
+            raise InvalidInputError(f"--onnx means --runtime onnx; it contradicts --runtime {args.runtime}")
+        return "onnx"
+    return args.runtime
+
+
 # --- caption -----------------------------------------------------------------------
 def add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption images (files, directories, globs or WebDataset shards)")
@@ -31,7 +49,7 @@ def add_caption(sub) -> None:
                         "newline in PATH written as \\\\, \\t and \\n)")
     p.add_argument("--output", help="write JSON lines here (resumes: images already in it are skipped)")
     p.add_argument("--attention-out", help="write one attention PNG per image into this folder")
-    p.add_argument("--onnx", action="store_true", help="run the encoder in ONNX Runtime (CPU; the 'onnx' extra)")
+    _add_runtime(p, "same as --runtime onnx")
     p.add_argument("--engine", choices=("torch", "ray"), default="torch",
                    help="ray: caption image files with Ray Data actors (the 'ray' extra); torch: this process "
                         "(or torchrun ranks)")
@@ -48,9 +66,9 @@ def run_caption(args) -> int:
         print(f"captioner caption: {message}", file=sys.stderr)
 
     if args.engine == "ray":
-        if args.n_best != 1 or args.onnx or args.attention_out or args.num_workers:
+        if args.n_best != 1 or _runtime(args) or args.attention_out or args.num_workers:
             raise InvalidInputError("--engine ray takes --beam-size, --max-length, --length-penalty, --no-repeat-ngram-size "
-                             "and --batch-size; drop --n-best, --onnx, --attention-out and --num-workers")
+                                    "and --batch-size; drop --n-best, --runtime/--onnx, --attention-out and --num-workers")
         records = caption_with_ray(
             args.paths, model=args.model, output=args.output, ray_address=args.ray_address, actors=args.ray_actors,
             num_gpus=1 if args.device.startswith("cuda") else 0, batch_size=args.batch_size,
@@ -62,7 +80,7 @@ def run_caption(args) -> int:
             args.paths, model=args.model, output=args.output, batch_size=args.batch_size,
             num_workers=args.num_workers, beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
             length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
-            onnx=args.onnx, attention_out=args.attention_out, log=log,
+            runtime=_runtime(args), attention_out=args.attention_out, log=log,
         )
     count = failures = 0
     for record in records:
@@ -123,8 +141,7 @@ def add_train(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", default=None, help="drop invalid examples")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder weights (tests)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--onnx", action="store_true", default=None,
-                   help="extract the feature cache with ONNX Runtime (CPU; the 'onnx' extra): 1.5-4x faster there")
+    _add_runtime(p, "same as --runtime onnx (data.runtime=onnx)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. optim.schedule=cosine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -147,8 +164,9 @@ def parse_overrides(args) -> dict:
         overrides["model.pretrained"] = False
     if args.no_progress:
         overrides["progress"] = False
-    if args.onnx:
-        overrides["data.onnx"] = True
+    runtime = _runtime(args)
+    if runtime is not None:
+        overrides["data.runtime"] = runtime
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

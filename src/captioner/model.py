@@ -107,7 +107,11 @@ class Captioner(nn.Module):
         self.vocab = vocab
         self.preprocess = preprocess or encoder.default_preprocess
         self.max_length = max_length
-        self._onnx_encoder = None  # set by use_onnxruntime()
+        self.runtime = "auto"  # the engine captioning runs the encoder with: see use_runtime()
+        self._onnx_encoder = None  # made on first use, for the weights it was made from:
+        self._onnx_tensors: list[torch.Tensor] = []  # the encoder's parameters and buffers then
+        self._onnx_weights = None  # and their (data_ptr, version)
+        self._auto_fell_back = False  # auto tried ONNX Runtime here and could not use it
         self.confidence: Optional[ConfidenceModel] = None  # from confidence.safetensors, if any
 
     @classmethod
@@ -151,29 +155,79 @@ class Captioner(nn.Module):
 
     # --- features -------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> Features:
-        """Preprocessed images (batch, 3, H, W) → the features the decoder needs."""
-        encoder = getattr(self, "_onnx_encoder", None) or self.encoder
-        out = encoder(images)
+        """Preprocessed images (batch, 3, H, W) → the features the decoder needs, from the
+        engine ``runtime`` picks (see :meth:`use_runtime`)."""
+        out = self._runtime_encoder(images)(images)
         if not self.decoder.needs_grid:
             return Features(out.pooled)
         return Features(out.pooled, out.grid, out.grid_shape)
 
-    def use_onnxruntime(self, enabled: bool = True) -> "Captioner":
-        """Run the (frozen) encoder with ONNX Runtime on the CPU from now on: faster
-        single-image captioning, same captions. Needs ``pip install 'captioner[onnx]'``.
+    def use_runtime(self, runtime: str = "auto") -> "Captioner":
+        """Which engine runs the frozen encoder from now on: ``"torch"``, ``"onnx"`` or ``"auto"``.
 
-        The encoder is exported once for ``preprocess.crop_size`` inputs and cached under
-        ``$CAPTIONER_CACHE/onnx`` (or ``~/.cache/captioner/onnx``). Raises ``ValueError``
-        for a fine-tuned encoder (``trainable_blocks > 0``) and ``RuntimeError`` when
-        onnxruntime is missing. ``use_onnxruntime(False)`` switches back to torch.
+        ``auto`` (a new model's setting) runs it in ONNX Runtime when that is the fastest correct
+        path: a frozen encoder, CPU tensors of the model's ``preprocess.crop_size``, no autograd
+        and no autocast, onnxruntime and onnx installed; torch otherwise (training's backward
+        passes, CUDA, other input sizes). Same captions as torch either way: the features agree
+        to a relative error below 1e-4 (``tests/test_fast_defaults.py``).
+
+        ``onnx`` insists: it exports now and raises ``ValueError`` for a fine-tuned encoder
+        (``trainable_blocks > 0``) and ``RuntimeError`` when onnxruntime is missing. The export is
+        cached under ``$CAPTIONER_CACHE/onnx`` (or ``~/.cache/captioner/onnx``) and the session
+        kept by this model, so neither is paid per call. Encoder weights changed in place
+        (``load_state_dict``, ``.to()``) get a new export on the next call; after assigning new
+        parameter objects (``load_state_dict(assign=True)``) call ``use_runtime`` again.
         """
-        if not enabled:
-            self._onnx_encoder = None
-            return self
-        from .encoders.onnx_runtime import OnnxEncoder
+        from .encoders.onnx_runtime import check_runtime
 
-        self._onnx_encoder = OnnxEncoder(self.encoder, self.preprocess.crop_size)
+        check_runtime(runtime)
+        if runtime == "torch":
+            self._onnx_encoder = self._onnx_weights = None  # frees the session
+        elif runtime == "onnx" and (self._onnx_encoder is None or self._onnx_weights != self._encoder_weights()):
+            self._make_onnx_encoder("onnx")  # raises before the setting changes
+        self._auto_fell_back = False
+        self.runtime = runtime
         return self
+
+    def use_onnxruntime(self, enabled: bool = True) -> "Captioner":
+        """``use_runtime("onnx")``, or ``use_runtime("torch")`` when ``enabled`` is false."""
+        return self.use_runtime("onnx" if enabled else "torch")
+
+    def _runtime_encoder(self, images: torch.Tensor):
+        """The callable that encodes ``images``: the torch encoder or its ONNX Runtime twin."""
+        if self.runtime == "torch":
+            return self.encoder
+        if self.runtime == "auto" and not self._auto_fits(images):
+            return self.encoder
+        if self._onnx_encoder is None or self._onnx_weights != self._encoder_weights():
+            self._make_onnx_encoder(self.runtime)  # first use, or the weights changed since
+        return self._onnx_encoder or self.encoder
+
+    def _auto_fits(self, images: torch.Tensor) -> bool:
+        size = self.preprocess.crop_size
+        return (
+            not self._auto_fell_back
+            and images.device.type == "cpu"
+            and images.dtype == torch.float32
+            and tuple(images.shape[1:]) == (3, size, size)
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and self.encoder.frozen
+        )
+
+    def _make_onnx_encoder(self, runtime: str) -> None:
+        from .encoders.onnx_runtime import runtime_encoder
+
+        self._onnx_encoder = runtime_encoder(runtime, self.encoder, self.preprocess.crop_size, "cpu")
+        self._onnx_tensors = [*self.encoder.parameters(), *self.encoder.buffers()]
+        self._onnx_weights = self._encoder_weights()
+        self._auto_fell_back = self._onnx_encoder is None
+
+    def _encoder_weights(self) -> tuple:
+        # Checked on every encode, so cheap: 0.02 ms for Lite0's 296 tensors over a list kept
+        # from when the export was made (0.57 ms walking the modules each time, 0.15 s hashing).
+        # New storage (.to(), .half()) or an in-place write (load_state_dict) shows here.
+        return tuple((t.data_ptr(), t._version) for t in self._onnx_tensors)
 
     def decoding_config(self, max_length: int | None = None) -> DecodingConfig:
         v = self.vocab
@@ -213,7 +267,8 @@ class Captioner(nn.Module):
         items = [images] if single else list(images)
         transform = build_transform(self.preprocess)
         was_training = self.training
-        self.eval()
+        if was_training:  # (walking every module costs 1.3 ms a call: only when it changes anything)
+            self.eval()
         captions: list[Caption] = []
         try:
             for start in range(0, len(items), batch_size):
@@ -221,7 +276,8 @@ class Captioner(nn.Module):
                 pixels = torch.stack([transform(item) for item in chunk]).to(self.device)
                 captions.extend(self.caption_tensor(pixels, beam_size, max(n_best, 1), max_length, **beam_options))
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return captions[0] if single else captions
 
     @torch.inference_mode()

@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..cache import weights_digest
-from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
@@ -89,7 +88,7 @@ class FeatureCache:
         batch_size: int | None = None,
         num_workers: int = 0,
         progress: bool = True,
-        onnx: bool = False,
+        runtime: str = "auto",
         shard: tuple[int, int] = (0, 1),
         barrier=None,
     ) -> "FeatureCache":
@@ -97,9 +96,11 @@ class FeatureCache:
 
         ``batch_size``: default 64 on CUDA, 16 on the CPU (ResNet-152 and EfficientNet-Lite0
         encoded 25–50 % more images per second at 16 than at 64 on a 2-core CPU).
-        ``onnx``: run the encoder in ONNX Runtime (CPU only; same features within float
-        rounding, same cache key). On a 2-core CPU, batch 16, it extracted EfficientNet-Lite0
-        features 3.8× and ResNet-152 1.5× faster than PyTorch eager.
+        ``runtime``: the engine that runs the encoder (``encoders.onnx_runtime.runtime_encoder``): ``auto``
+        (ONNX Runtime on the CPU when installed and at least ``AUTO_ONNX_MIN_IMAGES`` images are
+        left to extract, torch elsewhere), ``torch`` or ``onnx`` (CPU only). Same features within float rounding either way, and the same cache key. On a
+        2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
+        ResNet-152 1.5× faster than PyTorch eager.
 
         ``shard=(rank, world)``: this process extracts only every world-th batch chunk; the
         others extract theirs into the same files. ``barrier`` (a callable) lets rank 0 create
@@ -113,14 +114,11 @@ class FeatureCache:
         rank, world = shard
         device = torch.device(device)
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
-        encoder = self.encoder.to(device).eval()
-        if onnx:
-            if device.type != "cpu":
-                raise InvalidInputError(f"ONNX Runtime extracts features on the CPU, not on {device}: "
-                                 "drop --onnx (data.onnx) or use --device cpu")
-            from ..encoders.onnx_runtime import OnnxEncoder
+        from ..encoders.onnx_runtime import runtime_encoder
 
-            encoder = OnnxEncoder(encoder, self.preprocess.crop_size)
+        encoder = self.encoder.to(device).eval()
+        missing = n - sum(stop - start for start, stop in _done_chunks(self.folder))
+        encoder = runtime_encoder(runtime, encoder, self.preprocess.crop_size, device, images=missing) or encoder
         with torch.inference_mode():
             probe = encoder(torch.zeros(1, 3, self.preprocess.crop_size, self.preprocess.crop_size, device=device))
         shapes = {"pooled.npy": (n, probe.pooled.shape[1])}

@@ -12,7 +12,7 @@ import numpy as np
 from ..data.images import ImageInput, PreprocessConfig
 from ..data.vocab import Vocabulary
 from .images import preprocess
-from .manifest import GRAPH_FILES, NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
+from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
 from .search import DecodingConfig, Hypothesis, State, beam_search, greedy
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"

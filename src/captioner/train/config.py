@@ -29,8 +29,19 @@ class DataConfig:
     max_length: int = 20  # words per caption, training and generation
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
     cache_grid: bool = False  # keep the grid even if this decoder does not need it (attention runs can share)
-    onnx: bool = False  # extract features with ONNX Runtime (CPU, frozen encoder; the 'onnx' extra)
+    runtime: str = "auto"  # engine extracting features: auto (ONNX Runtime on the CPU when installed) | torch | onnx
+    onnx: bool = False  # the old spelling of runtime: onnx
     num_workers: int = 0
+
+    def __post_init__(self):
+        from ..encoders.onnx_runtime import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"data.runtime: expected one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.onnx:
+            if self.runtime == "torch":
+                raise ConfigError("data.onnx (--onnx) asks for runtime onnx but data.runtime is torch: keep one")
+            self.runtime, self.onnx = "onnx", False  # one spelling in the saved config
 
 
 @dataclass

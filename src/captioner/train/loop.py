@@ -346,8 +346,8 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     the work) and read from there, for the val images too; a trainable one reads pixels.
     """
     if not model.encoder.frozen:
-        if config.data.onnx:
-            raise InvalidInputError("--onnx (data.onnx) extracts a frozen encoder's features; with "
+        if config.data.runtime == "onnx":
+            raise InvalidInputError("--runtime onnx (data.runtime) extracts a frozen encoder's features; with "
                                     f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
                             config.data.shuffle_buffer), None
@@ -356,7 +356,7 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
         with_grid=model.decoder.needs_grid or config.data.cache_grid,
     )
     cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
-                onnx=config.data.onnx, shard=(info.local_rank, info.local_world_size),
+                runtime=config.data.runtime, shard=(info.local_rank, info.local_world_size),
                 barrier=lambda: dist_utils.barrier(info))
     dist_utils.barrier(info)
     cache.open()
