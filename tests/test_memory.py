@@ -57,7 +57,7 @@ def synthetic_cache(root: Path) -> FeatureCache:
     pooled[:] = (np.arange(IMAGES) / IMAGES).astype(np.float16)[:, None]
     pooled.flush(), grid.flush()
     del pooled, grid
-    cache._mark_done(0, IMAGES, IMAGES)  # as an extraction that finished in one chunk
+    cache._mark_done(0, IMAGES)  # as an extraction that finished in one chunk
     return cache.open()
 
 

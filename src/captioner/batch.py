@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from .data.images import ImageReadError, build_transform, load_image
 from .data.loaders import ImageRows, collate_with_errors
-from .data.webdataset import ShardSamples, decode_image, expand_shards, is_shard_pattern, sample_ref
+from .data.examples import is_shard_pattern, sample_ref
+from .data.webdataset import ShardSamples, decode_image, expand_shards
 from .device import resolve_device
 from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from .errors import InvalidInputError
@@ -439,7 +440,7 @@ class CaptionPredictor:
                  length_penalty: float = 0.0, no_repeat_ngram_size: int = 0, batch_size: int = 32,
                  device: str = "auto"):
         self.model = model if isinstance(model, Captioner) else Captioner.from_pretrained(
-            model, device=dist_utils.resolve_device(device))
+            model, device=resolve_device(device))
         self.options = dict(beam_size=beam_size, n_best=1, max_length=max_length,
                             **_beam_options(self.model, length_penalty, no_repeat_ngram_size, None))
         self.batch_size = batch_size

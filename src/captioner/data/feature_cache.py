@@ -24,7 +24,8 @@ from ..cache import weights_digest
 from ..io import atomic_write_text
 from .images import ImageReadError, PreprocessConfig
 from .loaders import ImageRows
-from .webdataset import ShardImages, is_sample_ref, shard_runs
+from .examples import is_sample_ref
+from .webdataset import ShardImages, shard_runs
 
 
 def _done_chunks(folder: Path) -> list[tuple[int, int]]:

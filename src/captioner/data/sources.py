@@ -20,31 +20,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .examples import Example
 from .images import ImageReadError, verify_image
 
 from ..errors import CaptionerError
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl", "webdataset")
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Example:
-    """One image and all of its reference captions. ``path`` is the image file, or for a
-    WebDataset sample its shard (``image_id`` is then the sample's key)."""
-
-    image_id: str
-    path: Path
-    captions: list[str]
-    split: str = "train"
-    metadata: dict = field(default_factory=dict)  # the dataset's own per-image fields, e.g. "artist"
-
-    @property
-    def image_ref(self) -> str:
-        """What names the image in training's image lists: its file, or ``SHARD#KEY``."""
-        from .webdataset import is_shard_pattern, sample_ref
-
-        return sample_ref(str(self.path), self.image_id) if is_shard_pattern(str(self.path)) else str(self.path)
 
 
 @dataclass

@@ -31,10 +31,10 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from ..errors import CaptionerError, InvalidInputError
+from .examples import SHARD_SUFFIX, Example, sample_ref, split_ref
 from .images import ImageReadError, PreprocessConfig, build_transform, load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the image of a sample: the first of these it has
-SHARD_SUFFIX = ".tar"
 _KEY_RULE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _CHOICES = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -64,9 +64,6 @@ def expand_braces(pattern: str) -> list[str]:
     return [name for choice in choices for name in expand_braces(head + choice + tail)]
 
 
-def is_shard_pattern(pattern: str) -> bool:
-    """Whether ``pattern`` names WebDataset shards (it ends in ``.tar``, after brace expansion)."""
-    return str(pattern).endswith(SHARD_SUFFIX)
 
 
 def expand_shards(patterns: Sequence[str] | str) -> list[str]:
@@ -89,20 +86,10 @@ def expand_shards(patterns: Sequence[str] | str) -> list[str]:
     return shards
 
 
-def sample_ref(shard: str, key: str) -> str:
-    """How training names a shard sample's image: ``SHARD#KEY``."""
-    return f"{shard}#{key}"
 
 
-def is_sample_ref(ref: str) -> bool:
-    """Whether an image name is a shard sample's ``SHARD#KEY``."""
-    return SHARD_SUFFIX + "#" in ref
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """``SHARD#KEY`` → (shard, key); the shard is what ends in ``.tar`` (keys may hold ``#``)."""
-    cut = ref.index(SHARD_SUFFIX + "#") + len(SHARD_SUFFIX)
-    return ref[:cut], ref[cut + 1 :]
 
 
 # --- samples -------------------------------------------------------------------------
@@ -196,8 +183,6 @@ def read_webdataset(
     """The examples of these shards (and of ``val_shards``, all in split ``val``), captions
     read, images not. Without ``val_shards``, ``val_fraction`` puts samples in val by a hash
     of their key: the same samples whatever the shard order or count of ranks."""
-    from .sources import Example
-
     train_shards = expand_shards(patterns)
     held_out = expand_shards(val_shards) if val_shards else []
     caption_files = ["json"] if caption_key else ["txt"]

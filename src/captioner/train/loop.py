@@ -24,7 +24,8 @@ from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
 from ..data.vocab import Vocabulary
-from ..data.webdataset import ShardPairStream, is_sample_ref
+from ..data.examples import is_sample_ref
+from ..data.webdataset import ShardPairStream
 from ..decoders.base import Features
 from ..device import resolve_device
 from ..errors import InvalidInputError

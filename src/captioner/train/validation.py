@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.loaders import ImageRows
-from ..data.webdataset import ShardImages, is_sample_ref
+from ..data.examples import is_sample_ref
+from ..data.webdataset import ShardImages
 from ..metrics import exact_match
 from ..decoders.base import Features
 from ..objectives import CaptionCrossEntropy
