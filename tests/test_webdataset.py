@@ -94,7 +94,7 @@ def test_feature_cache_resumes_by_shard(tiny_shards, tmp_path, monkeypatch):
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
     preprocess = replace(encoder.default_preprocess, crop_size=32, resize_size=32)
     refs = [e.image_ref for e in read_dataset(tiny_shards)]
-    cache = FeatureCache(tmp_path, encoder, preprocess, refs, with_grid=False).build(progress=False)
+    cache = FeatureCache(tmp_path, encoder, preprocess, refs, with_grid=False).build(progress=False, runtime="torch")
     markers = sorted((cache.folder / "chunks").iterdir())
     assert [m.name for m in markers] == ["0-8.done", "16-24.done", "24-31.done", "8-16.done"]
     expected = np.array(cache.pooled)
@@ -102,7 +102,7 @@ def test_feature_cache_resumes_by_shard(tiny_shards, tmp_path, monkeypatch):
     encoded = []
     original = type(encoder).forward
     monkeypatch.setattr(type(encoder), "forward", lambda self, x: encoded.append(len(x)) or original(self, x))
-    again = FeatureCache(tmp_path, encoder, preprocess, refs, with_grid=False).build(progress=False)
+    again = FeatureCache(tmp_path, encoder, preprocess, refs, with_grid=False).build(progress=False, runtime="torch")  # counts torch forwards
     assert sum(encoded) == 8 + 1  # that shard's 8 images (and the 1-image shape probe), nothing else
     np.testing.assert_array_equal(np.array(again.pooled), expected)
 
