@@ -1,5 +1,5 @@
 """Validation on *generated* captions (not teacher-forced argmax): CIDEr-D, BLEU, exact
-match — plus the teacher-forced cross-entropy on the same images (its own, without the
+match, the share ending in a function word — plus the teacher-forced cross-entropy on the same images (its own, without the
 training objective's label smoothing or regularisers, comparable across objectives)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.loaders import ImageRows
 from ..data.tokenizer import ptb_tokenize
 from ..decoders.base import Features
-from ..objectives import CaptionCrossEntropy
+from ..objectives import CaptionCrossEntropy, bad_ending_rate
 
 
 def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
@@ -82,6 +82,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size
         "val_loss": val_loss,
         "val_ppl": math.exp(min(val_loss, 50)),
         "exact_match": exact_match(predictions, references),
+        "bad_ending": bad_ending_rate(predictions.values()),
         **{k: v for k, v in scores.items() if isinstance(v, float)},
     }
     if scores.get("skipped"):
