@@ -182,6 +182,12 @@ class Draws:
 BASELINES = ("mean-of-others", "greedy")
 
 
+def mean_of_others(reward: torch.Tensor) -> torch.Tensor:
+    """Each sample's baseline: the mean reward of its image's other samples, (images, K) → (images, K)."""
+    k = reward.shape[1]
+    return (reward.sum(1, keepdim=True) - reward) / (k - 1)
+
+
 @register_objective("self-critical")
 class SelfCritical(Objective):
     """Self-critical sequence training: maximise the CIDEr-D of the model's own sampled captions.
@@ -266,7 +272,7 @@ class SelfCritical(Objective):
         if self.baseline == "greedy":
             baseline = torch.from_numpy(self.rewards(draws.greedy, image_index, captioner.max_length)).float()[:, None].expand(images, k)
         else:
-            baseline = (reward.sum(1, keepdim=True) - reward) / (k - 1)  # mean of the other samples
+            baseline = mean_of_others(reward)
         advantage = (reward - baseline).to(targets.device)  # (images, K)
         log_prob = self.sequence_log_probs(model, captioner, inputs, flat).view(images, k)
         loss = -(advantage * log_prob).mean()
