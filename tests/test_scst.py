@@ -83,6 +83,19 @@ def test_self_critical_raises_the_cider_of_its_own_greedy_captions(under_trained
     assert "objective: self-critical" in config and "decoder: show-tell" in config
 
 
+def test_self_critical_resume_continues_exactly(under_trained, tiny_one_caption, tmp_path):
+    """Sampling draws from the restored random state: an interrupted run ends where a straight one does."""
+    from safetensors.torch import load_file
+
+    scst = ["--objective", "self-critical", "--init-from", str(under_trained), "--scst-baseline", "greedy"]
+    straight = train_tiny(tiny_one_caption, tmp_path / "straight", epochs=2, extra=scst)
+    resumed = train_tiny(tiny_one_caption, tmp_path / "resumed", epochs=1, extra=scst)
+    train_tiny(tiny_one_caption, resumed, epochs=2, extra=[*scst, "--resume"])
+    a, b = load_file(str(straight / "last/model.safetensors")), load_file(str(resumed / "last/model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
 def test_self_critical_without_init_from_says_so(tiny_one_caption, tmp_path, capsys):
     from captioner.cli import main
 

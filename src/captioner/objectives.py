@@ -24,6 +24,7 @@ from .data.tokenizer import ptb_tokenize
 from .data.vocab import END
 from .decoders.base import Features
 from .decoding import sample
+from .metrics.cider import CiderD
 
 
 @dataclass
@@ -41,13 +42,16 @@ class Objective:
 
     Subclasses implement ``__call__`` and ``from_run`` and may set:
     ``log_names``, the keys of every result's ``logs`` (fixed, so that every rank reduces the same
-    numbers; ``"loss"`` must be one: without validation data it picks the best epoch);
-    ``weight_unit``, what the weight counts (it names the epoch's ``<unit>_per_second``).
+    numbers; ``"loss"`` must be one);
+    ``weight_unit``, what the weight counts (it names the epoch's ``<unit>_per_second``);
+    ``rows``, what a batch row is: ``"captions"`` (targets: padded token ids) or ``"images"``
+    (targets: the images' indices into ``train_captions``);
+    and override ``best_model_score`` (without validation data it picks the best epoch).
     """
 
     log_names: tuple[str, ...] = ("loss",)
     weight_unit: str = "tokens"
-    rows: str = "captions"  # what a batch row is: "captions" (targets: token ids) or "images" (targets: image indices)
+    rows: str = "captions"
 
     @classmethod
     def from_run(cls, *, vocab, config, train_captions=None) -> "Objective":
@@ -163,8 +167,6 @@ def reward_references(captions_per_image) -> list[list[str]]:
 def reward_document_frequencies(captions_per_image):
     """The CIDEr-D scorer whose document frequencies come from these images' references,
     prepared as the reward scores them (``reward_references``); and those references."""
-    from .metrics.cider import CiderD
-
     references = reward_references(captions_per_image)
     return CiderD.from_corpus(references), references
 
@@ -214,8 +216,10 @@ class SelfCritical(Objective):
                  temperature: float = 1.0):
         if baseline not in BASELINES:
             raise ValueError(f"scst.baseline must be one of {BASELINES}, got {baseline!r}")
-        if samples < (2 if baseline == "mean-of-others" else 1):
-            raise ValueError(f"scst.samples: the {baseline} baseline needs at least 2 samples per image, got {samples}")
+        minimum = 2 if baseline == "mean-of-others" else 1
+        if samples < minimum:
+            raise ValueError(f"scst.samples: the {baseline} baseline needs at least {minimum} samples per image, "
+                             f"got {samples}")
         if temperature <= 0:
             raise ValueError(f"scst.temperature must be positive, got {temperature}")
         self.scorer, self.references, self.vocab = scorer, references, vocab
