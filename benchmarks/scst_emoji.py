@@ -17,26 +17,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 
-import torch
-
-from captioner import Captioner, create_decoder, create_encoder
-from captioner.data.feature_cache import FeatureCache, default_cache_root
+from captioner import Captioner, create_decoder
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
-from captioner.data.vocab import Vocabulary
 from captioner.objectives import SelfCritical, create_objective, reward_document_frequencies
 from captioner.train.config import load_config
 from captioner.train.distributed import resolve_device
-from captioner.train.loop import FeatureBatches, ImageTargets, TrainContext, make_optimizer, make_scheduler, \
-    seed_everything, train_one_epoch
+from captioner.train.loop import (
+    FeatureBatches, ImageTargets, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
+)
 from captioner.train.state import Progress
 from captioner.train.validation import caption_and_score
-from compare_decoders import load_data, same_width_options
+from compare_decoders import prepare, same_width_options, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,7 +81,8 @@ def run_epochs(model, objective, pairs, cache, epochs, batch_size, lr, args, dev
         means, _ = train_one_epoch(context, Progress(epoch=epoch))
         seconds += time.perf_counter() - started
         shown = ", ".join(f"{k} {v:.3f}" for k, v in objective.summarize(means).items())
-        print(f"  {name} epoch {epoch + 1}: {shown} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        print(f"  {name} epoch {epoch + 1}: {shown} ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)
     return seconds, time.process_time() - cpu_started
 
 
@@ -111,27 +106,17 @@ def markdown_table(results: list[dict]) -> str:
             base[r["decoder"]] = r["CIDEr"]
         gain = f"{100 * (r['CIDEr'] / base[r['decoder']] - 1):+.1f}%" if r["training"].startswith("+ self") else ""
         lines.append(f"| {r['decoder']} | {r['training']} | {r['Bleu_4']:.3f} | {r['CIDEr']:.3f} | {gain} | "
-                     f"{100 * r['exact_match']:.1f}% | {100 * r['bad_ending']:.1f}% | {r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) |")
+                     f"{100 * r['exact_match']:.1f}% | {100 * r['bad_ending']:.1f}% | "
+                     f"{r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    train, test, held_out_split = load_data(args)
-    vocab = Vocabulary.build((c for e in train for c in e.captions), args.min_word_count)
-    encoder = create_encoder(args.encoder)
-    overrides = {k: v for k, v in (("resize", args.resize), ("crop_size", args.crop_size)) if v is not None}
-    preprocess = replace(encoder.default_preprocess, **overrides)
-    print(f"train {len(train)} images, {held_out_split} {len(test)} images, vocabulary {len(vocab)}; "
-          f"{args.encoder} at {preprocess.crop_size}px ({preprocess.resize}) on {device}", file=sys.stderr)
-    cache = FeatureCache(args.feature_cache or default_cache_root(), encoder, preprocess,
-                         [str(e.path) for e in train + test], with_grid=True)
-    started = time.perf_counter()
-    cache.build(device, progress=sys.stderr.isatty())
-    extraction_seconds = time.perf_counter() - started
-    cache.open()
-
+    data = prepare(args, device)
+    train, test, vocab, encoder, preprocess, cache = (
+        data.train, data.test, data.vocab, data.encoder, data.preprocess, data.cache)
     train_rows, test_rows = list(range(len(train))), list(range(len(train), len(train) + len(test)))
     pairs = CaptionPairs(train, train_rows, vocab, args.max_length)
     test_pairs = CaptionPairs(test, test_rows, vocab, args.max_length)
@@ -167,17 +152,7 @@ def main(argv=None) -> int:
     table = markdown_table(results)
     print(table)
     if args.json:
-        report = {
-            "command": " ".join(["python", "benchmarks/scst_emoji.py", *(argv or sys.argv[1:])]),
-            "settings": {**vars(args), "held_out_split": held_out_split, "train_images": len(train),
-                         "test_images": len(test), "vocabulary": len(vocab), "preprocess": preprocess.to_dict(),
-                         "device": str(device), "torch_threads": torch.get_num_threads(),
-                         "feature_extraction_seconds": extraction_seconds},
-            "results": results,
-            "table": table,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_report("benchmarks/scst_emoji.py", argv, args, data, results, table)
     return 0
 
 

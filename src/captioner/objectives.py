@@ -239,7 +239,7 @@ class SelfCritical(Objective):
     def best_model_score(self, means: dict[str, float]) -> float:
         return means["reward"]
 
-    # --- the three parts of a step ----------------------------------------------------
+    # --- a step: draw (no gradients), then the loss of the draws (with gradients) ------------
     def __call__(self, model, inputs: Features | torch.Tensor, targets: torch.Tensor) -> ObjectiveResult:
         with _eval_mode(model):
             draws = self.draw(_unwrap(model), inputs)
@@ -266,15 +266,17 @@ class SelfCritical(Objective):
                  for c in captions]
         return self.scorer.score(texts, self.references, index=np.asarray(image_index))
 
-    def policy_loss(self, model, inputs: Features | torch.Tensor, targets: torch.Tensor, draws: Draws) -> ObjectiveResult:
+    def policy_loss(self, model, inputs: Features | torch.Tensor, targets: torch.Tensor,
+                    draws: Draws) -> ObjectiveResult:
         """The loss of these draws: rewards, baselines, and log-probabilities with gradients."""
         captioner = _unwrap(model)
-        k, images = self.samples, len(draws.samples)
+        k, images, limit = self.samples, len(draws.samples), captioner.max_length
         image_index = targets.detach().cpu().numpy()
         flat = [c for per_image in draws.samples for c in per_image]
-        reward = torch.from_numpy(self.rewards(flat, np.repeat(image_index, k), captioner.max_length)).float().view(images, k)
+        reward = torch.from_numpy(self.rewards(flat, np.repeat(image_index, k), limit)).float().view(images, k)
         if self.baseline == "greedy":
-            baseline = torch.from_numpy(self.rewards(draws.greedy, image_index, captioner.max_length)).float()[:, None].expand(images, k)
+            greedy_reward = torch.from_numpy(self.rewards(draws.greedy, image_index, limit)).float()
+            baseline = greedy_reward[:, None].expand(images, k)
         else:
             baseline = mean_of_others(reward)
         advantage = (reward - baseline).to(targets.device)  # (images, K)

@@ -267,8 +267,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
         batches, cache = make_batches(config, model, paths, pairs, sampler, info, device)
-        say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; val: {len(val_examples)} images; "
-            f"vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
+        say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
+            f"val: {len(val_examples)} images; vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         if info.enabled:

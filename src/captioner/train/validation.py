@@ -1,6 +1,7 @@
 """Validation on *generated* captions (not teacher-forced argmax): CIDEr-D, BLEU, exact
-match, the share ending in a function word — plus the teacher-forced cross-entropy on the same images (its own, without the
-training objective's label smoothing or regularisers, comparable across objectives)."""
+match, the share ending in a function word — plus the teacher-forced cross-entropy on the
+same images (its own, without the training objective's label smoothing or regularisers,
+comparable across objectives)."""
 from __future__ import annotations
 
 import math
