@@ -236,6 +236,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         examples, vocab = prepare_data(config, say)
         train_examples = split_examples(examples, "train")
         val_examples = split_examples(examples, "val")[: config.val_max_images]
+        model = None  # a fresh model is built once the objective has accepted the config
+        progress = Progress()
         if resume:
             if config.init_from:  # the model trained is the one it started from, not the config's defaults
                 config = with_model_of(config, json.loads((run.last / CONFIG_FILE).read_text(encoding="utf-8")))
@@ -248,12 +250,12 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                 config = with_model_of(config, model.describe())
                 say(f"starting from {config.init_from}: {model.encoder.name} → {model.decoder.name}, "
                     f"vocabulary {len(model.vocab)}")
-            else:
-                model = build_model(config, vocab)
-            progress = Progress()
-        vocab = model.vocab  # a resumed or initial model's vocabulary, even if the data changed since
+        if model is not None:
+            vocab = model.vocab  # a resumed or initial model's vocabulary, even if the data changed since
         objective = create_objective(config.objective, vocab=vocab, config=config,  # a bad one fails here, early
                                      train_captions=[e.captions for e in train_examples])
+        if model is None:
+            model = build_model(config, vocab)
         model.to(device)
         if info.is_main:
             save_config(config, run.config_file)
