@@ -7,8 +7,9 @@ subsample of train and test, the frozen encoder's pooled vector and region grid 
 Per decoder: a cross-entropy model (``--epochs``, label smoothing 0), then ``--scst-epochs`` of
 self-critical training from a copy of it with each baseline, and a second cross-entropy model with
 label smoothing 0.1. Every model is scored after its last epoch (no validation, no early stop):
-BLEU-4, CIDEr-D, exact match, the share of captions ending in a function word, and its training
-seconds on this machine (self-critical rows: the self-critical stage alone).
+BLEU-4, CIDEr-D, exact match, the share of captions ending in a function word, its training
+seconds on this machine (self-critical rows: the self-critical stage alone), and CIDEr-D on
+``--score-train-images`` training images (what self-critical training optimises).
 
     OMP_NUM_THREADS=1 python benchmarks/scst_emoji.py --data /work/data/emoji/dataset.json \\
         --max-train-images 3000 --max-test-images 600 --resize squash --crop-size 160 --json runs/scst_emoji.json
@@ -47,11 +48,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10, help="cross-entropy epochs")
     p.add_argument("--batch-size", type=int, default=64, help="captions a cross-entropy step")
     p.add_argument("--lr", type=float, default=1e-3, help="cross-entropy learning rate (Adam, constant)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="of the second cross-entropy model")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="of the second cross-entropy model (0: none)")
     p.add_argument("--scst-epochs", type=int, default=3)
     p.add_argument("--scst-batch-size", type=int, default=32, help="images a self-critical step")
     p.add_argument("--scst-lr", type=float, default=1e-4)
     p.add_argument("--samples", type=int, default=5, help="captions sampled per image")
+    p.add_argument("--baselines", nargs="+", default=["mean-of-others", "greedy"])
+    p.add_argument("--score-train-images", type=int, default=500,
+                   help="also score this many training images (what self-critical optimises; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-word-count", type=int, default=3)
     p.add_argument("--max-length", type=int, default=16)
@@ -86,20 +90,25 @@ def run_epochs(model, objective, pairs, cache, epochs, batch_size, lr, args, dev
     return seconds, time.process_time() - cpu_started
 
 
-def score(model, name, decoder, seconds, test, test_rows, test_pairs, cache, args, device) -> dict:
+def score(model, name, decoder, seconds, evaluations, args, device) -> dict:
+    """Metrics of ``model`` on the held-out images, and CIDEr-D on the scored training images."""
+    (test, test_rows, test_pairs, cache), seen = evaluations
     record, predictions = caption_and_score(model, test, test_rows, test_pairs, cache, 64, args.beam_size, device)
     result = {"decoder": decoder, "training": name, "train_seconds": seconds[0], "train_cpu_seconds": seconds[1],
-              "Bleu_4": record["Bleu_4"],
-              "CIDEr": record["CIDEr"], "exact_match": record["exact_match"], "bad_ending": record["bad_ending"],
-              "examples": {str(k): v for k, v in list(predictions.items())[:5]}}
+              "Bleu_4": record["Bleu_4"], "CIDEr": record["CIDEr"], "exact_match": record["exact_match"],
+              "bad_ending": record["bad_ending"], "examples": {str(k): v for k, v in list(predictions.items())[:5]}}
+    if seen is not None:
+        result["train_CIDEr"] = caption_and_score(model, *seen[:3], cache, 64, args.beam_size, device,
+                                                  metrics=("CIDEr",))[0]["CIDEr"]
     print(f"  {decoder} / {name}: CIDEr-D {result['CIDEr']:.3f}, BLEU-4 {result['Bleu_4']:.3f}, exact "
-          f"{result['exact_match']:.3f}, bad endings {result['bad_ending']:.3f}", file=sys.stderr, flush=True)
+          f"{result['exact_match']:.3f}, bad endings {result['bad_ending']:.3f}, "
+          f"train CIDEr-D {result.get('train_CIDEr', float('nan')):.3f}", file=sys.stderr, flush=True)
     return result
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| decoder | training | BLEU-4 | CIDEr-D | vs its CE | exact match | bad endings | train s (CPU s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| decoder | training | BLEU-4 | CIDEr-D | vs its CE | exact match | bad endings | train s (CPU s) "
+             "| CIDEr-D on seen train images |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = {}
     for r in results:
         if r["training"] == "cross-entropy":
@@ -107,7 +116,8 @@ def markdown_table(results: list[dict]) -> str:
         gain = f"{100 * (r['CIDEr'] / base[r['decoder']] - 1):+.1f}%" if r["training"].startswith("+ self") else ""
         lines.append(f"| {r['decoder']} | {r['training']} | {r['Bleu_4']:.3f} | {r['CIDEr']:.3f} | {gain} | "
                      f"{100 * r['exact_match']:.1f}% | {100 * r['bad_ending']:.1f}% | "
-                     f"{r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) |")
+                     f"{r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) | "
+                     f"{r.get('train_CIDEr', float('nan')):.3f} |")
     return "\n".join(lines)
 
 
@@ -121,13 +131,17 @@ def main(argv=None) -> int:
     pairs = CaptionPairs(train, train_rows, vocab, args.max_length)
     test_pairs = CaptionPairs(test, test_rows, vocab, args.max_length)
     images = ImageTargets(len(train))
+    seen = train[: args.score_train_images]
+    evaluations = ((test, test_rows, test_pairs, cache),
+                   (seen, list(range(len(seen))), CaptionPairs(seen, list(range(len(seen))), vocab, args.max_length))
+                   if seen else None)
     scorer, references = reward_document_frequencies([e.captions for e in train])
     prepared = scorer.prepare_references(references)
     widths = same_width_options(args.width)
     results = []
     for decoder_name in args.decoders:
         trained = {}
-        for smoothing in (0.0, args.label_smoothing):
+        for smoothing in sorted({0.0, args.label_smoothing}):
             seed_everything(args.seed)  # every model starts from the same weights
             decoder = create_decoder(decoder_name, len(vocab), encoder.pooled_dim, encoder.grid_dim,
                                      **widths[decoder_name])
@@ -138,17 +152,16 @@ def main(argv=None) -> int:
             seconds = run_epochs(model, objective, pairs, cache, args.epochs, args.batch_size, args.lr, args, device,
                                  f"{decoder_name} {name}")
             trained[smoothing] = model
-            results.append(score(model, name, decoder_name, seconds, test, test_rows, test_pairs, cache, args, device))
+            results.append(score(model, name, decoder_name, seconds, evaluations, args, device))
             if smoothing == 0:
-                for baseline in ("mean-of-others", "greedy"):
+                for baseline in args.baselines:
                     seed_everything(args.seed)
                     tuned = copy.deepcopy(trained[0.0])
                     objective = SelfCritical(scorer, prepared, vocab, args.samples, baseline)
                     name = f"+ self-critical ({baseline})"
                     seconds = run_epochs(tuned, objective, images, cache, args.scst_epochs, args.scst_batch_size,
                                          args.scst_lr, args, device, f"{decoder_name} {name}")
-                    results.append(score(tuned, name, decoder_name, seconds, test, test_rows, test_pairs, cache,
-                                         args, device))
+                    results.append(score(tuned, name, decoder_name, seconds, evaluations, args, device))
     table = markdown_table(results)
     print(table)
     if args.json:
