@@ -1,6 +1,6 @@
-"""The training loop: read data → vocabulary → model → (feature cache) → epochs of
-training on an objective (teacher-forced cross-entropy by default), each followed by
-validation on *generated* captions."""
+"""The training loop: read data → vocabulary → model (new, or ``--init-from`` a trained one) →
+(feature cache) → epochs of training on an objective (teacher-forced cross-entropy by default,
+or self-critical), each followed by validation on *generated* captions."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from ..data.feature_cache import FeatureCache, default_cache_root
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
-from ..data.tokenizer import ptb_tokenize
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
+from ..data.tokenizer import ptb_tokenize
 from ..data.vocab import END, Vocabulary
 from ..decoders.base import Features
 from ..model import CONFIG_FILE, Captioner
@@ -270,7 +270,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
         batches, cache = make_batches(config, model, paths, pairs, sampler, info, device)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
-            f"val: {len(val_examples)} images; vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
+            f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
+            f"{model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         if info.enabled:
