@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from captioner import Captioner
+from captioner import Captioner, list_decoders
 from captioner.data.sources import read_dataset
 from captioner.data.vocab import Vocabulary
 from captioner.decoders.base import Features
@@ -27,9 +27,14 @@ REFERENCES = [
 ]
 
 
+def _prepared(captions_per_image):
+    """A reward scorer and its prepared references for these images."""
+    scorer, references = reward_document_frequencies(captions_per_image)
+    return scorer, scorer.prepare_references(references)
+
+
 def _objective(vocab: Vocabulary, samples: int = 3, baseline: str = "mean-of-others") -> SelfCritical:
-    scorer, references = reward_document_frequencies(REFERENCES)
-    return SelfCritical(scorer, scorer.prepare_references(references), vocab, samples, baseline)
+    return SelfCritical(*_prepared(REFERENCES), vocab, samples, baseline)
 
 
 def test_reward_is_cider_d_of_the_sample_with_end_against_its_references():
@@ -51,6 +56,36 @@ def test_mean_of_others_baseline_on_three_samples():
     reward = torch.tensor([[1.0, 2.0, 6.0]])
     np.testing.assert_allclose(mean_of_others(reward), [[4.0, 3.5, 1.5]])
     assert float((reward - mean_of_others(reward)).mean()) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("decoder", list_decoders())
+def test_rescoring_gives_the_sampling_distributions_log_probs_for_every_decoder(decoder):
+    """The teacher-forced rescoring equals stepping the decoder along each sample with the
+    sampler's bans, renormalised (what torch.multinomial draws from): the policy gradient is exact."""
+    torch.manual_seed(0)
+    vocab = Vocabulary([f"w{i}" for i in range(30)])
+    model = Captioner.build("efficientnet_lite0", decoder, vocab, encoder_options={"pretrained": False},
+                            max_length=6).eval()
+    features = Features(torch.randn(5, model.encoder.pooled_dim), torch.randn(5, 4, model.encoder.grid_dim))
+    objective = SelfCritical(*_prepared([["w1 w2"]] * 5), vocab, samples=1, baseline="greedy")
+    captions = objective.draw(model, features).samples
+    rescored = objective.sequence_log_probs(model, model, features, [c[0] for c in captions])
+    # What each step scores: the caption's words, then <end> if it ended within the limit.
+    scored = [c[0] + [vocab.end_id] * (len(c[0]) < model.max_length) for c in captions]
+    config = model.decoding_config()
+    with torch.no_grad():
+        state = model.decoder.init_state(features)
+        tokens, expected = torch.full((5,), vocab.start_id), torch.zeros(5)
+        for step in range(model.max_length):
+            log_probs, state = model.decoder.step(tokens, state)
+            log_probs[:, list(config.banned_ids)] = float("-inf")
+            if step < config.min_length:
+                log_probs[:, vocab.end_id] = float("-inf")
+            log_probs = log_probs.log_softmax(-1)
+            tokens = torch.tensor([s[step] if step < len(s) else vocab.pad_id for s in scored])
+            live = tokens != vocab.pad_id  # a finished caption scores nothing more
+            expected += torch.where(live, log_probs.gather(1, tokens[:, None])[:, 0], torch.zeros(5))
+    torch.testing.assert_close(rescored.detach(), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
