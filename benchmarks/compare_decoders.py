@@ -25,7 +25,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,22 +172,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    train, test, held_out_split = load_data(args)
-    vocab = Vocabulary.build((c for e in train for c in e.captions), args.min_word_count)
-    encoder = create_encoder(args.encoder)
-    preprocess = encoder.default_preprocess
-    overrides = {k: v for k, v in (("resize", args.resize), ("crop_size", args.crop_size)) if v is not None}
-    preprocess = replace(preprocess, **overrides)
-    print(f"train {len(train)} images, {held_out_split} {len(test)} images, vocabulary {len(vocab)}; "
-          f"{args.encoder} at {preprocess.crop_size}px ({preprocess.resize}) on {device}", file=sys.stderr)
-
-    # One cache with the grid serves every decoder (the pooled-only ones ignore the grid).
-    cache = FeatureCache(args.feature_cache or cache_root("features"), encoder, preprocess,
-                         [str(e.path) for e in train + test], with_grid=True)
-    started = time.perf_counter()
-    cache.build(device, progress=sys.stderr.isatty())
-    extraction_seconds = time.perf_counter() - started
-    print(f"features: {extraction_seconds:.0f} s ({cache.folder})", file=sys.stderr)
+    data = prepare(args, device)
+    train, test, vocab, encoder, preprocess, cache = (
+        data.train, data.test, data.vocab, data.encoder, data.preprocess, data.cache)
 
     options = {name: {} for name in args.decoders} if args.family_defaults else same_width_options(args.width)
     results = []
@@ -197,18 +184,61 @@ def main(argv=None) -> int:
     table = markdown_table(results)
     print(table)
     if args.json:
-        report = {
-            "command": " ".join(["python", "benchmarks/compare_decoders.py", *(argv or sys.argv[1:])]),
-            "settings": {**vars(args), "held_out_split": held_out_split, "train_images": len(train),
-                         "test_images": len(test), "vocabulary": len(vocab), "preprocess": preprocess.to_dict(),
-                         "device": str(device), "torch_threads": torch.get_num_threads(),
-                         "feature_extraction_seconds": extraction_seconds},
-            "results": results,
-            "table": table,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_report("benchmarks/compare_decoders.py", argv, args, data, results, table)
     return 0
+
+
+def write_report(script: str, argv, args, data: "BenchmarkData", results: list[dict], table: str) -> None:
+    """The command, settings, results and table as JSON at ``args.json``."""
+    report = {
+        "command": " ".join(["python", script, *(argv or sys.argv[1:])]),
+        "settings": {**vars(args), **data.settings()},
+        "results": results,
+        "table": table,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+@dataclass
+class BenchmarkData:
+    """What every run of a benchmark shares: the examples, vocabulary, encoder and feature cache."""
+
+    train: list
+    test: list
+    held_out_split: str
+    vocab: Vocabulary
+    encoder: object
+    preprocess: object
+    cache: FeatureCache
+    device: torch.device
+    extraction_seconds: float
+
+    def settings(self) -> dict:
+        return {"held_out_split": self.held_out_split, "train_images": len(self.train),
+                "test_images": len(self.test), "vocabulary": len(self.vocab), "preprocess": self.preprocess.to_dict(),
+                "device": str(self.device), "torch_threads": torch.get_num_threads(),
+                "feature_extraction_seconds": self.extraction_seconds}
+
+
+def prepare(args, device) -> BenchmarkData:
+    """Examples (``load_data``), the training vocabulary, and the frozen encoder's features of
+    train + test in one cache with the grid (the pooled-only decoders ignore the grid)."""
+    train, test, held_out_split = load_data(args)
+    vocab = Vocabulary.build((c for e in train for c in e.captions), args.min_word_count)
+    encoder = create_encoder(args.encoder)
+    overrides = {k: v for k, v in (("resize", args.resize), ("crop_size", args.crop_size)) if v is not None}
+    preprocess = replace(encoder.default_preprocess, **overrides)
+    print(f"train {len(train)} images, {held_out_split} {len(test)} images, vocabulary {len(vocab)}; "
+          f"{args.encoder} at {preprocess.crop_size}px ({preprocess.resize}) on {device}", file=sys.stderr)
+    cache = FeatureCache(args.feature_cache or cache_root("features"), encoder, preprocess,
+                         [str(e.path) for e in train + test], with_grid=True)
+    started = time.perf_counter()
+    cache.build(device, progress=sys.stderr.isatty())
+    extraction_seconds = time.perf_counter() - started
+    print(f"features: {extraction_seconds:.0f} s ({cache.folder})", file=sys.stderr)
+    return BenchmarkData(train, test, held_out_split, vocab, encoder, preprocess, cache.open(), device,
+                         extraction_seconds)
 
 
 if __name__ == "__main__":

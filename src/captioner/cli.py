@@ -130,6 +130,13 @@ TRAIN_FLAGS = {
     "device": ("device", str),
     "patience": ("patience", int),
     "val_beam_size": ("val_beam_size", int),
+    "objective": ("objective", str),
+    "init_from": ("init_from", str),
+    "scst_samples": ("scst.samples", int),
+    "scst_baseline": ("scst.baseline", str),
+    "scst_temperature": ("scst.temperature", float),
+    "label_smoothing": ("optim.label_smoothing", float),
+    "warmup_steps": ("optim.warmup_steps", int),
 }
 
 

@@ -71,11 +71,22 @@ class OptimConfig:
 
 
 @dataclass
+class SelfCriticalConfig:
+    """Self-critical sequence training (``objective: self-critical``)."""
+
+    samples: int = 5  # captions sampled per image and step
+    baseline: str = "mean-of-others"  # mean-of-others (Luo 2020) | greedy (Rennie et al. 2017)
+    temperature: float = 1.0  # of the sampling distribution (1: the model's own)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: str = "cross-entropy"  # what training minimises: a name from captioner.objectives.list_objectives()
+    init_from: str = ""  # a model directory to start from: its weights, vocabulary and preprocessing
+    scst: SelfCriticalConfig = field(default_factory=SelfCriticalConfig)
     out: str = ""
     epochs: int = 5
     batch_size: int = 128

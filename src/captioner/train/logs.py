@@ -39,7 +39,7 @@ class MetricsLog:
 
 def epoch_summary(record: dict, improved: bool) -> str:
     """One line for the console: the epoch's main numbers."""
-    keys = ("train_loss", "val_loss", "Bleu_4", "CIDEr", "exact_match")
+    keys = ("train_loss", "train_reward", "val_loss", "Bleu_4", "CIDEr", "exact_match", "bad_ending")
     parts = [f"{k} {record[k]:.4f}" for k in keys if k in record]
     return f"epoch {record['epoch']}: " + ", ".join(parts) + (" (best)" if improved else "")
 
@@ -49,6 +49,9 @@ def epoch_summary(record: dict, improved: bool) -> str:
 CURVE_PANELS = (
     ("loss", ("train_loss", "val_loss")),
     ("validation", ("CIDEr", "Bleu_4", "exact_match")),
+    ("self-critical CIDEr-D", ("train_reward", "train_baseline", "train_advantage_std")),
+    ("sampled words", ("train_sample_length",)),
+    ("ending in a function word", ("train_bad_ending", "bad_ending")),
 )
 
 

@@ -1,13 +1,14 @@
-"""The training loop: read data → vocabulary → model → (feature cache) → epochs of
-training on an objective (teacher-forced cross-entropy by default), each followed by
-validation on *generated* captions."""
+"""The training loop: read data → vocabulary → model (new, or ``--init-from`` a trained one) →
+(feature cache) → epochs of training on an objective (teacher-forced cross-entropy by default,
+or self-critical), each followed by validation on *generated* captions."""
 from __future__ import annotations
 
 import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,13 +24,14 @@ from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
-from ..data.vocab import Vocabulary
 from ..data.examples import is_sample_ref
+from ..data.tokenizer import ptb_tokenize
+from ..data.vocab import END, Vocabulary
 from ..data.webdataset import ShardPairStream
 from ..decoders.base import Features
 from ..device import resolve_device
 from ..errors import InvalidInputError
-from ..model import Captioner
+from ..model import CONFIG_FILE, Captioner
 from ..objectives import Objective, create_objective
 from . import distributed as dist_utils
 from .config import TrainConfig, save_config
@@ -249,27 +251,44 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             run.create()
             metrics = MetricsLog(run.metrics_file, run.tensorboard_dir if config.tensorboard else None)
         examples, vocab = prepare_data(config, say)
+        train_examples = split_examples(examples, "train")
+        val_examples = split_examples(examples, "val")[: config.val_max_images]
+        model = None  # a fresh model is built once the objective has accepted the config
+        progress = Progress()
+        committed = run.committed()
+        if resume and config.init_from and committed is not None:
+            # the model trained is the one it started from, not the config's defaults
+            config = with_model_of(config, json.loads((committed / CONFIG_FILE).read_text(encoding="utf-8")))
         resumed = start_run(run, config, resume, log=say, is_main=info.is_main)
         if resumed is not None:
             model, progress = resumed.model, resumed.progress
-            vocab = model.vocab  # the run's vocabulary, even if the data changed since
-        else:
-            model, progress = build_model(config, vocab), Progress()
+        elif config.init_from:
+            model = load_init_model(config.init_from, train_examples, config.data.path)
+            config = with_model_of(config, model.describe())
+            say(f"starting from {config.init_from}: {model.encoder.name} → {model.decoder.name}, "
+                f"vocabulary {len(model.vocab)}")
+        if model is not None:
+            vocab = model.vocab  # a resumed or initial model's vocabulary, even if the data changed since
+        objective = create_objective(config.objective, vocab=vocab, config=config,  # a bad one fails here, early
+                                     train_captions=[e.captions for e in train_examples])
+        if model is None:
+            model = build_model(config, vocab)
         model.to(device)
-        objective = create_objective(config.objective, vocab=vocab, config=config)  # a bad name fails here, early
-        train_examples = split_examples(examples, "train")
-        val_examples = split_examples(examples, "val")[: config.val_max_images]
         if info.is_main:
             save_config(config, run.config_file)
             save_cider_df(run.out, train_examples)
         paths = [e.image_ref for e in train_examples + val_examples]
         val_rows = list(range(len(train_examples), len(paths)))
-        pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
+        if objective.rows == "images":
+            pairs = ImageTargets(len(train_examples))
+        else:
+            pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
         batches, cache = make_batches(config, model, paths, pairs, sampler, info, device)
-        say(f"train: {len(train_examples)} images, {len(pairs)} captions; val: {len(val_examples)} images; "
-            f"vocabulary {len(vocab)}; {model.encoder.name} → {model.decoder.name} on {device}"
+        say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
+            f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
+            f"{model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         if info.enabled:
@@ -307,8 +326,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                               "lr": scheduler.get_last_lr()[0]}
                     if val_examples:
                         record.update(validate(model, val_examples, val_rows, val_pairs, cache, config, device))
-                    # Generated captions' CIDEr-D choose the best model; without them, the lowest loss.
-                    score = record.get("CIDEr", -record.get("val_loss", means["loss"]))
+                    # Generated captions' CIDEr-D choose the best model; without them, the objective says.
+                    score = record["CIDEr"] if "CIDEr" in record else objective.best_model_score(means)
                     improved = score > progress.best_score
                     if improved:
                         progress.best_score, progress.best_epoch = score, progress.epoch  # saved below
@@ -366,14 +385,65 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
 
 def save_cider_df(out: Path, train_examples) -> None:
     """CIDEr-D document frequencies of the training references, saved beside the model
-    (``cider_df.json``) for scoring sampled captions as a training reward."""
+    (``cider_df.json``) for scoring sampled captions as a training reward: from the references
+    PTB-tokenised with ``<end>`` appended (``reward_references``), as its header says."""
     from ..io import atomic_write_text
-    from ..metrics import CiderD
+    from ..objectives import reward_document_frequencies
 
     path = out / "cider_df.json"
     if not path.exists():
-        cider = CiderD.from_corpus([e.captions for e in train_examples])
-        atomic_write_text(path, json.dumps(cider.to_dict()))
+        cider, _ = reward_document_frequencies([e.captions for e in train_examples])
+        header = {"references": "PTB-tokenised (captioner.data.tokenizer.ptb_tokenize), lower case, "
+                                "punctuation removed, with <end> appended", "tokenizer": "ptb", "end_token": END}
+        atomic_write_text(path, json.dumps({**header, **cider.to_dict()}))
 
 
-__all__ = ["main", "train_one_epoch", "TrainContext", "prepare_data", "build_model"]
+# --init-from refuses data whose training references have more unknown words than this share
+# (a model trained on these data misses only its rare words, a few percent at min_word_count 4).
+MAX_UNKNOWN_WORD_SHARE = 0.05
+
+
+def load_init_model(directory: str, train_examples, data_path) -> Captioner:
+    """The model to start from (``--init-from``), checked to know the words of the training
+    references: their captions are mapped with its vocabulary."""
+    model = Captioner.from_pretrained(directory)
+    counts = Counter(t for e in train_examples for c in e.captions for t in ptb_tokenize(c))
+    unknown = Counter({w: n for w, n in counts.items() if w not in model.vocab})
+    share = sum(unknown.values()) / max(sum(counts.values()), 1)
+    if share > MAX_UNKNOWN_WORD_SHARE:
+        examples = ", ".join(repr(w) for w, _ in unknown.most_common(8))
+        raise ValueError(
+            f"--init-from {directory}: its vocabulary ({len(model.vocab)} words) does not cover {data_path}: "
+            f"{share:.0%} of the training references' words are unknown to it (at most "
+            f"{MAX_UNKNOWN_WORD_SHARE:.0%}), e.g. {examples}; start from a model trained on these data"
+        )
+    return model
+
+
+def with_model_of(config: TrainConfig, described: dict) -> TrainConfig:
+    """``config`` recording the model it trains (``--init-from``'s, as its config.json describes
+    it), so the run's config and ``--resume`` describe what is trained."""
+    return replace(config, model=replace(
+        config.model, encoder=described["encoder"]["name"], decoder=described["decoder"]["name"],
+        decoder_options=described["decoder"]["options"], preprocess=described["preprocess"],
+    ))
+
+
+class ImageTargets:
+    """The training images as batch rows, for objectives whose rows are images (self-critical):
+    it stands where ``CaptionPairs`` does for ``FeatureBatches`` / ``PixelBatches`` and the
+    sampler, and each row's target is the image's index (its references are the objective's)."""
+
+    def __init__(self, count: int):
+        self.image_rows = np.arange(count, dtype=np.int64)
+        self.lengths = np.ones(count, dtype=np.int64)  # one length: the sampler only shuffles and shards
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def captions(self, indices: np.ndarray) -> torch.Tensor:
+        """The targets of these rows: their image indices."""
+        return torch.from_numpy(np.asarray(indices, dtype=np.int64))
+
+
+__all__ = ["main", "train_one_epoch", "TrainContext", "prepare_data", "build_model", "load_init_model"]

@@ -1,6 +1,7 @@
 """Validation on *generated* captions (not teacher-forced argmax): CIDEr-D, BLEU, exact
-match — plus the teacher-forced cross-entropy on the same images (its own, without the
-training objective's label smoothing or regularisers, comparable across objectives)."""
+match, the share ending in a function word — plus the teacher-forced cross-entropy on the
+same images (its own, without the training objective's label smoothing or regularisers,
+comparable across objectives)."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from ..data.examples import is_sample_ref
 from ..data.webdataset import ShardImages
 from ..metrics import exact_match
 from ..decoders.base import Features
-from ..objectives import CaptionCrossEntropy
+from ..objectives import CaptionCrossEntropy, bad_ending_rate
 
 
 def iter_val_features(model, val_examples, val_rows, cache, batch_size, device):
@@ -77,6 +78,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size
         "val_loss": val_loss,
         "val_ppl": math.exp(min(val_loss, 50)),
         "exact_match": exact_match(predictions, references),
+        "bad_ending": bad_ending_rate(predictions.values()),
         **{k: v for k, v in scores.items() if isinstance(v, float)},
     }
     if scores.get("skipped"):
