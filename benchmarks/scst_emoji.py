@@ -25,7 +25,7 @@ from captioner import Captioner, create_decoder
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
 from captioner.objectives import SelfCritical, create_objective, reward_document_frequencies
 from captioner.train.config import load_config
-from captioner.train.distributed import resolve_device
+from captioner.device import resolve_device
 from captioner.train.loop import (
     FeatureBatches, ImageTargets, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
 )
