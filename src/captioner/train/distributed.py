@@ -32,7 +32,9 @@ def setup(device: torch.device, backend: str | None = None) -> DistInfo:
     if world_size == 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+        # On CUDA, NCCL for the gradients and gloo beside it for the small CPU tensors the loop
+        # reduces and broadcasts (epoch sums, the stop flag), which NCCL alone cannot carry.
+        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"))
     return DistInfo(
         rank=dist.get_rank(),
         world_size=world_size,
