@@ -30,7 +30,7 @@ from .data.examples import is_shard_pattern, sample_ref
 from .data.webdataset import ShardSamples, decode_image, expand_shards
 from .device import resolve_device
 from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MissingDependencyError
 from .model import Alternative, Caption, Captioner
 from .train import distributed as dist_utils
 
@@ -511,7 +511,7 @@ def caption_with_ray(
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--engine ray needs Ray: pip install 'captioner[ray]'") from None
+        raise MissingDependencyError("--engine ray needs Ray: pip install 'captioner[ray]'") from None
     log = log or (lambda message: None)
     if _are_shards(paths):
         raise InvalidInputError("--engine ray reads image files; caption WebDataset shards with the torch engine "

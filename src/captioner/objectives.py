@@ -216,23 +216,23 @@ class SelfCritical(Objective):
     def __init__(self, scorer, references, vocab, samples: int = 5, baseline: str = "mean-of-others",
                  temperature: float = 1.0):
         if baseline not in BASELINES:
-            raise ValueError(f"scst.baseline must be one of {BASELINES}, got {baseline!r}")
+            raise InvalidInputError(f"scst.baseline must be one of {BASELINES}, got {baseline!r}")
         minimum = 2 if baseline == "mean-of-others" else 1
         if samples < minimum:
-            raise ValueError(f"scst.samples: the {baseline} baseline needs at least {minimum} samples per image, "
+            raise InvalidInputError(f"scst.samples: the {baseline} baseline needs at least {minimum} samples per image, "
                              f"got {samples}")
         if temperature <= 0:
-            raise ValueError(f"scst.temperature must be positive, got {temperature}")
+            raise InvalidInputError(f"scst.temperature must be positive, got {temperature}")
         self.scorer, self.references, self.vocab = scorer, references, vocab
         self.samples, self.baseline, self.temperature = samples, baseline, temperature
 
     @classmethod
     def from_run(cls, *, vocab, config, train_captions=None) -> "SelfCritical":
         if not config.init_from:
-            raise ValueError("--objective self-critical fine-tunes a trained model: pass --init-from MODEL_DIR "
+            raise InvalidInputError("--objective self-critical fine-tunes a trained model: pass --init-from MODEL_DIR "
                              "(a model directory trained with cross-entropy, config key init_from)")
         if train_captions is None:
-            raise ValueError("self-critical needs the training images' references (train_captions)")
+            raise InvalidInputError("self-critical needs the training images' references (train_captions)")
         scorer, references = reward_document_frequencies(train_captions)
         s = config.scst
         return cls(scorer, scorer.prepare_references(references), vocab, s.samples, s.baseline, s.temperature)

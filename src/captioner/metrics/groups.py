@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from ..errors import InvalidInputError
 from .evaluate import _predictions, _references, evaluate_captions, exact_match
 
 
@@ -27,12 +28,12 @@ def evaluate_by_group(
     refs = _references(references)
     missing = [k for k in refs if k not in groups]
     if missing:
-        raise ValueError(f"{len(missing)} image id(s) have no group: {missing[:10]}")
+        raise InvalidInputError(f"{len(missing)} image id(s) have no group: {missing[:10]}")
     members: dict[str, list[Hashable]] = {}
     for key in refs:
         members.setdefault(str(groups[key]), []).append(key)
     if "all" in members:
-        raise ValueError("a group may not be called 'all': that name holds the scores over every image")
+        raise InvalidInputError("a group may not be called 'all': that name holds the scores over every image")
     members["all"] = list(refs)
     scores = {}
     for group in [*sorted(g for g in members if g != "all"), "all"]:

@@ -412,7 +412,7 @@ def load_init_model(directory: str, train_examples, data_path) -> Captioner:
     share = sum(unknown.values()) / max(sum(counts.values()), 1)
     if share > MAX_UNKNOWN_WORD_SHARE:
         examples = ", ".join(repr(w) for w, _ in unknown.most_common(8))
-        raise ValueError(
+        raise InvalidInputError(
             f"--init-from {directory}: its vocabulary ({len(model.vocab)} words) does not cover {data_path}: "
             f"{share:.0%} of the training references' words are unknown to it (at most "
             f"{MAX_UNKNOWN_WORD_SHARE:.0%}), e.g. {examples}; start from a model trained on these data"
