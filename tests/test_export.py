@@ -212,3 +212,24 @@ def test_cli_export_and_int8(tmp_path, capsys):
     assert (tmp_path / "int8" / "step.onnx").stat().st_size < fp32_size
     captions = int8.caption(FEW, beam_size=3)
     assert all(isinstance(c.text, str) and np.isfinite(c.score) for c in captions)
+
+
+def test_caption_command_takes_an_exported_model(bundled_export, tmp_path, capsys):
+    """`captioner caption --model EXPORTED_DIR`: the exported runtime behind the same command,
+    the same captions as the torch model, an unreadable file as its own error record, resume."""
+    model, out = bundled_export
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in EXAMPLES[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (images / "broken.png").write_bytes(b"not an image")
+    output = tmp_path / "preds.jsonl"
+    assert main(["caption", str(images), "--model", str(out), "--beam-size", "3", "--output", str(output)]) == 1
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    expected = {str(images / p.name): c.text for p, c in zip(EXAMPLES[:3], model.caption(EXAMPLES[:3], beam_size=3))}
+    assert {r["image"]: r["caption"] for r in records} == expected
+    assert "broken.png" in capsys.readouterr().err
+    assert main(["caption", str(images), "--model", str(out), "--output", str(output)]) == 1  # only the broken one left
+    assert len(output.read_text().splitlines()) == 3
+    assert main(["caption", str(images), "--model", str(out), "--runtime", "torch"]) == 2
+    assert "exported (ONNX) model" in capsys.readouterr().err

@@ -25,13 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.images import ImageReadError, build_transform, load_image
-from .data.loaders import ImageRows, collate_with_errors
 from .data.examples import is_shard_pattern, sample_ref
+from .data.loaders import ImageRows, collate_with_errors
 from .data.webdataset import ShardSamples, decode_image, expand_shards
 from .device import resolve_device
 from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from .errors import InvalidInputError, MissingDependencyError
 from .model import Alternative, Caption, Captioner
+from .runtime.manifest import is_exported_model
 from .train import distributed as dist_utils
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -153,12 +154,20 @@ def iter_captions(
     merged into ``output`` after the last batch."""
     log = log or (lambda message: None)
     captioner = model if isinstance(model, Captioner) else None
+    exported = captioner is None and model is not None and is_exported_model(model)
+    if exported and (runtime not in (None, "onnx") or attention_out is not None or _are_shards(paths)):
+        raise InvalidInputError(f"{model} is an exported (ONNX) model: it captions image files with ONNX Runtime "
+                                "only; drop --runtime torch, --attention-out or the shards, or use the torch model")
     torch_device = captioner.device if captioner is not None else resolve_device(device)
     info = dist_utils.setup(torch_device, backend="gloo")  # under torchrun: only barriers, whatever the device
     try:
-        if captioner is None:
+        if exported:
+            from .runtime import OnnxCaptioner
+
+            captioner = OnnxCaptioner(model)
+        elif captioner is None:
             captioner = Captioner.from_pretrained(model, device=torch_device)
-        if runtime is not None:
+        if runtime is not None and not exported:
             captioner.use_runtime(runtime)
         final_output = Path(output) if output is not None else None
         options = dict(batch_size=batch_size, num_workers=num_workers, beam_size=beam_size, n_best=n_best,
@@ -187,10 +196,13 @@ def iter_captions(
                 log(f"{len(all_paths) - len(remaining)} images already in {final_output}; "
                     f"captioning the other {len(remaining)}")
             shard = remaining[info.rank :: info.world_size]
-            if runtime is None and not isinstance(model, Captioner) and len(shard) < AUTO_ONNX_MIN_IMAGES:
-                # (a model passed in keeps its setting: its session, once opened, serves every call)
-                captioner.use_runtime("torch")
-            records = caption_images(captioner, shard, attention_out=attention_out, **options)
+            if exported:
+                records = caption_exported(captioner, shard, **options)
+            else:
+                if runtime is None and not isinstance(model, Captioner) and len(shard) < AUTO_ONNX_MIN_IMAGES:
+                    # (a model passed in keeps its setting: its session, once opened, serves every call)
+                    captioner.use_runtime("torch")
+                records = caption_images(captioner, shard, attention_out=attention_out, **options)
         if part is None:
             yield from records
         else:
@@ -251,6 +263,41 @@ def caption_images(
 
     return _caption_batches(model, loader, lambda i, **result: CaptionRecord(paths[i], **result),
                             beam_size, n_best, max_length, beam_options, draw if figures is not None else None)
+
+
+def caption_exported(
+    model,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    beam_size: int = 3,
+    n_best: int = 1,
+    max_length: Optional[int] = None,
+    length_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
+) -> Iterator[CaptionRecord]:
+    """:func:`caption_images` for a model exported by ``captioner export`` (a
+    :class:`captioner.runtime.OnnxCaptioner`): numpy preprocessing and ONNX Runtime, the same
+    records (an unreadable file gets its ``error``). ``num_workers`` is not used: decoding
+    happens in this process."""
+    from .runtime.images import preprocess
+
+    paths = list(paths)
+    for start in range(0, len(paths), batch_size):
+        chunk, pixels, readable = paths[start : start + batch_size], [], []
+        errors = {}
+        for path in chunk:
+            try:
+                pixels.append(preprocess(path, model.preprocess))
+                readable.append(path)
+            except ImageReadError as e:
+                errors[path] = str(e)
+        captions = model.caption_pixels(np.stack(pixels), beam_size, n_best, max_length, length_penalty,
+                                        no_repeat_ngram_size) if pixels else []
+        by_path = dict(zip(readable, captions))
+        for path in chunk:
+            yield CaptionRecord(path, caption=by_path.get(path), error=errors.get(path))
 
 
 def caption_samples(

@@ -36,7 +36,7 @@ def add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption images (files, directories, globs or WebDataset shards)")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files, folders, globs, or WebDataset shards ('shards/{00000..00099}.tar')")
-    p.add_argument("--model", help="model directory (default: the bundled model)")
+    p.add_argument("--model", help="model directory, or a folder from captioner export (default: the bundled model)")
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--n-best", type=int, default=1)

@@ -3,14 +3,14 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from .captions import Alternative, Caption
 from .version import __version__
 from .confidence import CONFIDENCE_FILE, ConfidenceModel, mean_word_probability
 from .data.images import ImageInput, PreprocessConfig, build_transform
@@ -28,61 +28,6 @@ FORMAT_VERSION = 1
 
 class ModelDirectoryError(CaptionerError, ValueError):
     """A model directory that is missing, incomplete or tampered with."""
-
-
-def _json_score(score: float) -> Optional[float]:
-    # JSON has no infinities or NaN: an impossible caption's score (-inf) becomes null.
-    return float(score) if math.isfinite(score) else None
-
-
-@dataclass
-class Alternative:
-    """One of the n-best captions of an image and its score."""
-
-    text: str
-    score: float
-
-    def to_dict(self) -> dict:
-        return {"caption": self.text, "score": _json_score(self.score)}
-
-
-@dataclass
-class Caption:
-    """A caption for one image: its text, score (length-penalised log-probability), the
-    n-best ``alternatives`` (the best included, first), for attention decoders the per-word
-    attention weights (words × regions) over a ``grid_shape`` grid, and the ``confidence`` in
-    [0, 1] (``None`` for a model without ``confidence.safetensors``; see
-    :mod:`captioner.confidence`) with ``low_confidence`` set below the model's threshold."""
-
-    text: str
-    score: float
-    alternatives: list[Alternative] = field(default_factory=list)
-    attention: Optional[torch.Tensor] = None
-    grid_shape: Optional[tuple[int, int]] = None
-    words: list[str] = field(default_factory=list)
-    confidence: Optional[float] = None
-    low_confidence: Optional[bool] = None
-
-    def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
-        """``{"caption", "score", "confidence", "low_confidence", "alternatives"}``, JSON values
-        only (a -inf or NaN score is ``None``, so are both confidence fields for a model without
-        confidence statistics); ``attention=True`` adds ``{"words", "grid", "weights"}`` (weights
-        rounded to ``digits``) when the caption has attention weights."""
-        result = {
-            "caption": self.text,
-            "score": _json_score(self.score),
-            "confidence": None if self.confidence is None else round(self.confidence, digits),
-            "low_confidence": self.low_confidence,
-            "alternatives": [a.to_dict() for a in self.alternatives],
-        }
-        if attention and self.attention is not None:
-            weights = self.attention.float()  # (words, regions)
-            result["attention"] = {
-                "words": list(self.words),
-                "grid": list(self.grid_shape) if self.grid_shape else None,
-                "weights": [[round(w, digits) for w in row] for row in weights.tolist()],
-            }
-        return result
 
 
 def default_model_dir() -> Path:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..captions import Alternative, Caption
 from ..data.images import ImageInput, PreprocessConfig
 from ..data.vocab import Vocabulary
 from .images import preprocess
@@ -16,23 +16,6 @@ from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelErr
 from .search import DecodingConfig, Hypothesis, State, beam_search, greedy
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
-
-
-@dataclass
-class Alternative:
-    text: str
-    score: float
-
-
-@dataclass
-class Caption:
-    """A caption for one image, as ``Captioner.caption`` returns it: the text, its score
-    (length-penalised log-probability) and the n-best ``alternatives`` (the best first)."""
-
-    text: str
-    score: float
-    alternatives: list[Alternative] = field(default_factory=list)
-    words: list[str] = field(default_factory=list)
 
 
 def _session(path: Path, threads: int):
@@ -151,14 +134,22 @@ class OnnxCaptioner:
         captions: list[Caption] = []
         for start in range(0, len(items), batch_size):
             pixels = np.stack([preprocess(item, self.preprocess) for item in items[start : start + batch_size]])
-            results = self.generate(*self.encode(pixels), beam_size, max(n_best, 1), max_length, length_penalty,
-                                    no_repeat_ngram_size)
-            for hypotheses in results:
-                best = hypotheses[0]
-                captions.append(Caption(
-                    text=self.vocab.decode(best.tokens),
-                    score=best.score,
-                    alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
-                    words=[self.vocab.itos[t] for t in best.tokens],
-                ))
+            captions.extend(self.caption_pixels(pixels, beam_size, n_best, max_length, length_penalty,
+                                                no_repeat_ngram_size))
         return captions[0] if single else captions
+
+    def caption_pixels(self, pixels: np.ndarray, beam_size: int = 3, n_best: int = 1, max_length: int | None = None,
+                       length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[Caption]:
+        """Caption a batch of already preprocessed images (batch, 3, crop, crop) float32."""
+        results = self.generate(*self.encode(pixels), beam_size, max(n_best, 1), max_length, length_penalty,
+                                no_repeat_ngram_size)
+        captions = []
+        for hypotheses in results:
+            best = hypotheses[0]
+            captions.append(Caption(
+                text=self.vocab.decode(best.tokens),
+                score=best.score,
+                alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
+                words=[self.vocab.itos[t] for t in best.tokens],
+            ))
+        return captions
