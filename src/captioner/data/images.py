@@ -349,7 +349,7 @@ def build_transform(
 ) -> ImageTransform:
     """The preprocessing of ``config`` as one callable: image (path or PIL) → (3, crop, crop) tensor.
 
-    ``train=True`` adds the seed's augmentation (random crop + horizontal flip); it is only
+    ``train=True`` adds the ImageNet training augmentation (random crop + horizontal flip); it is only
     used when the encoder reads pixels during training (fine-tuning).
     """
     return ImageTransform(config, train=train, limits=limits)

@@ -1,4 +1,4 @@
-"""Show and Tell (Vinyals et al. 2015), exactly as the seed builds it.
+"""Show and Tell (Vinyals et al. 2015), as the PyTorch tutorial (yunjey) builds it.
 
 Pooled image feature → Linear → BatchNorm1d(momentum 0.01) is the LSTM's first input;
 then ``<start> w1 .. wn``, each embedded; a Linear over the LSTM output scores the next word.

@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # Adam, as the seed
+    lr: float = 1e-3  # Adam, as in Show and Tell's PyTorch reference (yunjey)
     encoder_lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 5.0
