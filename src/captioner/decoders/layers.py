@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 
+class FeatureProjection(nn.Sequential):
     """Image embedding of Show and Tell (Vinyals et al. 2015): Linear → BatchNorm1d(momentum 0.01)."""
-    """The seed's image embedding: Linear → BatchNorm1d(momentum 0.01)."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim, momentum=0.01))
