@@ -25,13 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.images import ImageReadError, build_transform, load_image
+from .captions import Alternative, Caption
 from .data.examples import is_shard_pattern, sample_ref
 from .data.loaders import ImageRows, collate_with_errors
 from .data.webdataset import ShardSamples, decode_image, expand_shards
 from .device import resolve_device
 from .encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from .errors import InvalidInputError, MissingDependencyError
-from .model import Alternative, Caption, Captioner
+from .model import Captioner
 from .runtime.manifest import is_exported_model
 from .train import distributed as dist_utils
 

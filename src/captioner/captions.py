@@ -41,6 +41,19 @@ class Caption:
     confidence: Optional[float] = None
     low_confidence: Optional[bool] = None
 
+    @classmethod
+    def from_hypotheses(cls, hypotheses, vocab, **extra) -> "Caption":
+        """The caption of one image's n-best ``hypotheses`` (best first; anything with
+        ``tokens`` and ``score``), words from ``vocab``; ``extra`` fills the other fields."""
+        best = hypotheses[0]
+        return cls(
+            text=vocab.decode(best.tokens),
+            score=best.score,
+            alternatives=[Alternative(vocab.decode(h.tokens), h.score) for h in hypotheses],
+            words=[vocab.itos[t] for t in best.tokens],
+            **extra,
+        )
+
     def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
         """``{"caption", "score", "confidence", "low_confidence", "alternatives"}``, JSON values
         only (a -inf or NaN score is ``None``, so are both confidence fields for a model without

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .captions import Alternative, Caption
+from .captions import Caption
 from .version import __version__
 from .confidence import CONFIDENCE_FILE, ConfidenceModel, mean_word_probability
 from .data.images import ImageInput, PreprocessConfig, build_transform
@@ -234,22 +234,17 @@ class Captioner(nn.Module):
         if self.confidence is not None:
             word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
             confidences = self.confidence.confidence(features.pooled, word_probabilities).tolist()
-        captions = []
-        for hypotheses, confidence in zip(results, confidences):
-            best = hypotheses[0]
-            captions.append(
-                Caption(
-                    text=self.vocab.decode(best.tokens),
-                    score=best.score,
-                    alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
-                    attention=best.attention,
-                    grid_shape=features.grid_shape if best.attention is not None else None,
-                    words=[self.vocab.itos[t] for t in best.tokens],
-                    confidence=confidence,
-                    low_confidence=None if confidence is None else self.confidence.is_low(confidence),
-                )
+        return [
+            Caption.from_hypotheses(
+                hypotheses,
+                self.vocab,
+                attention=hypotheses[0].attention,
+                grid_shape=features.grid_shape if hypotheses[0].attention is not None else None,
+                confidence=confidence,
+                low_confidence=None if confidence is None else self.confidence.is_low(confidence),
             )
-        return captions
+            for hypotheses, confidence in zip(results, confidences)
+        ]
 
     # --- persistence ----------------------------------------------------------------
     def describe(self) -> dict:

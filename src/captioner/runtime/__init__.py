@@ -6,7 +6,8 @@ onnxruntime only: no torch, no torchvision.
 
 Nothing here imports torch, nor any captioner module that does.
 """
-from .captioner import Alternative, Caption, OnnxCaptioner
+from ..captions import Alternative, Caption
+from .captioner import OnnxCaptioner
 from ..data.images import ImageReadError
 from .manifest import ExportedModelError, is_exported_model, read_manifest
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..captions import Alternative, Caption
+from ..captions import Caption
 from ..data.images import ImageInput, PreprocessConfig
 from ..data.vocab import Vocabulary
 from .images import preprocess
@@ -143,13 +143,4 @@ class OnnxCaptioner:
         """Caption a batch of already preprocessed images (batch, 3, crop, crop) float32."""
         results = self.generate(*self.encode(pixels), beam_size, max(n_best, 1), max_length, length_penalty,
                                 no_repeat_ngram_size)
-        captions = []
-        for hypotheses in results:
-            best = hypotheses[0]
-            captions.append(Caption(
-                text=self.vocab.decode(best.tokens),
-                score=best.score,
-                alternatives=[Alternative(self.vocab.decode(h.tokens), h.score) for h in hypotheses],
-                words=[self.vocab.itos[t] for t in best.tokens],
-            ))
-        return captions
+        return [Caption.from_hypotheses(hypotheses, self.vocab) for hypotheses in results]
