@@ -172,6 +172,22 @@ def test_assign_splits_properties():
     assert first["flag: france"] == "train"
 
 
+def test_split_by_image_trains_every_emoji_and_holds_out_single_drawings():
+    captions = [f"emoji {i}" for i in range(40) for _ in range(3)] + ["only one drawing"]
+    artists = [a for _ in range(40) for a in ("google", "openmoji", "fluent-flat")] + ["google"]
+    splits = emoji_data.split_images(captions, artists, holdout_artists=["fluent-flat"], test_fraction=0.1,
+                                     val_fraction=0.1, by="image")
+    assert splits == emoji_data.split_images(captions, artists, holdout_artists=["fluent-flat"],
+                                             test_fraction=0.1, val_fraction=0.1, by="image")
+    assert all(s == "test-artist" for s, a in zip(splits, artists) if a == "fluent-flat")
+    held = [c for c, s in zip(captions, splits) if s in ("val", "test")]
+    assert len(held) == round(0.1 * 81) * 2 and len(set(held)) == len(held)  # one drawing per emoji at most
+    train = {c for c, s in zip(captions, splits) if s == "train"}
+    assert set(held) <= train and "only one drawing" in train  # every emoji still trains
+    with pytest.raises(ValueError, match="split by"):
+        emoji_data.split_images(captions, artists, by="artist")
+
+
 def test_missing_source_is_reported_and_others_build(tmp_path, capsys):
     summary = build(tmp_path / "out", ("google", "openmoji", "noto"), openmoji_dir=tmp_path / "no-openmoji",
                     noto_font=tmp_path / "no-font.ttf")

@@ -318,6 +318,10 @@ def add_data(sub) -> None:
     emoji.add_argument("--holdout-artist", action="append", default=[], metavar="NAME",
                        help="put every image of this artist (a source name) in the test-artist split; repeatable "
                             "(google and noto are the same art: hold both out together)")
+    emoji.add_argument("--split-by", choices=("emoji", "image"), default="emoji",
+                       help="emoji: test/val hold out whole emoji (new combinations of seen words); image: they "
+                            "hold out single drawings of emoji drawn by other artists too, so every emoji trains "
+                            "(the shipped model's split)")
     emoji.add_argument("--jobs", type=int, default=None, help="rendering processes (default: CPU count, max 8)")
     emoji.add_argument("--quiet", action="store_true", help="no progress output")
     emoji.set_defaults(run=run_data_emoji)
@@ -336,7 +340,7 @@ def run_data_emoji(args) -> int:
         args.out, sources=args.sources, source_dirs=source_dirs, google_dir=args.google_dir,
         openmoji_dir=args.openmoji_dir, noto_font=args.noto_font, emoji_test=args.emoji_test,
         image_size=args.image_size, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-        holdout_artists=args.holdout_artist, fetch=args.fetch, cache_dir=args.cache_dir,
+        holdout_artists=args.holdout_artist, split_by=args.split_by, fetch=args.fetch, cache_dir=args.cache_dir,
         jobs=args.jobs, progress=not args.quiet,
     )
     print(format_summary(summary))

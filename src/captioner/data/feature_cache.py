@@ -8,6 +8,9 @@ so resident memory stays far below the cache size.
 
 Images are files or WebDataset samples (``SHARD#KEY``); samples are extracted and marked
 done one shard at a time, so an interrupted extraction resumes at the shard it was in.
+
+With ``augment``, row ``i`` holds the features of :func:`~captioner.data.augment.augment_image`
+of ``paths[i]`` with seed ``i``: a cache of augmented views (list an image K times for K views).
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..cache import weights_digest
+from ..errors import InvalidInputError
 from ..io import atomic_write_text
+from .augment import AugmentConfig
 from .images import ImageReadError, PreprocessConfig
-from .loaders import ImageRows
+from .loaders import AugmentedRows, ImageRows
 from .examples import is_sample_ref
 from .webdataset import ShardImages, shard_runs
 
@@ -45,11 +50,16 @@ class FeatureCache:
     """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps;
     ``grid_shape`` is the grid's (h, w) (from meta.json; None for caches written before it was kept)."""
 
-    def __init__(self, root: str | Path, encoder, preprocess: PreprocessConfig, paths: list[str], with_grid: bool):
+    def __init__(self, root: str | Path, encoder, preprocess: PreprocessConfig, paths: list[str], with_grid: bool,
+                 augment: AugmentConfig | None = None):
         self.encoder = encoder
         self.preprocess = preprocess
         self.paths = [str(p) for p in paths]
         self.with_grid = with_grid
+        self.augment = augment
+        if augment is not None and self.paths and is_sample_ref(self.paths[0]):
+            raise InvalidInputError("augmented views (data.augment_views) are extracted from image files; "
+                                    "WebDataset shards are read as one stream: set data.augment_views to 0")
         digest = weights_digest(encoder)
         self.folder = self._folder(root, digest, with_grid)
         if not with_grid:
@@ -71,6 +81,7 @@ class FeatureCache:
                 "preprocess": self.preprocess.key(),
                 "grid": with_grid,
                 "images": self.paths,
+                **({"augment": self.augment.to_dict()} if self.augment is not None else {}),
             },
             sort_keys=True,
         )
@@ -146,8 +157,14 @@ class FeatureCache:
                    desc=f"features {self.encoder.name}", unit="img")
         for start, stop in chunks:
             shard = is_sample_ref(self.paths[start])
+            if shard:
+                rows = ShardImages(self.paths[start:stop], self.preprocess)
+            elif self.augment is not None:
+                rows = AugmentedRows(self.paths[start:stop], self.preprocess, self.augment, first_seed=start)
+            else:
+                rows = ImageRows(self.paths[start:stop], self.preprocess)
             loader = DataLoader(
-                (ShardImages if shard else ImageRows)(self.paths[start:stop], self.preprocess),
+                rows,
                 batch_size=batch_size,
                 num_workers=0 if shard else num_workers,  # a shard is one stream: read where it is written
                 pin_memory=use_cuda,

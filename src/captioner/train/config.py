@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..errors import CaptionerError
+from ..errors import CaptionerError, InvalidInputError
 
 
 @dataclass
@@ -28,6 +28,9 @@ class DataConfig:
     min_word_count: int = 4
     max_length: int = 20  # words per caption, training and generation
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
+    augment_views: int = 0  # frozen encoder: extract this many augmented views of each training image; each
+    # epoch, each pair reads one of its image's views or the clean image, uniformly (captioner.data.augment)
+    augment: dict = field(default_factory=dict)  # AugmentConfig overrides: scale, rotate, background, outline, blur, jpeg …
     cache_grid: bool = False  # keep the grid even if this decoder does not need it (attention runs can share)
     runtime: str = "auto"  # engine extracting features: auto (ONNX Runtime on the CPU when installed) | torch | onnx
     onnx: bool = False  # the old spelling of runtime: onnx
@@ -42,6 +45,14 @@ class DataConfig:
             if self.runtime == "torch":
                 raise ConfigError("data.onnx (--onnx) asks for runtime onnx but data.runtime is torch: keep one")
             self.runtime, self.onnx = "onnx", False  # one spelling in the saved config
+        if self.augment_views < 0:
+            raise ConfigError(f"data.augment_views: expected 0 or more views, got {self.augment_views}")
+        from ..data.augment import AugmentConfig
+
+        try:
+            AugmentConfig.from_dict(self.augment)  # a wrong key fails now, not after feature extraction
+        except (InvalidInputError, TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..cache import cache_root
 from ..confidence import save_run_confidence
+from ..data.augment import AugmentConfig
 from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
@@ -99,17 +100,38 @@ def build_model(config: TrainConfig, vocab: Vocabulary) -> Captioner:
 
 
 class FeatureBatches:
-    """Batches of (cached features, captions) — the frozen-encoder path, no pixels read."""
+    """Batches of (cached features, captions) — the frozen-encoder path, no pixels read.
 
-    def __init__(self, cache: FeatureCache, pairs: CaptionPairs, sampler: BucketBatchSampler, device):
+    With ``views`` (a cache of K augmented views of each of the first ``len(views.paths) // K``
+    images, view-major), each pair reads its image's clean features or one of its K views,
+    drawn uniformly and anew each epoch (seeded by the sampler's seed and epoch)."""
+
+    def __init__(self, cache: FeatureCache, pairs: CaptionPairs, sampler: BucketBatchSampler, device,
+                 views: FeatureCache | None = None, view_count: int = 0):
         self.cache, self.pairs, self.sampler, self.device = cache, pairs, sampler, device
+        self.views, self.view_count = views, view_count
 
     def __len__(self):
         return len(self.sampler)
 
+    def _features(self, rows: np.ndarray, rng: np.random.Generator):
+        if self.views is None:
+            return self.cache.rows(rows)
+        images = len(self.views.paths) // self.view_count
+        view = rng.integers(0, self.view_count + 1, len(rows))  # 0: the clean image
+        pooled, grid = self.cache.rows(rows)
+        augmented = view > 0
+        if augmented.any():
+            view_pooled, view_grid = self.views.rows((view[augmented] - 1) * images + rows[augmented])
+            pooled[torch.from_numpy(augmented)] = view_pooled
+            if grid is not None:
+                grid[torch.from_numpy(augmented)] = view_grid
+        return pooled, grid
+
     def __iter__(self):
+        rng = np.random.default_rng((self.sampler.seed, self.sampler.epoch, 1))
         for indices in self.sampler:
-            pooled, grid = self.cache.rows(self.pairs.image_rows[indices])
+            pooled, grid = self._features(self.pairs.image_rows[indices], rng)
             features = Features(
                 pooled.to(self.device, non_blocking=True),
                 grid.to(self.device, non_blocking=True) if grid is not None else None,
@@ -285,7 +307,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
-        batches, cache = make_batches(config, model, paths, pairs, sampler, info, device)
+        batches, cache = make_batches(config, model, paths, len(train_examples), pairs, sampler, info, device)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
             f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
             f"{model.encoder.name} → {model.decoder.name} on {device}"
@@ -358,29 +380,39 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         dist_utils.cleanup(info)
 
 
-def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs: CaptionPairs,
+def make_batches(config: TrainConfig, model: Captioner, paths: list[str], train_count: int, pairs: CaptionPairs,
                  sampler: BucketBatchSampler, info: DistInfo, device: torch.device):
     """The training batches and the feature cache (``None`` when training reads pixels).
 
     A frozen encoder's features are extracted once into the cache (each machine's ranks share
     the work) and read from there, for the val images too; a trainable one reads pixels.
+    ``paths``: the ``train_count`` training images, then the validation images.
     """
     if not model.encoder.frozen:
+        if config.data.augment_views:
+            raise InvalidInputError(f"data.augment_views extracts augmented views for a frozen encoder; with "
+                                    f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         if config.data.runtime == "onnx":
             raise InvalidInputError("--runtime onnx (data.runtime) extracts a frozen encoder's features; with "
                                     f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
                             config.data.shuffle_buffer), None
-    cache = FeatureCache(
-        config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, paths,
-        with_grid=model.decoder.needs_grid or config.data.cache_grid,
-    )
-    cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
-                runtime=config.data.runtime, shard=(info.local_rank, info.local_world_size),
-                barrier=lambda: dist_utils.barrier(info))
-    dist_utils.barrier(info)
-    cache.open()
-    return FeatureBatches(cache, pairs, sampler, device), cache
+    def extracted(cache_paths: list[str], augment: AugmentConfig | None = None) -> FeatureCache:
+        cache = FeatureCache(
+            config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, cache_paths,
+            with_grid=model.decoder.needs_grid or config.data.cache_grid, augment=augment,
+        )
+        cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
+                    runtime=config.data.runtime, shard=(info.local_rank, info.local_world_size),
+                    barrier=lambda: dist_utils.barrier(info))
+        dist_utils.barrier(info)
+        return cache.open()
+
+    cache = extracted(paths)
+    views, count = None, config.data.augment_views
+    if count > 0:
+        views = extracted(paths[:train_count] * count, AugmentConfig.from_dict(config.data.augment))
+    return FeatureBatches(cache, pairs, sampler, device, views, count), cache
 
 
 def save_cider_df(out: Path, train_examples) -> None:

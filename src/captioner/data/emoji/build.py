@@ -36,6 +36,7 @@ def build_emoji_dataset(
     test_fraction: float = 0.1,
     val_fraction: float = 0.05,
     holdout_artists: Iterable[str] = (),
+    split_by: str = "emoji",
     fetch: bool = False,
     cache_dir=None,
     jobs: int | None = None,
@@ -49,7 +50,8 @@ def build_emoji_dataset(
     its untarred npm package (``google_dir``/``openmoji_dir`` are the same for those two); by default each
     is looked up in ``cache_dir`` (``captioner.cache.cache_root("emoji-sources")``), fetched there with
     ``npm pack`` when ``fetch``. ``holdout_artists``: every image of these artists goes to the
-    ``test-artist`` split (see :func:`split_images`). Missing sources are reported (``summary["missing"]``
+    ``test-artist`` split; ``split_by="image"`` holds out single drawings of emoji instead of whole emoji,
+    so every emoji trains (see :func:`split_images`). Missing sources are reported (``summary["missing"]``
     and on stderr) and skipped; :class:`EmojiSourceError` only when no requested source is available.
     """
     started = time.monotonic()
@@ -159,7 +161,7 @@ def build_emoji_dataset(
 
     # Splits over distinct captions (so the same caption never lands in two splits), artists apart.
     split_of = split_images([it.caption for it in kept], [it.source for it in kept], holdout_artists=holdout,
-                            test_fraction=test_fraction, val_fraction=val_fraction)
+                            test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
     images = []
     for imgid, (item, split) in enumerate(zip(kept, split_of)):
         images.append({
