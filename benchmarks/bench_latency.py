@@ -7,6 +7,13 @@ Torch rows force ``use_runtime("torch")``. Prints a Markdown table of median / p
 milliseconds per stage.
 
     python benchmarks/bench_latency.py [--model DIR] [--image examples/...] [--repeats 50]
+
+``--compare BASELINE CANDIDATE ...`` instead times one image end to end through
+``Captioner.caption`` (file → caption, the default runtime, what ``captioner caption`` runs)
+for each model directory in the same run, in interleaved rounds so machine load hits each
+alike, and prints each median as a multiple of the first (``bundled`` names the bundled model):
+
+    python benchmarks/bench_latency.py --compare bundled runs/new-model --repeats 100
 """
 from __future__ import annotations
 
@@ -51,7 +58,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--sizes", default="224,160")
+    parser.add_argument("--compare", nargs="+", metavar="DIR", default=None,
+                        help="time these models end to end in one run, the first is the baseline")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare, args.image, args.repeats, args.beam_size)
 
     model = Captioner.from_pretrained(args.model).use_runtime("torch")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model or 'bundled'}")
@@ -114,6 +125,30 @@ def main() -> None:
 
     for size, variant, *values in rows:
         print(f"| {size} | {variant} | " + " | ".join(ms(v) for v in values) + " |")
+
+
+def compare(directories: list[str], image: str, repeats: int, beam_size: int) -> None:
+    """One-image latency of each model, end to end, in interleaved rounds; ratios to the first."""
+    models = [Captioner.from_pretrained(None if d == "bundled" else d) for d in directories]
+    samples: list[list[float]] = [[] for _ in models]
+    for model in models:  # warm-up: the first call builds the ONNX Runtime session
+        model.caption(image, beam_size=beam_size)
+        model.caption(image, beam_size=beam_size)
+    for _ in range(repeats):
+        for model, times in zip(models, samples):
+            start = time.perf_counter()
+            model.caption(image, beam_size=beam_size)
+            times.append((time.perf_counter() - start) * 1000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} rounds, beam {beam_size}, {image}")
+    print("\n| model | encoder, input | caption | median ms | p90 ms | × first |")
+    print("|---|---|---|---:|---:|---:|")
+    baseline = statistics.median(samples[0])
+    for directory, model, times in zip(directories, models, samples):
+        times.sort()
+        median = statistics.median(times)
+        print(f"| {directory} | {model.encoder.name}, {model.preprocess.crop_size} px | "
+              f"{model.caption(image, beam_size=beam_size).text} | {median:.1f} | "
+              f"{times[int(0.9 * (len(times) - 1))]:.1f} | {median / baseline:.2f} |")
 
 
 if __name__ == "__main__":

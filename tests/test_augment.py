@@ -52,16 +52,20 @@ def test_training_reads_augmented_views_from_their_own_cache(tiny_one_caption, t
     cache = tmp_path / "features"
     run = train_tiny(tiny_one_caption, tmp_path / "run", epochs=2,
                      extra=["--feature-cache", str(cache), "--set", "data.augment_views=2"])
-    train_images = len(split_examples(read_dataset(tiny_one_caption), "train"))
+    examples = read_dataset(tiny_one_caption)
+    train = [e.image_ref for e in split_examples(examples, "train")]
+    every = [e.image_ref for e in examples]
     sizes = {json.loads((f / "meta.json").read_text())["images"]: f for f in cache.iterdir() if f.is_dir()}
-    assert len(sizes) == 2 and 2 * train_images in sizes  # the clean images, and two views of each training image
-    clean = np.load(sizes[min(sizes)] / "pooled.npy").astype(np.float32)
-    views = np.load(sizes[2 * train_images] / "pooled.npy").astype(np.float32)
-    first, second = views[:train_images], views[train_images:]
-    assert not np.allclose(first, second, atol=1e-2) and not np.allclose(first, clean[:train_images], atol=1e-2)
+    assert len(sizes) == 2 and 2 * len(every) in sizes  # the clean images, and two views of every dataset image
+    clean = np.load(sizes[min(sizes)] / "pooled.npy").astype(np.float32)[: len(train)]
+    views = np.load(sizes[2 * len(every)] / "pooled.npy").astype(np.float32)
+    rows = np.array([every.index(ref) for ref in train])
+    first, second = views[rows], views[len(every) + rows]
+    assert not np.allclose(first, second, atol=1e-2) and not np.allclose(first, clean, atol=1e-2)
+
     # A view is the same thing drawn differently: nearer its own clean image than most others.
     def unit(x):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
-    similarity = unit(first) @ unit(clean[:train_images]).T
-    assert (similarity.argmax(axis=1) == np.arange(train_images)).mean() > 0.5
+    similarity = unit(first) @ unit(clean).T
+    assert (similarity.argmax(axis=1) == np.arange(len(train))).mean() > 0.5
     assert (run / "model.safetensors").is_file()

@@ -4,7 +4,7 @@ An emoji's name survives a change of size, position, a small tilt, a blur, JPEG 
 a sticker outline and another background colour; it does not survive a mirror image
 ("left-facing fist", "arrow pointing right") or a hue shift (a skin tone *is* a colour), so
 neither is done. The background is the near-white region connected to the image border
-(found by flood fill), so white *inside* a drawing (eyes, "white circle") stays white.
+(a flood fill from the border), so white *inside* a drawing (eyes, "white circle") stays white.
 
 Every augmented image is a pure function of (image, seed): a feature cache of augmented
 views (``data.augment_views``) is deterministic, and an interrupted extraction resumes with
@@ -16,13 +16,12 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
 from ..errors import InvalidInputError
 
 # A pixel this close to white (per channel, 0–255) and connected to the border is background.
 BACKGROUND_TOLERANCE = 16
-_MARK = (255, 0, 255)  # the flood fill's marker colour (replaced before anyone sees it)
 
 
 @dataclass(frozen=True)
@@ -55,18 +54,21 @@ class AugmentConfig:
 
 
 def background_mask(image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE) -> np.ndarray:
-    """(h, w) bool: near-white pixels connected to the border (flood fill from every border
-    pixel that is near white)."""
-    marked = image.convert("RGB")  # a copy the fill may paint
-    pixels = np.asarray(marked)
-    near_white = (pixels >= 255 - tolerance).all(axis=2)
-    h, w = near_white.shape
-    border = [(x, 0) for x in range(w)] + [(x, h - 1) for x in range(w)] + \
-             [(0, y) for y in range(h)] + [(w - 1, y) for y in range(h)]
-    for x, y in border:
-        if near_white[y, x] and marked.getpixel((x, y)) != _MARK:
-            ImageDraw.floodfill(marked, (x, y), _MARK, thresh=tolerance)
-    return (np.asarray(marked) == _MARK).all(axis=2) & near_white
+    """(h, w) bool: near-white pixels connected (4-neighbours) to the border — a flood fill from
+    the border, grown one pixel a round over the near-white pixels until it stops."""
+    near_white = (np.asarray(image.convert("RGB")) >= 255 - tolerance).all(axis=2)
+    mask = np.zeros_like(near_white)
+    mask[0], mask[-1], mask[:, 0], mask[:, -1] = near_white[0], near_white[-1], near_white[:, 0], near_white[:, -1]
+    while True:
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        grown &= near_white
+        if np.array_equal(grown, mask):
+            return mask
+        mask = grown
 
 
 def augment_image(image: Image.Image, config: AugmentConfig, seed) -> Image.Image:

@@ -102,14 +102,15 @@ def build_model(config: TrainConfig, vocab: Vocabulary) -> Captioner:
 class FeatureBatches:
     """Batches of (cached features, captions) — the frozen-encoder path, no pixels read.
 
-    With ``views`` (a cache of K augmented views of each of the first ``len(views.paths) // K``
-    images, view-major), each pair reads its image's clean features or one of its K views,
-    drawn uniformly and anew each epoch (seeded by the sampler's seed and epoch)."""
+    With ``views`` (a cache of K augmented views of every image of the dataset, view-major, in
+    the dataset's order, so every split of one dataset shares it) and ``positions`` (each cache
+    row's place in the dataset), each pair reads its image's clean features or one of its K
+    views, drawn uniformly and anew each epoch (seeded by the sampler's seed and epoch)."""
 
     def __init__(self, cache: FeatureCache, pairs: CaptionPairs, sampler: BucketBatchSampler, device,
-                 views: FeatureCache | None = None, view_count: int = 0):
+                 views: FeatureCache | None = None, view_count: int = 0, positions: np.ndarray | None = None):
         self.cache, self.pairs, self.sampler, self.device = cache, pairs, sampler, device
-        self.views, self.view_count = views, view_count
+        self.views, self.view_count, self.positions = views, view_count, positions
 
     def __len__(self):
         return len(self.sampler)
@@ -122,7 +123,8 @@ class FeatureBatches:
         pooled, grid = self.cache.rows(rows)
         augmented = view > 0
         if augmented.any():
-            view_pooled, view_grid = self.views.rows((view[augmented] - 1) * images + rows[augmented])
+            view_rows = (view[augmented] - 1) * images + self.positions[rows[augmented]]
+            view_pooled, view_grid = self.views.rows(view_rows)
             pooled[torch.from_numpy(augmented)] = view_pooled
             if grid is not None:
                 grid[torch.from_numpy(augmented)] = view_grid
@@ -307,7 +309,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
-        batches, cache = make_batches(config, model, paths, len(train_examples), pairs, sampler, info, device)
+        batches, cache = make_batches(config, model, paths, pairs, sampler, info, device, examples)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
             f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
             f"{model.encoder.name} → {model.decoder.name} on {device}"
@@ -380,13 +382,15 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         dist_utils.cleanup(info)
 
 
-def make_batches(config: TrainConfig, model: Captioner, paths: list[str], train_count: int, pairs: CaptionPairs,
-                 sampler: BucketBatchSampler, info: DistInfo, device: torch.device):
+def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs: CaptionPairs,
+                 sampler: BucketBatchSampler, info: DistInfo, device: torch.device, examples=()):
     """The training batches and the feature cache (``None`` when training reads pixels).
 
     A frozen encoder's features are extracted once into the cache (each machine's ranks share
     the work) and read from there, for the val images too; a trainable one reads pixels.
-    ``paths``: the ``train_count`` training images, then the validation images.
+    ``paths``: the cache rows (training images, then validation images); ``examples``: the whole
+    dataset, whose images get augmented views (``data.augment_views``) in one cache any re-split
+    of the same dataset reuses (held-out artists, another validation split).
     """
     if not model.encoder.frozen:
         if config.data.augment_views:
@@ -411,8 +415,12 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], train_
     cache = extracted(paths)
     views, count = None, config.data.augment_views
     if count > 0:
-        views = extracted(paths[:train_count] * count, AugmentConfig.from_dict(config.data.augment))
-    return FeatureBatches(cache, pairs, sampler, device, views, count), cache
+        dataset_paths = [e.image_ref for e in examples]
+        position = {ref: i for i, ref in enumerate(dataset_paths)}
+        views = extracted(dataset_paths * count, AugmentConfig.from_dict(config.data.augment))
+        positions = np.array([position[ref] for ref in paths], dtype=np.int64)
+        return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
+    return FeatureBatches(cache, pairs, sampler, device), cache
 
 
 def save_cider_df(out: Path, train_examples) -> None:
