@@ -188,6 +188,16 @@ def test_split_by_image_trains_every_emoji_and_holds_out_single_drawings():
         emoji_data.split_images(captions, artists, by="artist")
 
 
+def test_build_split_by_image_says_so_in_its_sources_file(tmp_path):
+    summary = build(tmp_path / "out", split_by="image", test_fraction=0.1, val_fraction=0.1)
+    images = load(tmp_path / "out")["images"]
+    train = {im["sentences"][0]["raw"] for im in images if im["split"] == "train"}
+    held = [im["sentences"][0]["raw"] for im in images if im["split"] != "train"]
+    assert held and set(held) <= train  # every emoji trains
+    assert summary["split_by"] == "image"
+    assert "Single drawings are held out" in (tmp_path / "out" / "SOURCES.md").read_text()
+
+
 def test_missing_source_is_reported_and_others_build(tmp_path, capsys):
     summary = build(tmp_path / "out", ("google", "openmoji", "noto"), openmoji_dir=tmp_path / "no-openmoji",
                     noto_font=tmp_path / "no-font.ttf")

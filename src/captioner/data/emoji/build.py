@@ -184,7 +184,7 @@ def build_emoji_dataset(
     for caption, origin in sorted({(it.caption, it.name_origin) for it in kept}):
         names_from[origin] += 1
     summary = summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package,
-                        names_from, mapping, holdout)
+                        names_from, mapping, holdout, split_by)
     atomic_write_text(out_dir / "SOURCES.md", sources_markdown(summary))
     summary["out_dir"] = str(out_dir)
     summary["dataset_json"] = str(out_dir / "dataset.json")
@@ -198,7 +198,7 @@ def _split_names(holdout: list[str]) -> tuple[str, ...]:
 
 
 def summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package, names_from,
-              mapping, holdout) -> dict:
+              mapping, holdout, split_by: str = "emoji") -> dict:
     """Counts per source and split, vocabulary, versions, name origins, skipped and unmapped entries."""
     split_names = _split_names(holdout)
     per_source = {s: {split: 0 for split in split_names} for s in available}
@@ -224,6 +224,7 @@ def summarize(images, available, found, skipped, image_size, unicode_version, ha
         "splits": {s: {"images": split_images_count[s], "emoji": len(split_captions[s])} for s in split_names},
         "per_source": per_source,
         "holdout_artists": list(holdout),
+        "split_by": split_by,
         "vocab_size": len(vocab),
         "train_vocab_size": len(train_vocab),
         "image_size": image_size,
@@ -270,9 +271,13 @@ def sources_markdown(summary: dict) -> str:
         "",
         "## Splits",
         "",
-        "Whole emoji are held out: test (~10% of distinct captions) and val (~5%) contain emoji never seen in "
+        "Whole emoji are held out: test and val contain emoji never seen in "
         "train, chosen in a fixed hash order only when every word of their caption also occurs in a train "
-        "caption (new combinations of seen parts). The same emoji from several sources is in one split.",
+        "caption (new combinations of seen parts). The same emoji from several sources is in one split."
+        if summary.get("split_by", "emoji") == "emoji" else
+        "Single drawings are held out (`--split-by image`): test and val hold at most one drawing of an emoji, "
+        "and only of an emoji drawn by another artist in train, in a fixed hash order, so every emoji trains "
+        "and val/test measure known emoji in unseen drawings.",
     ]
     if summary["holdout_artists"]:
         lines.append(
