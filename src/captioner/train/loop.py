@@ -413,14 +413,14 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
         return cache.open()
 
     cache = extracted(paths)
-    views, count = None, config.data.augment_views
-    if count > 0:
-        dataset_paths = [e.image_ref for e in examples]
-        position = {ref: i for i, ref in enumerate(dataset_paths)}
-        views = extracted(dataset_paths * count, AugmentConfig.from_dict(config.data.augment))
-        positions = np.array([position[ref] for ref in paths], dtype=np.int64)
-        return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
-    return FeatureBatches(cache, pairs, sampler, device), cache
+    count = config.data.augment_views
+    if count == 0:
+        return FeatureBatches(cache, pairs, sampler, device), cache
+    dataset_paths = [e.image_ref for e in examples]
+    position = {ref: i for i, ref in enumerate(dataset_paths)}
+    views = extracted(dataset_paths * count, AugmentConfig.from_dict(config.data.augment))
+    positions = np.array([position[ref] for ref in paths], dtype=np.int64)
+    return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
 
 
 def save_cider_df(out: Path, train_examples) -> None:
