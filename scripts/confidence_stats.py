@@ -9,23 +9,13 @@ validation images, both read from the dataset it was trained on (only its ``--so
         --sources google,noto,openmoji --domain "emoji art" [--model DIR] [--train-stride 3]
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
-from captioner import Captioner
+from captioner import Captioner, DecodeOptions
 from captioner.confidence import DEFAULT_DOMAIN, DEFAULT_THRESHOLD, features_from_images, fit_confidence
+from captioner.data.sources import split_image_paths
 from captioner.model import default_model_dir
-
-
-def split_paths(data: Path, split: str, sources: set[str] | None) -> list[str]:
-    """A Karpathy-format dataset's image paths of one split (and of ``sources``, when given)."""
-    images = json.loads(data.read_text(encoding="utf-8"))["images"]
-    return [
-        str(data.parent / image.get("filepath", "") / image["filename"])
-        for image in images
-        if image["split"] == split and (sources is None or image.get("source") in sources)
-    ]
 
 
 def main() -> None:
@@ -42,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sources = set(args.sources.split(",")) if args.sources else None
-    train = split_paths(args.data, "train", sources)[:: args.train_stride]
-    held_out = split_paths(args.data, "val", sources)
+    train = split_image_paths(args.data, "train", sources)[:: args.train_stride]
+    held_out = split_image_paths(args.data, "val", sources)
     if not train or not held_out:
         raise SystemExit(f"{args.data}: {len(train)} train and {len(held_out)} val images of sources {args.sources}")
     model = Captioner.from_pretrained(args.model)
@@ -51,7 +41,7 @@ def main() -> None:
     started = time.perf_counter()
     model.confidence = fit_confidence(
         model, features_from_images(model, train), features_from_images(model, held_out),
-        beam_size=args.beam_size, threshold=args.threshold, domain=args.domain,
+        DecodeOptions(beam_size=args.beam_size), threshold=args.threshold, domain=args.domain,
     )
     path = model.confidence.save(directory)
     print(f"wrote {path} ({path.stat().st_size} bytes): statistics of {len(train)} training images, "

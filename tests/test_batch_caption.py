@@ -37,13 +37,13 @@ def model_dir(tmp_path_factory) -> Path:
 def counted(monkeypatch) -> list[int]:
     """Images each captioning batch encoded."""
     sizes: list[int] = []
-    original = Captioner.caption_tensor
+    original = Captioner.caption_pixels
 
     def counting(self, pixels, *args, **kwargs):
         sizes.append(pixels.shape[0])
         return original(self, pixels, *args, **kwargs)
 
-    monkeypatch.setattr(Captioner, "caption_tensor", counting)
+    monkeypatch.setattr(Captioner, "caption_pixels", counting)
     return sizes
 
 

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from captioner.data.vocab import Vocabulary
 from captioner.objectives import CaptionCrossEntropy
 
-BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_speed.py"
+BENCH = Path(__file__).parents[1] / "benchmarks" / "timing" / "bench_speed.py"
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_json_output_never_prints_infinity(trained_show_tell, monkeypatch, capsy
     """A caption no beam could finish scores -inf; JSON has no such value, so it prints null."""
     from captioner import Captioner
 
-    original = Captioner.caption_tensor
+    original = Captioner.caption_pixels
 
     def impossible(self, *args, **kwargs):
         captions = original(self, *args, **kwargs)
@@ -59,7 +59,7 @@ def test_json_output_never_prints_infinity(trained_show_tell, monkeypatch, capsy
             caption.alternatives[1].score = float("nan")
         return captions
 
-    monkeypatch.setattr(Captioner, "caption_tensor", impossible)
+    monkeypatch.setattr(Captioner, "caption_pixels", impossible)
     code = main(["caption", str(TINY / "images/emoji_1f431.png"), "--model", str(trained_show_tell),
                  "--json", "--n-best", "2", "--beam-size", "2"])
     assert code == 0

@@ -1,4 +1,4 @@
-"""On a CUDA machine only (skipped elsewhere; ``benchmarks/gpu_check.sh`` runs them on a lent
+"""On a CUDA machine only (skipped elsewhere; ``benchmarks/timing/gpu_check.sh`` runs them on a lent
 GPU): the bf16 + channels-last paths compute what fp32 computes, and training and captioning
 run on the GPU with the results they have on the CPU."""
 from __future__ import annotations

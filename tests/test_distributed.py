@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from captioner.data.loaders import BucketBatchSampler
-from captioner.train import distributed as dist_utils
+from captioner import distributed as dist_utils
+from captioner.train.batchnorm import sync_batchnorm
 
 from conftest import TINY
 
@@ -66,7 +67,7 @@ def _toy_data():
 def _ddp_worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     info = dist_utils.DistInfo(rank=rank, world_size=world, local_rank=rank, local_world_size=world)
-    model = dist_utils.sync_batchnorm(_toy_model(), torch.device("cpu"))
+    model = sync_batchnorm(_toy_model(), torch.device("cpu"))
     ddp = nn.parallel.DistributedDataParallel(model)
     x, targets = _toy_data()
     share = slice(rank, None, world)

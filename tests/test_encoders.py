@@ -77,7 +77,7 @@ def test_captioner_on_a_timm_encoder_saves_loads_and_decodes(name, tmp_path):
     assert config["encoder"]["name"] == name and config["encoder_weights_saved"] is True
     loaded = Captioner.from_pretrained(path)
     pixels = torch.randn(2, 3, 64, 64)
-    a, b = model.caption_tensor(pixels, beam_size=1), loaded.caption_tensor(pixels, beam_size=1)
+    a, b = model.caption_pixels(pixels, beam_size=1), loaded.caption_pixels(pixels, beam_size=1)
     assert [c.text for c in a] == [c.text for c in b] and [c.score for c in a] == pytest.approx([c.score for c in b])
     assert torch.equal(model.encode(pixels).grid, loaded.encode(pixels).grid)
 
@@ -170,7 +170,7 @@ def test_non_square_pixels_give_a_non_square_grid_end_to_end(tmp_path):
     pixels = torch.randn(1, 3, 160, 224)
     features = model.encode(pixels)
     assert features.grid_shape == (5, 7) and features.grid.shape[1] == 35
-    caption = model.caption_tensor(pixels, beam_size=2)[0]
+    caption = model.caption_pixels(pixels, beam_size=2)[0]
     assert caption.grid_shape == (5, 7) and caption.attention.shape[-1] == 35
     path = save_attention_figure(pixels[0], caption, tmp_path, model.preprocess, name="wide")
     with Image.open(path) as picture:

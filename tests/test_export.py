@@ -1,4 +1,4 @@
-"""``captioner export`` + ``captioner.runtime``: every decoder exported to ONNX captions as
+"""``captioner export`` + ``captioner.exported``: every decoder exported to ONNX captions as
 the torch model does (greedy and beam search, same scores), the bundled model too, the
 runtime works with torch unimportable, and what cannot be exported is refused clearly."""
 from __future__ import annotations
@@ -22,8 +22,8 @@ from captioner.data.images import PreprocessConfig, build_transform
 from captioner.decoders import Decoder
 from captioner.export import ExportError, export_model
 from captioner.model import default_model_dir
-from captioner.runtime import OnnxCaptioner, is_exported_model
-from captioner.runtime.images import preprocess
+from captioner.exported import OnnxCaptioner, is_exported_model
+from captioner.data.images import preprocess_array as preprocess
 
 from test_decoders import small_captioner
 
@@ -54,6 +54,11 @@ def assert_same_captions(expected, got):
     assert [c.score for c in got] == pytest.approx([c.score for c in expected], abs=1e-4)
     assert [[a.text for a in c.alternatives] for c in got] == [[a.text for a in c.alternatives] for c in expected]
     assert [c.words for c in got] == [c.words for c in expected]
+    # the same confidence: the export carries the model's confidence statistics
+    assert [c.low_confidence for c in got] == [c.low_confidence for c in expected]
+    assert [c.confidence is None for c in got] == [c.confidence is None for c in expected]
+    assert [c.confidence for c in got if c.confidence is not None] == pytest.approx(
+        [c.confidence for c in expected if c.confidence is not None], abs=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +140,7 @@ def test_runtime_captions_without_torch(bundled_export):
     image = EXAMPLES[0]
     script = NO_TORCH + f"""
 import json
-from captioner.runtime import OnnxCaptioner
+from captioner.exported import OnnxCaptioner
 caption = OnnxCaptioner({str(out)!r}).caption({str(image)!r}, beam_size=3)
 assert not any(name.split(".")[0] in ("torch", "torchvision") for name in sys.modules)
 print(json.dumps({{"text": caption.text, "score": caption.score}}))

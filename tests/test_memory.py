@@ -22,7 +22,7 @@ from captioner.data.loaders import BucketBatchSampler, CaptionPairs
 from captioner.data.sources import Example
 from captioner.data.vocab import Vocabulary
 from captioner.encoders.base import EncoderConfig
-from captioner.train.loop import FeatureBatches
+from captioner.data.batches import FeatureBatches
 
 IMAGES, REGIONS, GRID_DIM, POOLED_DIM = 20_000, 49, 256, 256
 MiB = 2**20

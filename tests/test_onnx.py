@@ -24,7 +24,7 @@ IMAGES = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))
 @pytest.fixture(scope="module")
 def models():
     """The bundled model twice: plain torch, and with the ONNX Runtime encoder."""
-    return Captioner.from_pretrained(), Captioner.from_pretrained().use_onnxruntime()
+    return Captioner.from_pretrained(), Captioner.from_pretrained().use_runtime("onnx")
 
 
 def test_onnx_captions_match_torch_on_every_example(models):
@@ -55,7 +55,7 @@ def test_onnx_file_is_cached_and_reused(models, monkeypatch):
         raise AssertionError("the cached .onnx file should have been reused, not exported again")
 
     monkeypatch.setattr(torch.onnx, "export", no_export)
-    second = Captioner.from_pretrained().use_onnxruntime()._onnx_encoder
+    second = Captioner.from_pretrained().use_runtime("onnx")._onnx_encoder
     assert second.path == first.path and not second.exported
     assert (second.path.stat().st_mtime_ns, second.path.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
     assert not list(first.path.parent.glob("*.tmp"))  # no temp file left behind
@@ -67,7 +67,7 @@ def test_fine_tuned_encoder_is_refused():
         "efficientnet_lite0", "show-tell", vocab, encoder_options={"pretrained": False, "trainable_blocks": 1}
     )
     with pytest.raises(ValueError, match="frozen"):
-        model.use_onnxruntime()
+        model.use_runtime("onnx")
     assert model._onnx_encoder is None
 
 

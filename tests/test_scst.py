@@ -16,7 +16,8 @@ from captioner.data.vocab import Vocabulary
 from captioner.decoders.base import Features
 from captioner.metrics import compute_cider_d, evaluate_captions
 from captioner.objectives import Draws, SelfCritical, mean_of_others, reward_document_frequencies
-from captioner.train import distributed as dist_utils
+from captioner import distributed as dist_utils
+from captioner.train.batchnorm import sync_batchnorm
 
 from conftest import TINY, train_tiny
 
@@ -178,7 +179,7 @@ def _scst_worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     info = dist_utils.DistInfo(rank=rank, world_size=world, local_rank=rank, local_world_size=world)
     model, features, images, objective, draws = _tiny_model_and_batch()
-    ddp = torch.nn.parallel.DistributedDataParallel(dist_utils.sync_batchnorm(model, torch.device("cpu")))
+    ddp = torch.nn.parallel.DistributedDataParallel(sync_batchnorm(model, torch.device("cpu")))
     ddp.eval()
     rows = [0, 2] if rank == 0 else [1, 3, 4, 5]  # ranks hold images (not captions), in unequal numbers
     result = objective.policy_loss(ddp, *_share(rows, features, images, draws))

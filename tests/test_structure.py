@@ -112,7 +112,7 @@ def test_graph_sees_function_level_and_relative_imports():
     assert "captioner.version" in graph["captioner.model"]  # module level, `from .version import`
     assert "captioner.cache" in graph["captioner.data.feature_cache"]
     # `from . import x` with a submodule x is an edge to that submodule
-    assert "captioner.train.distributed" in graph["captioner.train.loop"]
+    assert "captioner.distributed" in graph["captioner.train.loop"]
 
 
 def test_find_cycles_reports_a_cycle():
@@ -125,3 +125,100 @@ def test_no_import_cycles():
     graph = import_graph()
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles)
+
+
+# --- layers: inference never imports training -----------------------------------------------
+FRONT_DOORS = {"captioner", "captioner.cli"}  # the package's front door and the command line
+
+
+def test_only_training_and_the_front_doors_import_training():
+    graph = import_graph()
+    training = {name for name in graph if name == "captioner.train" or name.startswith("captioner.train.")}
+    offenders = {
+        name: sorted(graph[name] & training)
+        for name in graph
+        if name not in training and name not in FRONT_DOORS and graph[name] & training
+    }
+    assert not offenders, f"modules outside captioner.train importing it: {offenders}"
+
+
+def test_the_exported_runtime_imports_nothing_that_needs_torch():
+    """captioner.exported (and what it imports, transitively) never imports torch at module level."""
+    graph = import_graph()
+    modules = _module_files()
+    seen, stack = set(), ["captioner.exported"]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(graph[name])
+    torch_users = sorted(name for name in seen if _imports_torch_at_module_level(modules[name]))
+    assert not torch_users, f"captioner.exported reaches torch through {torch_users}"
+
+
+def _imports_torch_at_module_level(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in tree.body:  # module level only: imports inside functions run when called
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        if any(n == "torch" or n.startswith("torch.") or n.startswith("torchvision") for n in names):
+            return True
+    return False
+
+
+# --- no logic written twice ----------------------------------------------------------------------
+WINDOW = 6  # significant lines: what the duplicates tool pairs
+
+
+def _significant_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, whitespace-folded text) of the lines that carry logic: not blank, not a
+    comment, not an import, not lone punctuation, not inside a docstring."""
+    source = path.read_text(encoding="utf-8")
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
+    lines = []
+    for number, line in enumerate(source.splitlines(), 1):
+        text = " ".join(line.split())
+        if (not text or text.startswith("#") or number in docstrings or text.startswith(("import ", "from "))
+                or not any(c.isalnum() for c in text)):
+            continue
+        lines.append((number, text))
+    return lines
+
+
+def test_no_run_of_lines_is_written_twice_under_src():
+    seen: dict[tuple[str, ...], str] = {}
+    repeats = []
+    for name, path in _module_files().items():
+        lines = _significant_lines(path)
+        for i in range(len(lines) - WINDOW + 1):
+            window = tuple(text for _, text in lines[i : i + WINDOW])
+            where = f"{path.relative_to(PACKAGE_DIR)}:{lines[i][0]}"
+            if window in seen and not seen[window].startswith(where.split(":")[0] + ":"):
+                repeats.append(f"{where} repeats {seen[window]}")
+            seen.setdefault(window, where)
+    assert not repeats, "the same lines in two places:\n" + "\n".join(repeats[:20])
+
+
+def test_decoding_and_preprocessing_are_defined_once():
+    """The search, the captions built from it and the preprocessing semantics have one home each,
+    which the torch model and the exported runtime share."""
+    definitions: dict[str, list[str]] = {}
+    for name, path in _module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                definitions.setdefault(node.name, []).append(name)
+    for symbol, home in {"beam_search": "captioner.decoding", "greedy": "captioner.decoding",
+                         "sample": "captioner.decoding", "DecodeOptions": "captioner.decoding",
+                         "Hypothesis": "captioner.decoding", "center_crop": "captioner.data.images",
+                         "normalize": "captioner.data.images", "captions_from_results": "captioner.captions",
+                         "ConfidenceModel": "captioner.confidence"}.items():
+        assert definitions.get(symbol) == [home], f"{symbol} is defined in {definitions.get(symbol)}, not once in {home}"

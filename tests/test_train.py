@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from captioner import Captioner
 from captioner.data.sources import read_dataset
 from captioner.train.config import ConfigError, load_config
-from captioner.train.validation import exact_match
+from captioner.metrics import exact_match
 
 from conftest import train_tiny
 

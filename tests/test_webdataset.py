@@ -20,7 +20,7 @@ from captioner.data.sources import DatasetError, read_dataset
 from captioner.data.vocab import Vocabulary
 from captioner.data.webdataset import (ShardPairStream, expand_braces, iter_samples, sample_ref, split_ref,
                                        write_shards)
-from captioner.train.validation import exact_match
+from captioner.metrics import exact_match
 
 from conftest import TINY, train_tiny
 from test_batch_caption import model_dir  # noqa: F401 (the untrained 64-pixel model, a fixture)

@@ -1,7 +1,14 @@
 """captioner: train, evaluate and serve image-captioning models.
 
-The public names load on first use (PEP 562), so ``import captioner.runtime`` — the ONNX
-runtime that captions with numpy and onnxruntime alone — never imports torch.
+What a user types, all loaded on first use (PEP 562), so ``import captioner.exported`` — the
+runtime that captions exported models with numpy and onnxruntime — never imports torch:
+
+- ``load_model(folder)`` — a torch model folder or an exported one, behind one interface
+  (``CaptionModel``: ``caption``, ``caption_pixels``, ``generate`` …); ``Captioner`` itself;
+- ``train_model(config, data=..., out=..., ...)`` and ``export_model(model, out)``;
+- ``caption_files(paths, ...)`` for many images, ``evaluate_captions`` for metrics;
+- ``DecodeOptions`` (how to decode, with its defaults), ``create_encoder`` /
+  ``create_decoder`` and their ``list_*``.
 
 An image that cannot be read or is over its limits raises ``ImageReadError`` (a
 ``captioner.errors.CaptionerError`` and a ``ValueError``) whose message names the file.
@@ -11,15 +18,21 @@ from importlib import import_module
 from .version import __version__
 
 _EXPORTS = {
-    "Caption": "model",
+    "Caption": "captions",
+    "CaptionModel": "captions",
     "Captioner": "model",
     "CaptionerError": "errors",
+    "DecodeOptions": "decoding",
     "ImageReadError": "data.images",
+    "OnnxCaptioner": "exported",
     "caption_files": "batch",
     "create_decoder": "decoders",
     "list_decoders": "decoders",
     "create_encoder": "encoders",
     "list_encoders": "encoders",
+    "export_model": "export",
+    "load_model": "loading",
+    "train_model": "train",
 }
 
 
@@ -38,16 +51,4 @@ def evaluate_captions(predictions, references, **options):
     return evaluate(predictions, references, **options)
 
 
-__all__ = [
-    "Caption",
-    "Captioner",
-    "CaptionerError",
-    "ImageReadError",
-    "__version__",
-    "caption_files",
-    "create_decoder",
-    "create_encoder",
-    "evaluate_captions",
-    "list_decoders",
-    "list_encoders",
-]
+__all__ = ["__version__", "evaluate_captions", *sorted(_EXPORTS)]

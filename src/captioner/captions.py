@@ -1,11 +1,16 @@
-"""What captioning returns: a :class:`Caption` per image with its n-best alternatives,
-serialised to JSON values only. Torch-free, so the torch model (``captioner.model``) and the
-exported ONNX runtime (``captioner.runtime``) return the same objects."""
+"""What captioning returns — a :class:`Caption` per image with its n-best alternatives,
+serialised to JSON values only — and :class:`CaptionModel`, what returns it. Torch-free, so
+the torch model (:class:`captioner.model.Captioner`) and the exported one
+(:class:`captioner.exported.OnnxCaptioner`) build the same objects with the same code."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
+
+from .confidence import mean_word_probability
+from .decoding import DecodeOptions, Features, Hypothesis
 
 
 def _json_score(score: float) -> Optional[float]:
@@ -73,3 +78,69 @@ class Caption:
                 "weights": [[round(float(w), digits) for w in row] for row in self.attention.tolist()],
             }
         return result
+
+
+def captions_from_results(results: Sequence[Sequence[Hypothesis]], vocab, features: Features,
+                          confidence=None) -> list[Caption]:
+    """One :class:`Caption` per image from decoding's n-best lists (best first): the words,
+    scores and attention of its best hypothesis and, when the model has a ``confidence``
+    (:class:`captioner.confidence.ConfidenceModel`), how far to trust it."""
+    confidences: list[Optional[float]] = [None] * len(results)
+    if confidence is not None:
+        word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
+        confidences = confidence.confidence(features.pooled, word_probabilities).tolist()
+    return [
+        Caption.from_hypotheses(
+            hypotheses, vocab,
+            attention=hypotheses[0].attention,
+            grid_shape=features.grid_shape if hypotheses[0].attention is not None else None,
+            confidence=value,
+            low_confidence=None if value is None else confidence.is_low(value),
+        )
+        for hypotheses, value in zip(results, confidences)
+    ]
+
+
+ImageInput = Union[str, Path, Any]  # a path, or a PIL image
+
+
+def caption_in_batches(model: "CaptionModel", images: ImageInput | Sequence[ImageInput], options: DecodeOptions,
+                       batch_size: int) -> Caption | list[Caption]:
+    """What ``caption`` does for either engine: one image (a path or a PIL image) → its
+    :class:`Caption`, a list → their captions, ``batch_size`` images a model call."""
+    single = isinstance(images, (str, Path)) or hasattr(images, "convert")
+    items = [images] if single else list(images)
+    captions: list[Caption] = []
+    for start in range(0, len(items), batch_size):
+        captions.extend(model.caption_pixels(model.preprocess_images(items[start : start + batch_size]), options))
+    return captions[0] if single else captions
+
+
+@runtime_checkable
+class CaptionModel(Protocol):
+    """What every captioning model offers, whichever engine runs it: the torch
+    :class:`~captioner.model.Captioner` and the exported :class:`~captioner.exported.OnnxCaptioner`
+    (``captioner.load_model`` returns either). Pixels and features are the engine's arrays
+    (torch tensors or numpy arrays); everything else is the same."""
+
+    vocab: Any  # captioner.data.vocab.Vocabulary
+    preprocess: Any  # captioner.data.images.PreprocessConfig
+    max_length: int
+    confidence: Any  # a ConfidenceModel, or None
+
+    @classmethod
+    def from_pretrained(cls, directory=None, **kwargs) -> "CaptionModel": ...
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,
+                batch_size: int = 32, **decode) -> Caption | list[Caption]: ...
+
+    def caption_pixels(self, pixels, options: DecodeOptions | None = None, **decode) -> list[Caption]: ...
+
+    def preprocess_images(self, images: Sequence[ImageInput]) -> Any: ...
+
+    def encode(self, pixels) -> Features: ...
+
+    def encode_images(self, images: Sequence[ImageInput]) -> Features: ...
+
+    def generate(self, features: Features, options: DecodeOptions | None = None,
+                 **decode) -> list[list[Hypothesis]]: ...

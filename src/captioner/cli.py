@@ -31,17 +31,39 @@ def _runtime(args) -> str | None:
     return args.runtime
 
 
+def _add_decoding(parser: argparse.ArgumentParser) -> None:
+    """The decoding options (captioner.decoding.DecodeOptions), with its defaults."""
+    from .decoding import DecodeOptions
+
+    defaults = DecodeOptions()
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--beam-size", type=int, default=defaults.beam_size, help="1 = greedy (default %(default)s)")
+    group.add_argument("--n-best", type=int, default=defaults.n_best, help="captions per image, best first")
+    group.add_argument("--length-penalty", type=float, default=defaults.length_penalty,
+                       help="GNMT alpha: > 0 favours longer captions (default %(default)s)")
+    group.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size,
+                       help="never repeat an n-gram of this size (0 = off)")
+    group.add_argument("--max-length", type=int, default=defaults.max_length, help="most words (default: the model's)")
+    group.add_argument("--sample", action="store_true", help="draw captions from the model instead of searching")
+    group.add_argument("--temperature", type=float, default=defaults.temperature, help="--sample: sharpness")
+    group.add_argument("--top-k", type=int, default=defaults.top_k, help="--sample: from the k likeliest words (0 = all)")
+
+
+def _decode_options(args):
+    from .decoding import DecodeOptions
+
+    return DecodeOptions(beam_size=args.beam_size, n_best=args.n_best, length_penalty=args.length_penalty,
+                         no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
+                         sample=args.sample, temperature=args.temperature, top_k=args.top_k)
+
+
 # --- caption -----------------------------------------------------------------------
 def add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption images (files, directories, globs or WebDataset shards)")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files, folders, globs, or WebDataset shards ('shards/{00000..00099}.tar')")
     p.add_argument("--model", help="model directory, or a folder from captioner export (default: the bundled model)")
-    p.add_argument("--beam-size", type=int, default=3)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--n-best", type=int, default=1)
-    p.add_argument("--length-penalty", type=float, default=0.0)
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    _add_decoding(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
     p.add_argument("--json", action="store_true",
@@ -65,22 +87,21 @@ def run_caption(args) -> int:
     def log(message: str) -> None:
         print(f"captioner caption: {message}", file=sys.stderr)
 
+    options = _decode_options(args)
     if args.engine == "ray":
         if args.n_best != 1 or _runtime(args) or args.attention_out or args.num_workers:
-            raise InvalidInputError("--engine ray takes --beam-size, --max-length, --length-penalty, --no-repeat-ngram-size "
-                                    "and --batch-size; drop --n-best, --runtime/--onnx, --attention-out and --num-workers")
+            raise InvalidInputError("--engine ray takes the decoding options but --n-best, and --batch-size; drop "
+                                    "--n-best, --runtime/--onnx, --attention-out and --num-workers")
         records = caption_with_ray(
-            args.paths, model=args.model, output=args.output, ray_address=args.ray_address, actors=args.ray_actors,
-            num_gpus=1 if args.device.startswith("cuda") else 0, batch_size=args.batch_size,
-            beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
-            no_repeat_ngram_size=args.no_repeat_ngram_size, log=log,
+            args.paths, model=args.model, options=options, output=args.output, ray_address=args.ray_address,
+            actors=args.ray_actors, num_gpus=1 if args.device.startswith("cuda") else 0, batch_size=args.batch_size,
+            log=log,
         )
     else:
         records = iter_captions(
-            args.paths, model=args.model, output=args.output, batch_size=args.batch_size,
-            num_workers=args.num_workers, beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
-            length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
-            runtime=_runtime(args), attention_out=args.attention_out, log=log,
+            args.paths, model=args.model, options=options, output=args.output, batch_size=args.batch_size,
+            num_workers=args.num_workers, device=args.device, runtime=_runtime(args),
+            attention_out=args.attention_out, log=log,
         )
     count = failures = 0
     for record in records:
@@ -106,43 +127,16 @@ def _tsv_field(text: str) -> str:
 
 
 # --- train -------------------------------------------------------------------------
-TRAIN_FLAGS = {
-    "data": ("data.path", str),
-    "images": ("data.images", str),
-    "format": ("data.format", str),
-    "val_fraction": ("data.val_fraction", float),
-    "val_shards": ("data.val_shards", str),
-    "caption_key": ("data.caption_key", str),
-    "min_word_count": ("data.min_word_count", int),
-    "max_length": ("data.max_length", int),
-    "feature_cache": ("data.feature_cache", str),
-    "num_workers": ("data.num_workers", int),
-    "out": ("out", str),
-    "encoder": ("model.encoder", str),
-    "decoder": ("model.decoder", str),
-    "trainable_blocks": ("model.trainable_blocks", int),
-    "word_vectors": ("model.word_vectors", str),
-    "epochs": ("epochs", int),
-    "batch_size": ("batch_size", int),
-    "lr": ("optim.lr", float),
-    "encoder_lr": ("optim.encoder_lr", float),
-    "seed": ("seed", int),
-    "device": ("device", str),
-    "patience": ("patience", int),
-    "val_beam_size": ("val_beam_size", int),
-    "objective": ("objective", str),
-    "init_from": ("init_from", str),
-    "scst_samples": ("scst.samples", int),
-    "scst_baseline": ("scst.baseline", str),
-    "scst_temperature": ("scst.temperature", float),
-    "label_smoothing": ("optim.label_smoothing", float),
-    "warmup_steps": ("optim.warmup_steps", int),
-}
+def _train_flags() -> dict[str, tuple[str, type]]:
+    """The config shortcuts that take a value (switches and --runtime have flags of their own)."""
+    from .train.config import SHORTCUTS
+
+    return {flag: spec for flag, spec in SHORTCUTS.items() if spec[1] is not bool and flag != "runtime"}
 
 
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a captioning model; --out ends as a model directory")
-    for flag, (key, kind) in TRAIN_FLAGS.items():
+    for flag, (key, kind) in _train_flags().items():
         p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=f"config key {key}")
     p.add_argument("--config", help="YAML config (code defaults < YAML < these flags)")
     p.add_argument("--skip-invalid", action="store_true", default=None, help="drop invalid examples")
@@ -161,7 +155,7 @@ def parse_overrides(args) -> dict:
     import yaml
 
     overrides = {}
-    for flag, (key, _) in TRAIN_FLAGS.items():
+    for flag, (key, _) in _train_flags().items():
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -220,7 +214,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--images", help="image root (default: the captions file's folder)")
     p.add_argument("--format", help="captions format (default: detected)")
     p.add_argument("--split", default="test")
-    p.add_argument("--beam-size", type=int, default=3)
+    _add_decoding(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--output", help="write the generated captions as a COCO results file")
     p.add_argument("--predictions", help="COCO results file [{image_id, caption}] to score")
@@ -244,7 +238,7 @@ def run_evaluate(args) -> int:
             raise InvalidInputError("captioner evaluate needs --data FILE (with --model DIR) or --predictions/--references")
         evaluation = evaluate_model(
             args.model, args.data, images=args.images, format=args.format, split=args.split,
-            beam_size=args.beam_size, batch_size=args.batch_size, device=args.device, by=args.by,
+            options=_decode_options(args), batch_size=args.batch_size, device=args.device, by=args.by,
         )
         scores = evaluation.scores
         if evaluation.by_group is not None:
@@ -396,12 +390,12 @@ def add_export(sub) -> None:
 
     def run(args) -> int:
         from .export import export_model
-        from .model import Captioner
+        from .exported import read_manifest
 
-        model = Captioner.from_pretrained(args.model)
-        out = export_model(model, args.out, quantize=args.quantize)
-        print(f"exported {model.encoder.name} + {model.decoder.name} to {out} "
-              f"(caption with captioner.runtime.OnnxCaptioner({str(out)!r}))")
+        out = export_model(args.model, args.out, quantize=args.quantize)
+        manifest = read_manifest(out)
+        print(f"exported {manifest['encoder']['name']} + {manifest['decoder']['name']} to {out} "
+              f"(caption with `captioner caption --model {out}` or captioner.load_model({str(out)!r}))")
         return 0
 
     p.set_defaults(run=run)

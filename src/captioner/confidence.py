@@ -18,6 +18,7 @@ images are needed to fit it, so ``captioner train`` writes it for every new mode
 Everything lives in ``confidence.safetensors`` in the model directory (a few KB): the feature
 statistics, the signals' standardisation, the sorted held-out scores, the threshold and the
 name of the domain the page shows ("low confidence — this model knows emoji art").
+Torch-free: the torch model and the exported one (which carries the same file) score alike.
 """
 from __future__ import annotations
 
@@ -27,9 +28,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import torch
 
-from .decoders import Features
+from .decoding import DecodeOptions, Features
 from .errors import CaptionerError
 from .io import atomic_write
 
@@ -55,39 +55,46 @@ def mean_word_probability(token_log_probs: Sequence[float], words: int) -> float
     return sum(math.exp(lp) for lp in chosen) / len(chosen)
 
 
+def host_array(values) -> np.ndarray:
+    """Features (a torch tensor on any device, or a numpy array) as a float32 numpy array."""
+    if hasattr(values, "detach"):  # torch: leave the graph and the device
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
 @dataclass
 class ConfidenceModel:
     """Feature statistics and calibration that turn (pooled feature, caption) into a confidence."""
 
-    feature_mean: torch.Tensor  # (pooled_dim,)
-    feature_std: torch.Tensor  # (pooled_dim,)
-    signal_mean: torch.Tensor  # (signals,) over the held-out images
-    signal_std: torch.Tensor  # (signals,)
-    held_out_scores: torch.Tensor  # (held-out images,) sorted combined scores
+    feature_mean: np.ndarray  # (pooled_dim,)
+    feature_std: np.ndarray  # (pooled_dim,)
+    signal_mean: np.ndarray  # (signals,) over the held-out images
+    signal_std: np.ndarray  # (signals,)
+    held_out_scores: np.ndarray  # (held-out images,) sorted combined scores
     threshold: float = DEFAULT_THRESHOLD
     domain: str = DEFAULT_DOMAIN
 
     # --- scoring ------------------------------------------------------------------------
-    def familiarity(self, pooled: torch.Tensor) -> torch.Tensor:
+    def familiarity(self, pooled) -> np.ndarray:
         """(batch, pooled_dim) → (batch,): minus the RMS z-score against the training features."""
-        z = (pooled.float().cpu() - self.feature_mean) / self.feature_std  # (batch, pooled_dim)
-        return -z.pow(2).mean(dim=1).sqrt()
+        z = (host_array(pooled) - self.feature_mean) / self.feature_std  # (batch, pooled_dim)
+        return -np.sqrt(np.mean(z * z, axis=1))
 
-    def signals(self, pooled: torch.Tensor, word_probabilities: Sequence[float]) -> torch.Tensor:
+    def signals(self, pooled, word_probabilities: Sequence[float]) -> np.ndarray:
         """(batch, len(SIGNALS)) raw signals: familiarity, mean word probability."""
-        words = torch.tensor(list(word_probabilities), dtype=torch.float32)
-        return torch.stack([self.familiarity(pooled), words], dim=1)
+        words = np.asarray(list(word_probabilities), dtype=np.float32)
+        return np.stack([self.familiarity(pooled), words], axis=1)
 
-    def score(self, signals: torch.Tensor) -> torch.Tensor:
+    def score(self, signals: np.ndarray) -> np.ndarray:
         """Raw signals (batch, signals) → combined score (batch,), higher = more trustworthy."""
-        return ((signals - self.signal_mean) / self.signal_std).sum(dim=1)
+        return ((signals - self.signal_mean) / self.signal_std).sum(axis=1)
 
-    def calibrate(self, scores: torch.Tensor) -> torch.Tensor:
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
         """Combined scores → confidence: (1 + held-out scores below) / (1 + held-out images)."""
-        below = torch.searchsorted(self.held_out_scores, scores.float().contiguous(), right=True)
-        return (below.float() + 1.0) / (len(self.held_out_scores) + 1.0)
+        below = np.searchsorted(self.held_out_scores, np.asarray(scores, dtype=np.float32), side="right")
+        return ((below + 1.0) / (len(self.held_out_scores) + 1.0)).astype(np.float32)
 
-    def confidence(self, pooled: torch.Tensor, word_probabilities: Sequence[float]) -> torch.Tensor:
+    def confidence(self, pooled, word_probabilities: Sequence[float]) -> np.ndarray:
         """(batch,) confidences in (0, 1] for images' pooled features and their best captions."""
         return self.calibrate(self.score(self.signals(pooled, word_probabilities)))
 
@@ -99,8 +106,8 @@ class ConfidenceModel:
     @classmethod
     def fit(
         cls,
-        train_pooled: Iterable[torch.Tensor],
-        held_out_pooled: torch.Tensor,
+        train_pooled: Iterable,
+        held_out_pooled,
         held_out_word_probabilities: Sequence[float],
         threshold: float = DEFAULT_THRESHOLD,
         domain: str = DEFAULT_DOMAIN,
@@ -109,57 +116,59 @@ class ConfidenceModel:
         from held-out images' features and best captions' mean word probabilities."""
         count, total, squares = 0, None, None
         for batch in train_pooled:  # streamed: float64 sums, the features are never all in memory
-            batch = batch.double().cpu()  # (batch, pooled_dim)
+            batch = host_array(batch).astype(np.float64)  # (batch, pooled_dim)
             total = batch.sum(0) if total is None else total + batch.sum(0)
-            squares = batch.pow(2).sum(0) if squares is None else squares + batch.pow(2).sum(0)
+            squares = (batch * batch).sum(0) if squares is None else squares + (batch * batch).sum(0)
             count += len(batch)
         if count < 2:
             raise ValueError(f"confidence statistics need at least 2 training images, got {count}")
+        held_out_pooled = host_array(held_out_pooled)
         if len(held_out_pooled) < MIN_HELD_OUT:
             raise ValueError(
                 f"confidence calibration needs at least {MIN_HELD_OUT} held-out images, got {len(held_out_pooled)}"
             )
         mean = total / count
-        variance = (squares / count - mean.pow(2)).clamp_min(0.0)
+        spread = np.sqrt(np.clip(squares / count - mean * mean, 0.0, None))
         # A floor for dimensions that never vary in training (dead ReLUs): 1% of the typical spread.
-        std = variance.sqrt().clamp_min(0.01 * float(variance.sqrt().median()) + 1e-12)
-        model = cls(mean.float(), std.float(), torch.zeros(len(SIGNALS)), torch.ones(len(SIGNALS)),
-                    torch.zeros(0), float(threshold), domain)
+        middle = (len(spread) - 1) // 2  # the lower median, as torch.median
+        std = np.maximum(spread, 0.01 * float(np.partition(spread, middle)[middle]) + 1e-12)
+        model = cls(mean.astype(np.float32), std.astype(np.float32), np.zeros(len(SIGNALS), np.float32),
+                    np.ones(len(SIGNALS), np.float32), np.zeros(0, np.float32), float(threshold), domain)
         signals = model.signals(held_out_pooled, held_out_word_probabilities)  # (held-out, signals)
         model.signal_mean = signals.mean(0)
-        model.signal_std = signals.std(0).clamp_min(1e-6)
-        model.held_out_scores = model.score(signals).sort().values
+        model.signal_std = np.maximum(signals.std(0, ddof=1), 1e-6).astype(np.float32)
+        model.held_out_scores = np.sort(model.score(signals)).astype(np.float32)
         return model
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         path = Path(directory) / CONFIDENCE_FILE
-        tensors = {
+        arrays = {
             "feature_mean": self.feature_mean, "feature_std": self.feature_std,
             "signal_mean": self.signal_mean, "signal_std": self.signal_std,
             "held_out_scores": self.held_out_scores,
         }
-        tensors = {k: v.float().contiguous() for k, v in tensors.items()}
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
         metadata = {"format": str(CONFIDENCE_FORMAT), "signals": ",".join(SIGNALS),
                     "threshold": repr(float(self.threshold)), "domain": self.domain}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, pooled_dim: int) -> Optional["ConfidenceModel"]:
-        """The model directory's confidence file, or ``None`` when it has none."""
+    def load(cls, directory: str | Path, pooled_dim: int, name: str = CONFIDENCE_FILE) -> Optional["ConfidenceModel"]:
+        """The model directory's confidence file (``name``), or ``None`` when it has none."""
         from safetensors import SafetensorError, safe_open
 
-        path = Path(directory) / CONFIDENCE_FILE
+        path = Path(directory) / name
         if not path.is_file():
             return None
         fix = f"delete it to caption without confidence, or rewrite it with {_REWRITE_HINT}"
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="numpy") as f:
                 metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise ConfidenceFileError(f"{path} is corrupt or truncated ({e}); {fix}") from None
         if metadata.get("format") != str(CONFIDENCE_FORMAT) or metadata.get("signals") != ",".join(SIGNALS):
@@ -169,8 +178,9 @@ class ConfidenceModel:
             )
         try:
             model = cls(
-                tensors["feature_mean"], tensors["feature_std"], tensors["signal_mean"], tensors["signal_std"],
-                tensors["held_out_scores"], float(metadata["threshold"]), metadata.get("domain", DEFAULT_DOMAIN),
+                *(arrays[k].astype(np.float32) for k in ("feature_mean", "feature_std", "signal_mean", "signal_std",
+                                                          "held_out_scores")),
+                float(metadata["threshold"]), metadata.get("domain", DEFAULT_DOMAIN),
             )
         except (KeyError, ValueError) as e:
             raise ConfidenceFileError(f"{path}: missing or invalid entry {e}; {fix}") from None
@@ -191,13 +201,8 @@ _REWRITE_HINT = "scripts/confidence_stats.py (see its --help)"
 
 def features_from_images(model, paths: Sequence[str | Path], batch_size: int = 32) -> Iterator[Features]:
     """Encode image files in batches with ``model``'s preprocessing (for fitting confidence)."""
-    from .data.images import build_transform, load_image
-
-    transform = build_transform(model.preprocess)
-    with torch.inference_mode():
-        for start in range(0, len(paths), batch_size):
-            pixels = torch.stack([transform(load_image(p)) for p in paths[start : start + batch_size]])
-            yield model.encode(pixels.to(model.device))
+    for start in range(0, len(paths), batch_size):
+        yield model.encode_images(paths[start : start + batch_size])
 
 
 def features_from_cache(cache, rows: Sequence[int], batch_size: int = 256) -> Iterator[Features]:
@@ -212,28 +217,22 @@ def fit_confidence(
     model,
     train_features: Iterable[Features],
     held_out_features: Iterable[Features],
-    beam_size: int = 3,
+    options: DecodeOptions | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     domain: str = DEFAULT_DOMAIN,
 ) -> ConfidenceModel:
     """Fit ``model``'s confidence: feature statistics over ``train_features``; calibration over
-    ``held_out_features`` captioned the way ``Captioner.caption`` does (``beam_size``)."""
+    ``held_out_features`` captioned the way ``caption`` does (``options``: its defaults)."""
     pooled, word_probabilities = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for features in held_out_features:
-                pooled.append(features.pooled.float().cpu())
-                for hypotheses in model.generate(features, beam_size):
-                    best = hypotheses[0]
-                    word_probabilities.append(mean_word_probability(best.token_log_probs, len(best.tokens)))
-    finally:
-        model.train(was_training)
+    for features in held_out_features:
+        pooled.append(host_array(features.pooled))
+        for hypotheses in model.generate(features, options):
+            best = hypotheses[0]
+            word_probabilities.append(mean_word_probability(best.token_log_probs, len(best.tokens)))
     if not pooled:
         raise ValueError("confidence calibration needs held-out images, got none")
     return ConfidenceModel.fit(
-        (f.pooled for f in train_features), torch.cat(pooled), word_probabilities, threshold, domain
+        (f.pooled for f in train_features), np.concatenate(pooled), word_probabilities, threshold, domain
     )
 
 

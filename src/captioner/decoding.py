@@ -1,31 +1,144 @@
 """Greedy, beam search and sampling, written once over the decoder ``init_state`` / ``step``
-interface, batched over images (and beams), for every decoder."""
+interface, batched over images (and beams), for every decoder — and for both engines.
+
+The arrays are torch tensors when a :class:`~captioner.model.Captioner` decodes, numpy arrays
+when an exported model does (:mod:`captioner.exported`, whose decoder steps are ONNX graphs).
+The search is written over the Python array API standard (``array-api-compat`` gives torch
+and numpy one namespace), plus the three operations the standard lacks (top-k, put along an
+axis, a categorical draw) in :class:`_Engine`; so an exported model ranks its captions
+exactly as the torch model does. Nothing here imports torch.
+
+What the search does, for every decoder and engine: ``<pad>``/``<start>``/``<unk>`` are never
+generated, ``<end>`` not before ``min_length`` words; a beam that emits ``<end>`` stays with
+its score frozen, competing on length-penalised score (GNMT penalty); when no beam ends the
+unfinished ones are returned as they are, so every image gets a caption. The loops check
+whether every caption has ended only every few steps on an accelerator (a check is a host
+sync); the extra steps leave ended captions unchanged.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+import functools
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple, Optional, Protocol
 
-import torch
+import numpy as np
+from array_api_compat import array_namespace, device as array_device, is_torch_array
 
-from .decoders.base import Decoder, Features, State
 from .errors import InvalidInputError
+
+# A caption longer than this is no caption: it bounds decoding time and memory whatever a
+# user, a request or a model folder asks for.
+MAX_DECODE_LENGTH = 512
+# On an accelerator, "has every caption ended?" is asked this often (each answer waits for the
+# device); on the CPU at every step.
+DEVICE_CHECK_EVERY = 4
+
+
+class Features(NamedTuple):
+    """What a decoder reads: the pooled image feature, and the region grid for attention."""
+
+    pooled: Any  # (batch, pooled_dim)
+    grid: Any = None  # (batch, regions, grid_dim), when the decoder needs it
+    grid_shape: Optional[tuple[int, int]] = None  # (h, w) with h * w == regions, when known
+
+
+State = dict  # name → array with the batch on dim 0 (or a list of them, or a non-array constant)
+
+
+class StepDecoder(Protocol):
+    """What decoding needs of a decoder: a torch ``Decoder`` or an exported one."""
+
+    vocab_size: int
+    static_state: tuple[str, ...] | frozenset  # state keys holding per-image constants (never reordered)
+
+    def init_state(self, features: Features) -> State: ...
+
+    def step(self, tokens, state: State) -> tuple[Any, State]: ...
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode, defined once: the CLI, the server, batch captioning, the Python API and
+    the exported runtime all take this value (and its defaults).
+
+    ``beam_size`` 1 with ``n_best`` 1 and no beam options is greedy search. ``length_penalty``
+    is the GNMT alpha (0 ranks by log-probability); ``no_repeat_ngram_size`` n bans any n-gram
+    a caption already holds; ``max_length`` caps the words (``None``: the model's own limit).
+    ``sample=True`` draws one caption per image from the model's distribution instead
+    (``temperature``, ``top_k``: 0 = the whole vocabulary).
+    """
+
+    beam_size: int = 3
+    n_best: int = 1
+    length_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    max_length: Optional[int] = None
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self):
+        for name in ("beam_size", "n_best", "no_repeat_ngram_size", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+        if self.beam_size < 1:
+            raise InvalidInputError(f"beam_size must be at least 1 (1 = greedy), got {self.beam_size}")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise InvalidInputError(f"n_best ({self.n_best}) must be between 1 and beam_size ({self.beam_size})")
+        if self.no_repeat_ngram_size < 0 or self.top_k < 0:
+            raise InvalidInputError("no_repeat_ngram_size and top_k must not be negative")
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+            or not 1 <= self.max_length <= MAX_DECODE_LENGTH
+        ):
+            raise InvalidInputError(f"max_length must be a whole number of words from 1 to {MAX_DECODE_LENGTH}, "
+                                    f"got {self.max_length!r}")
+        for name in ("length_penalty", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+        if self.temperature <= 0:
+            raise InvalidInputError(f"temperature must be positive, got {self.temperature}")
+        if not isinstance(self.sample, bool):
+            raise InvalidInputError(f"sample must be true or false, got {self.sample!r}")
+        if self.sample and self.n_best > 1:
+            raise InvalidInputError("sampling draws one caption per image: n_best must be 1")
+
+    @classmethod
+    def of(cls, options: Optional["DecodeOptions"] = None, **changes) -> "DecodeOptions":
+        """``options`` (default: the defaults) with ``changes``; an unknown name is an error."""
+        unknown = sorted(set(changes) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise InvalidInputError(f"unknown decoding option(s) {', '.join(unknown)}; known: {known}")
+        return replace(options or cls(), **changes)
+
+    @property
+    def is_greedy(self) -> bool:
+        return (not self.sample and self.beam_size == 1 and self.n_best == 1 and self.length_penalty == 0
+                and self.no_repeat_ngram_size == 0)
 
 
 @dataclass
 class Hypothesis:
-    """One generated caption: word ids (no markers), its summed log-probability, the
-    ranking score (log-probability after the length penalty), per-word attention, and the
-    log-probability of each chosen word (``<end>`` last, when the caption ended)."""
+    """One generated caption: word ids (no markers), its summed log-probability, the ranking
+    score (log-probability after the length penalty), per-word attention (on the host), and
+    the log-probability of each chosen word (``<end>`` last, when the caption ended)."""
 
     tokens: list[int]
     log_prob: float
     score: float
-    attention: Optional[torch.Tensor] = None  # (words, regions)
+    attention: Any = None  # (words, regions)
     token_log_probs: list[float] = field(default_factory=list)
 
 
 @dataclass
 class DecodingConfig:
+    """A model's vocabulary ids and length limits, which decoding obeys."""
+
     start_id: int
     end_id: int
     pad_id: int = 0
@@ -34,89 +147,93 @@ class DecodingConfig:
     min_length: int = 1  # words before <end> may be chosen: no empty captions
 
     def __post_init__(self):
-        if self.max_length < 1:
-            raise InvalidInputError(f"max_length must be at least 1 word, got {self.max_length}")
+        if not 1 <= self.max_length <= MAX_DECODE_LENGTH:
+            raise InvalidInputError(f"max_length must be from 1 to {MAX_DECODE_LENGTH} words, got {self.max_length}")
 
 
-def _prepare(log_probs: torch.Tensor, config: DecodingConfig, step: int) -> torch.Tensor:
-    """Step log-probs with banned tokens (and <end> before ``min_length`` words) at -inf."""
-    log_probs = _ban(log_probs.float(), config.banned_ids)
-    if step < config.min_length:
-        log_probs[:, config.end_id] = float("-inf")
-    return log_probs
+# --- the engine-specific operations --------------------------------------------------------
+class _Engine:
+    """The array namespace of one decoding call, its device, and the operations the array API
+    standard lacks, for torch tensors and numpy arrays."""
+
+    def __init__(self, like):
+        self.xp = array_namespace(like)
+        self.device = array_device(like)
+        self.torch = is_torch_array(like)
+        self.check_every = DEVICE_CHECK_EVERY if self.torch and like.device.type != "cpu" else 1
+
+    def constant(self, values: np.ndarray):
+        """A host array as an array of this engine, on its device."""
+        return self.xp.asarray(values, device=self.device)
+
+    def topk(self, values, k: int):
+        """The ``k`` largest entries of each row, largest first: (values, indices)."""
+        if self.torch:
+            return values.topk(k, dim=-1)
+        order = np.argsort(-values, axis=-1, kind="stable")[:, :k]  # ties: the lower index first
+        return np.take_along_axis(values, order, axis=-1), order
+
+    def put_along_rows(self, values, indices, value: float):
+        """A copy of ``values`` (rows, columns) with ``value`` at each row's ``indices``."""
+        if self.torch:
+            return values.scatter(1, indices, value)
+        out = values.copy()
+        np.put_along_axis(out, indices, value, axis=1)
+        return out
+
+    def draw(self, probabilities, generator):
+        """One index per row, drawn from each row's categorical distribution."""
+        if self.torch:
+            import torch
+
+            return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+        rng = generator if generator is not None else np.random.default_rng()
+        cumulative = np.cumsum(probabilities, axis=-1)
+        threshold = rng.random((len(probabilities), 1)) * cumulative[:, -1:]
+        return (cumulative > threshold).argmax(axis=-1)
+
+    def to_host(self, value):
+        return value.cpu() if self.torch else value
 
 
-def _map_state(state: State, fn, skip: tuple[str, ...] = ()) -> State:
+class _Masks:
+    """Per-call additive masks over the vocabulary: the banned ids, ``<end>`` before
+    ``min_length``, and the one continuation of an ended beam (``<pad>``, at no cost)."""
+
+    def __init__(self, engine: _Engine, config: DecodingConfig, vocab_size: int):
+        banned = np.zeros(vocab_size, dtype=np.float32)
+        banned[list(config.banned_ids)] = -np.inf
+        early_end = banned.copy()
+        early_end[config.end_id] = -np.inf
+        ended = np.full(vocab_size, -np.inf, dtype=np.float32)
+        ended[config.pad_id] = 0.0
+        self.banned, self.early_end, self.ended = (engine.constant(a) for a in (banned, early_end, ended))
+        self.xp, self.min_length = engine.xp, config.min_length
+
+    def prepare(self, log_probs, step: int):
+        """Step log-probs in float32 with banned tokens (and <end> before ``min_length`` words) at -inf."""
+        return self.xp.astype(log_probs, self.xp.float32) + (self.early_end if step < self.min_length else self.banned)
+
+
+def _map_state(state: State, fn, skip=()) -> State:
     def apply(value):
-        if isinstance(value, torch.Tensor):
-            return fn(value)
         if isinstance(value, (list, tuple)):
             return type(value)(apply(v) for v in value)
         if isinstance(value, dict):
             return {k: apply(v) for k, v in value.items()}
-        return value
+        return fn(value) if hasattr(value, "shape") else value  # constants (a step counter) stay
 
     return {k: (v if k in skip else apply(v)) for k, v in state.items()}
 
 
 def expand_state(state: State, times: int) -> State:
     """Repeat each image's state ``times`` times along dim 0 (image-major)."""
-    return _map_state(state, lambda t: t.repeat_interleave(times, dim=0))
+    return _map_state(state, lambda a: array_namespace(a).repeat(a, times, axis=0))
 
 
-def reorder_state(state: State, index: torch.Tensor, static: tuple[str, ...] = ()) -> State:
-    return _map_state(state, lambda t: t.index_select(0, index), skip=static)
-
-
-def _ban(log_probs: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
-    if ids:
-        log_probs[:, list(ids)] = float("-inf")
-    return log_probs
-
-
-def _attention_of(state: State) -> Optional[torch.Tensor]:
-    return state.get("attention")
-
-
-def _one_per_image(decoder: Decoder, features: Features, config: DecodingConfig, choose) -> list[list[Hypothesis]]:
-    """The left-to-right loop greedy search and sampling share: ``choose(log_probs)`` picks
-    one token per image at each step."""
-    batch = features.pooled.shape[0]
-    device = features.pooled.device
-    state = decoder.init_state(features)
-    tokens = torch.full((batch,), config.start_id, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    total = torch.zeros(batch, device=device)
-    words, attentions, chosen_log_probs = [], [], []
-    for step in range(config.max_length):
-        log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
-        log_probs = _prepare(log_probs, config, step)
-        tokens = choose(log_probs)  # (batch,)
-        chosen = log_probs.gather(1, tokens[:, None])[:, 0]
-        total += torch.where(finished, torch.zeros_like(chosen), chosen)
-        chosen_log_probs.append(chosen)
-        words.append(torch.where(finished, torch.full_like(tokens, config.pad_id), tokens))
-        if _attention_of(state) is not None:
-            attentions.append(_attention_of(state))
-        finished |= tokens == config.end_id
-        if finished.all():
-            break
-    words = torch.stack(words, 1).tolist()  # (batch, steps)
-    chosen_log_probs = torch.stack(chosen_log_probs, 1).tolist()  # (batch, steps)
-    attention = torch.stack(attentions, 1) if attentions else None  # (batch, steps, regions)
-    results = []
-    for i in range(batch):
-        sequence = _strip(words[i], config)
-        att = attention[i, : len(sequence)].cpu() if attention is not None else None
-        word_log_probs = chosen_log_probs[i][: _scored_steps(words[i], sequence, config)]
-        results.append([Hypothesis(sequence, float(total[i]), float(total[i]), att, word_log_probs)])
-    return results
-
-
-@torch.no_grad()
-def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list[list[Hypothesis]]:
-    """Pick the most likely word at each step; one hypothesis per image."""
-    return _one_per_image(decoder, features, config, lambda log_probs: log_probs.argmax(dim=-1))
+def reorder_state(state: State, index, static=()) -> State:
+    """The state rows ``index`` picks, except the ``static`` keys (per-image constants)."""
+    return _map_state(state, lambda a: array_namespace(a).take(a, index, axis=0), skip=static)
 
 
 def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
@@ -134,125 +251,184 @@ def _scored_steps(ids: list[int], words: list[int], config: DecodingConfig) -> i
     return len(words) + int(ended)
 
 
-def _length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+def _without_gradients(search):
+    """Run ``search`` under ``torch.no_grad()`` when it decodes torch tensors."""
+
+    @functools.wraps(search)
+    def run(decoder, features, *args, **kwargs):
+        if is_torch_array(features.pooled):
+            import torch
+
+            context = torch.no_grad()
+        else:
+            context = nullcontext()
+        with context:
+            return search(decoder, features, *args, **kwargs)
+
+    return run
+
+
+# --- one caption per image: greedy and sampling ------------------------------------------
+@_without_gradients
+def _one_per_image(decoder: StepDecoder, features: Features, config: DecodingConfig, choose) -> list[list[Hypothesis]]:
+    """The left-to-right loop greedy search and sampling share: ``choose(engine, log_probs)``
+    picks one token per image at each step."""
+    engine = _Engine(features.pooled)
+    xp = engine.xp
+    masks = _Masks(engine, config, decoder.vocab_size)
+    batch = features.pooled.shape[0]
+    state = decoder.init_state(features)
+    tokens = xp.full((batch,), config.start_id, dtype=xp.int64, device=engine.device)
+    finished = xp.zeros((batch,), dtype=xp.bool, device=engine.device)
+    total = xp.zeros((batch,), dtype=xp.float32, device=engine.device)
+    words, attentions, chosen_log_probs = [], [], []
+    for step in range(config.max_length):
+        log_probs, state = decoder.step(tokens, state)  # (batch, vocab)
+        log_probs = masks.prepare(log_probs, step)
+        tokens = choose(engine, log_probs)  # (batch,)
+        chosen = xp.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
+        total = total + xp.where(finished, xp.zeros_like(chosen), chosen)
+        chosen_log_probs.append(chosen)
+        words.append(xp.where(finished, xp.full_like(tokens, config.pad_id), tokens))
+        if state.get("attention") is not None:
+            attentions.append(state["attention"])
+        finished = finished | (tokens == config.end_id)
+        if (step + 1) % engine.check_every == 0 and xp.all(finished):
+            break
+    sequences = xp.stack(words, axis=1).tolist()  # (batch, steps)
+    chosen_log_probs = xp.stack(chosen_log_probs, axis=1).tolist()  # (batch, steps)
+    totals = total.tolist()
+    attention = xp.stack(attentions, axis=1) if attentions else None  # (batch, steps, regions)
+    results = []
+    for i in range(batch):
+        sequence = _strip(sequences[i], config)
+        att = engine.to_host(attention[i, : len(sequence)]) if attention is not None else None
+        word_log_probs = chosen_log_probs[i][: _scored_steps(sequences[i], sequence, config)]
+        results.append([Hypothesis(sequence, totals[i], totals[i], att, word_log_probs)])
+    return results
+
+
+def greedy(decoder: StepDecoder, features: Features, config: DecodingConfig) -> list[list[Hypothesis]]:
+    """Pick the most likely word at each step; one hypothesis per image."""
+    return _one_per_image(decoder, features, config, lambda engine, log_probs: engine.xp.argmax(log_probs, axis=-1))
+
+
+def sample(decoder: StepDecoder, features: Features, config: DecodingConfig, temperature: float = 1.0,
+           top_k: int = 0, generator=None) -> list[list[Hypothesis]]:
+    """Draw one caption per image from the model's distribution (``temperature``, ``top_k``:
+    0 = every word). ``generator``: a ``torch.Generator`` (torch) or ``numpy.random.Generator``."""
+
+    def choose(engine: _Engine, log_probs):
+        xp = engine.xp
+        logits = log_probs / temperature
+        if top_k > 0:
+            threshold = engine.topk(logits, top_k)[0][:, -1:]
+            logits = xp.where(logits < threshold, xp.full_like(logits, -math.inf), logits)
+        probabilities = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
+        return engine.draw(probabilities / xp.sum(probabilities, axis=-1, keepdims=True), generator)
+
+    return _one_per_image(decoder, features, config, choose)
+
+
+# --- beam search ---------------------------------------------------------------------------
+def _length_penalty(xp, lengths, alpha: float):
     """GNMT length penalty ((5 + length) / 6) ** alpha; alpha = 0 ranks by log-probability."""
-    return ((5.0 + lengths.float()) / 6.0) ** alpha
+    return ((5.0 + xp.astype(lengths, xp.float32)) / 6.0) ** alpha
 
 
-def _banned_by_ngrams(sequences: torch.Tensor, n: int) -> torch.Tensor | None:
-    """Mask (rows, vocab-independent) of (row, token) pairs that would repeat an n-gram.
+def _ban_repeated_ngrams(engine: _Engine, log_probs, sequences, n: int):
+    """``log_probs`` with -inf where a token would repeat an n-gram already in its row."""
+    xp, length = engine.xp, sequences.shape[1]
+    if n <= 0 or length < n:
+        return log_probs
+    rows, vocab = log_probs.shape
+    windows = xp.stack([sequences[:, i : length - n + 1 + i] for i in range(n)], axis=-1)  # (rows, windows, n)
+    prefix = sequences[:, length - n + 1 :]  # (rows, n - 1): what the next token would complete
+    matches = xp.all(windows[:, :, :-1] == prefix[:, None, :], axis=-1)  # (rows, windows)
+    # Banned token per window, or a spare column past the vocabulary where nothing is banned.
+    banned = xp.where(matches, windows[:, :, -1], xp.full_like(windows[:, :, -1], vocab))
+    spare = xp.zeros((rows, 1), dtype=log_probs.dtype, device=engine.device)
+    return engine.put_along_rows(xp.concat([log_probs, spare], axis=1), banned, -math.inf)[:, :vocab]
 
-    Returns a (rows, steps) tensor of token ids to ban, -1 where nothing is banned.
-    """
-    if n <= 0 or sequences.shape[1] < n:
-        return None
-    windows = sequences.unfold(1, n, 1)  # (rows, steps - n + 1, n)
-    prefix = sequences[:, -(n - 1):] if n > 1 else sequences[:, :0]  # (rows, n - 1)
-    matches = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)  # (rows, windows)
-    return torch.where(matches, windows[:, :, -1], torch.full_like(windows[:, :, -1], -1))
 
-
-@torch.no_grad()
-def beam_search(
-    decoder: Decoder,
-    features: Features,
-    config: DecodingConfig,
-    beam_size: int = 3,
-    n_best: int = 1,
-    length_penalty: float = 0.0,
-    no_repeat_ngram_size: int = 0,
-) -> list[list[Hypothesis]]:
-    """Batched beam search; ``n_best`` hypotheses per image, best first.
-
-    Beams that emit ``<end>`` stay in the beam with their score frozen, competing with the
-    live ones on length-penalised score; the search stops when every beam has ended or at
-    ``max_length`` — then unfinished beams are returned as they are, so every image gets a
-    caption even when ``<end>`` never wins.
-    """
-    if beam_size < 1:
-        raise InvalidInputError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
-    if n_best > beam_size:
-        raise InvalidInputError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
-    batch, k = features.pooled.shape[0], beam_size
-    device = features.pooled.device
+@_without_gradients
+def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig, beam_size: int, n_best: int = 1,
+                length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
+    """Batched beam search; ``n_best`` hypotheses per image, best first (see the module docstring)."""
+    DecodeOptions(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty,
+                  no_repeat_ngram_size=no_repeat_ngram_size)  # validates
+    engine = _Engine(features.pooled)
+    xp = engine.xp
+    masks = _Masks(engine, config, decoder.vocab_size)
+    batch, k, vocab = features.pooled.shape[0], beam_size, decoder.vocab_size
     state = expand_state(decoder.init_state(features), k)
-    vocab = decoder.vocab_size
-    tokens = torch.full((batch * k,), config.start_id, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, k, device=device)
-    scores[:, 1:] = float("-inf")  # all beams start identical: keep one until the first step
-    finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
-    lengths = torch.zeros(batch * k, dtype=torch.long, device=device)
-    sequences = torch.empty(batch * k, 0, dtype=torch.long, device=device)
-    sequence_log_probs = torch.empty(batch * k, 0, device=device)  # each chosen word's log-prob
+    tokens = xp.full((batch * k,), config.start_id, dtype=xp.int64, device=engine.device)
+    # All beams start identical: keep one until the first step.
+    first = np.where(np.arange(k) == 0, np.float32(0.0), np.float32(-np.inf))
+    scores = xp.broadcast_to(engine.constant(first)[None, :], (batch, k))
+    finished = xp.zeros((batch * k,), dtype=xp.bool, device=engine.device)
+    lengths = xp.zeros((batch * k,), dtype=xp.int64, device=engine.device)
+    sequences = xp.zeros((batch * k, 0), dtype=xp.int64, device=engine.device)
+    sequence_log_probs = xp.zeros((batch * k, 0), dtype=xp.float32, device=engine.device)
     attention = None
-    offsets = (torch.arange(batch, device=device) * k)[:, None]  # (batch, 1)
+    offsets = engine.constant(np.arange(batch, dtype=np.int64)[:, None] * k)  # (batch, 1)
     for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch*k, vocab)
-        log_probs = _prepare(log_probs, config, step)
-        banned = _banned_by_ngrams(sequences, no_repeat_ngram_size)
-        if banned is not None:
-            rows = torch.arange(banned.shape[0], device=device)[:, None].expand_as(banned)
-            keep = banned >= 0
-            log_probs[rows[keep], banned[keep]] = float("-inf")
-        # A finished beam can only continue with <pad>, at no cost: its score is frozen.
-        log_probs[finished] = float("-inf")
-        log_probs[finished, config.pad_id] = 0.0
-        candidate_lengths = torch.where(finished, lengths, lengths + 1)  # (batch*k,)
-        raw = scores.view(-1, 1) + log_probs  # (batch*k, vocab)
-        ranked = raw / _length_penalty(candidate_lengths, length_penalty)[:, None]
-        ranked = ranked.view(batch, k * vocab)
-        top_ranked, top = ranked.topk(k, dim=-1)  # (batch, k)
-        beam = top // vocab  # which old beam each new beam extends
-        word = top % vocab
-        source = (beam + offsets).view(-1)  # (batch*k,) rows in the flat beam layout
-        scores = raw.view(batch, k * vocab).gather(1, top)
-        word_log_probs = log_probs.view(batch, k * vocab).gather(1, top).view(-1, 1)  # (batch*k, 1)
-        was_finished = finished[source]
-        lengths = torch.where(was_finished, lengths[source], lengths[source] + 1)
-        tokens = word.view(-1)
+        log_probs = _ban_repeated_ngrams(engine, masks.prepare(log_probs, step), sequences, no_repeat_ngram_size)
+        # An ended beam can only continue with <pad>, at no cost: its score is frozen.
+        log_probs = xp.where(finished[:, None], masks.ended[None, :], log_probs)
+        candidate_lengths = xp.where(finished, lengths, lengths + 1)  # (batch*k,)
+        raw = xp.reshape(scores, (-1, 1)) + log_probs  # (batch*k, vocab)
+        ranked = raw / _length_penalty(xp, candidate_lengths, length_penalty)[:, None]
+        _, top = engine.topk(xp.reshape(ranked, (batch, k * vocab)), k)  # (batch, k)
+        source = xp.reshape(top // vocab + offsets, (-1,))  # the old beam each new beam extends, flat
+        scores = xp.take_along_axis(xp.reshape(raw, (batch, k * vocab)), top, axis=1)
+        word_log_probs = xp.take_along_axis(xp.reshape(log_probs, (batch, k * vocab)), top, axis=1)
+        was_finished = xp.take(finished, source, axis=0)
+        previous_lengths = xp.take(lengths, source, axis=0)
+        lengths = xp.where(was_finished, previous_lengths, previous_lengths + 1)
+        tokens = xp.reshape(top % vocab, (-1,))
         finished = was_finished | (tokens == config.end_id)
-        sequences = torch.cat([sequences[source], tokens[:, None]], dim=1)
-        sequence_log_probs = torch.cat([sequence_log_probs[source], word_log_probs], dim=1)
+        sequences = xp.concat([xp.take(sequences, source, axis=0), tokens[:, None]], axis=1)
+        sequence_log_probs = xp.concat([xp.take(sequence_log_probs, source, axis=0),
+                                        xp.reshape(word_log_probs, (-1, 1))], axis=1)
         state = reorder_state(state, source, decoder.static_state)
-        step_attention = _attention_of(state)
-        if step_attention is not None:
-            step_attention = step_attention[:, None]  # (batch*k, 1, regions)
-            attention = step_attention if attention is None else torch.cat([attention[source], step_attention], 1)
-        if finished.all():
+        if state.get("attention") is not None:
+            step_attention = state["attention"][:, None]  # (batch*k, 1, regions)
+            attention = step_attention if attention is None else xp.concat(
+                [xp.take(attention, source, axis=0), step_attention], axis=1)
+        if (step + 1) % engine.check_every == 0 and xp.all(finished):
             break
-    final = scores / _length_penalty(lengths, length_penalty).view(batch, k)
-    order = final.argsort(dim=-1, descending=True)[:, :n_best]  # (batch, n_best)
-    sequences, scores_list, final_list = sequences.tolist(), scores.tolist(), final.tolist()
+    final = scores / xp.reshape(_length_penalty(xp, lengths, length_penalty), (batch, k))
+    order = engine.topk(final, n_best)[1].tolist()  # (batch, n_best)
+    sequences, scores, final = sequences.tolist(), scores.tolist(), final.tolist()
     sequence_log_probs = sequence_log_probs.tolist()
     results = []
     for i in range(batch):
         hypotheses = []
-        for j in order[i].tolist():
+        for j in order[i]:
             row = i * k + j
             words = _strip(sequences[row], config)
-            att = attention[row, : len(words)].cpu() if attention is not None else None
+            att = engine.to_host(attention[row, : len(words)]) if attention is not None else None
             word_log_probs = sequence_log_probs[row][: _scored_steps(sequences[row], words, config)]
-            hypotheses.append(Hypothesis(words, scores_list[i][j], final_list[i][j], att, word_log_probs))
+            hypotheses.append(Hypothesis(words, scores[i][j], final[i][j], att, word_log_probs))
         results.append(hypotheses)
     return results
 
 
-@torch.no_grad()
-def sample(
-    decoder: Decoder,
-    features: Features,
-    config: DecodingConfig,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    generator: torch.Generator | None = None,
-) -> list[list[Hypothesis]]:
-    """Draw one caption per image from the model's distribution (temperature, top-k)."""
+def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, options: DecodeOptions,
+           generator=None) -> list[list[Hypothesis]]:
+    """Decode as ``options`` say: greedy, beam search or sampling; ``options.max_length``
+    (when set) replaces ``config.max_length``."""
+    if options.max_length is not None:
+        config = replace(config, max_length=options.max_length)
+    if options.sample:
+        return sample(decoder, features, config, options.temperature, options.top_k, generator)
+    if options.is_greedy:
+        return greedy(decoder, features, config)
+    return beam_search(decoder, features, config, options.beam_size, options.n_best, options.length_penalty,
+                       options.no_repeat_ngram_size)
 
-    def choose(log_probs: torch.Tensor) -> torch.Tensor:
-        logits = log_probs / temperature
-        if top_k > 0:
-            threshold = logits.topk(top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < threshold, float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
-    return _one_per_image(decoder, features, config, choose)
+__all__ = ["DecodeOptions", "DecodingConfig", "Features", "Hypothesis", "StepDecoder", "beam_search", "decode",
+           "expand_state", "greedy", "reorder_state", "sample"]

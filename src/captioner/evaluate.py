@@ -1,16 +1,29 @@
 """Scoring a trained model on a dataset split, or a predictions file, as library functions.
 
 ``metrics/`` scores caption strings and knows nothing of models; this module sits above it
-(and above ``data/`` and ``train/validation.py``): it loads a model and a dataset, generates
-captions and hands them to :func:`captioner.metrics.evaluate_captions`.
+(and above ``data/``): it loads a model and a dataset, generates captions
+(:func:`caption_and_score`, which training's validation uses too) and hands them to
+:func:`captioner.metrics.evaluate_captions`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Optional, Union
 
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.examples import is_sample_ref
+from .data.loaders import ImageRows
+from .data.webdataset import ShardImages
+from .decoders.base import Features
+from .decoding import DecodeOptions
+from .metrics import exact_match
 from .model import Captioner
+from .objectives import CaptionCrossEntropy, bad_ending_rate
 
 
 @dataclass
@@ -36,14 +49,16 @@ def evaluate_model(
     images: Union[str, Path, None] = None,
     format: Optional[str] = None,
     split: str = "test",
-    beam_size: int = 3,
+    options: Optional[DecodeOptions] = None,
     batch_size: int = 64,
     device: str = "auto",
     by: Optional[str] = None,
+    **decode_options,
 ) -> Evaluation:
     """Caption the ``split`` examples of the captions file ``data`` with ``model`` (a model
     directory, a loaded :class:`Captioner`, or ``None`` for the bundled model) and score them
-    with every coco-caption metric. ``images``: the image root (default: ``data``'s folder);
+    with every coco-caption metric, decoding as ``options`` (or their names as keywords) say.
+    ``images``: the image root (default: ``data``'s folder);
     ``format``: the captions format (default: detected). ``by``: a per-image field of the
     dataset (e.g. ``artist``) to score each of its values on its own as well
     (:func:`captioner.metrics.groups.evaluate_by_group`)."""
@@ -51,7 +66,6 @@ def evaluate_model(
     from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
     from .metrics import ALL_METRICS
     from .device import resolve_device
-    from .train.validation import caption_and_score
 
     if isinstance(model, Captioner):
         torch_device = model.device
@@ -68,7 +82,8 @@ def evaluate_model(
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
     record, predictions = caption_and_score(
-        model, examples, rows, pairs, None, batch_size, beam_size, torch_device, metrics=ALL_METRICS
+        model, examples, rows, pairs, None, batch_size, DecodeOptions.of(options, **decode_options), torch_device,
+        metrics=ALL_METRICS,
     )
     renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
     by_group = None
@@ -77,6 +92,66 @@ def evaluate_model(
 
         by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups)
     return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions, by_group)
+
+
+def iter_val_features(model, examples, rows, cache, batch_size, device):
+    """(row offset, Features) chunks for the examples' images, from the feature cache (its
+    ``rows``) or from pixels."""
+    if cache is not None:
+        for start in range(0, len(rows), batch_size):
+            pooled, grid = cache.rows(np.asarray(rows[start : start + batch_size]))
+            yield start, Features(pooled.to(device), grid.to(device) if grid is not None else None)
+        return
+    refs = [e.image_ref for e in examples]
+    images = (ShardImages if refs and is_sample_ref(refs[0]) else ImageRows)(refs, model.preprocess)
+    loader = DataLoader(images, batch_size=batch_size)
+    for pixels, indices in loader:
+        yield int(indices[0]), model.encode(pixels.to(device))
+
+
+@torch.no_grad()
+def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: DecodeOptions, device,
+                      metrics=("BLEU", "ROUGE_L", "CIDEr")):
+    """Generate a caption for every example (decoding as ``options`` say) and score them
+    against its references; the teacher-forced cross-entropy on the same images too.
+
+    Returns (record of metrics + loss, predictions {image_id: caption}); leaves ``model`` in eval mode.
+    """
+    from .metrics import evaluate_captions
+
+    model.eval()
+    cross_entropy = CaptionCrossEntropy(model.vocab.pad_id)
+    predictions, references = {}, {}
+    loss_sum, token_sum = 0.0, 0
+    for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
+        n = features.pooled.shape[0]
+        results = model.generate(features, options)
+        for i, hypotheses in enumerate(results):
+            example = examples[offset + i]
+            predictions[example.image_id] = model.vocab.decode(hypotheses[0].tokens)
+            references[example.image_id] = example.captions
+        # Teacher-forced loss on every caption of these images.
+        pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]
+        local = {row: i for i, row in enumerate(rows[offset : offset + n])}
+        select = torch.tensor([local[r] for r in pairs.image_rows[pair_index]], device=device)
+        pair_features = Features(
+            features.pooled[select], features.grid[select] if features.grid is not None else None
+        )
+        result = cross_entropy(model, pair_features, pairs.captions(pair_index).to(device))
+        loss_sum += float(result.logs["loss"]) * int(result.weight)
+        token_sum += int(result.weight)
+    scores = evaluate_captions(predictions, references, metrics=metrics)
+    val_loss = loss_sum / max(token_sum, 1)
+    record = {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(min(val_loss, 50)),
+        "exact_match": exact_match(predictions, references),
+        "bad_ending": bad_ending_rate(predictions.values()),
+        **{k: v for k, v in scores.items() if isinstance(v, float)},
+    }
+    if scores.get("skipped"):
+        record["skipped"] = scores["skipped"]
+    return record, predictions
 
 
 def _groups(examples, field: str, data) -> dict[Hashable, str]:

@@ -1,7 +1,7 @@
 """Export a ``Captioner`` so it captions without Python's torch: the encoder and the
 decoder's ``init_state`` / ``step`` as ONNX graphs, the vocabulary, the preprocessing and a
-manifest (see ``captioner.runtime.manifest`` for the folder layout), read by
-``captioner.runtime.OnnxCaptioner``.
+manifest (see ``captioner.exported.manifest`` for the folder layout) and the confidence
+statistics, read by ``captioner.exported.OnnxCaptioner``.
 
     export_model(Captioner.from_pretrained(), "exported/")          # fp32
     export_model(model, "exported-int8/", quantize="int8")           # dynamic int8 weights
@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .confidence import CONFIDENCE_FILE
 from .decoders import Decoder, Features
 from .encoders.onnx_runtime import INPUT, INSTALL_HINT, OPSET, OUTPUTS, export_onnx
 from .errors import CaptionerError
 from .io import atomic_write_text
 from .model import Captioner
-from .runtime.manifest import (
+from .exported.manifest import (
     FORMAT,
     FORMAT_VERSION,
     GRAPH_FILES,
@@ -45,7 +46,7 @@ from .runtime.manifest import (
     STATE_PREFIX,
     VOCAB_FILE,
 )
-from .runtime.images import FILTERS
+from .data.resize import FILTERS
 from .version import __version__
 
 QUANTIZATIONS = ("int8",)
@@ -331,14 +332,17 @@ def _cpu_float_copy(model: Captioner) -> Captioner:
     return copy.deepcopy(model).cpu().float()
 
 
-def export_model(model: Captioner, out: str | Path, quantize: str | None = None) -> Path:
-    """Write ``model`` as an exported folder ``out`` (which must not exist or be empty).
+def export_model(model: Captioner | str | Path | None, out: str | Path, *, quantize: str | None = None) -> Path:
+    """Write ``model`` — a loaded :class:`Captioner`, a model folder, or ``None`` for the bundled
+    model — as an exported folder ``out`` (which must not exist or be empty); returns ``out``.
 
     ``quantize="int8"``: dynamic int8 weights on the decoder graphs (after the fp32 graphs
     are checked against torch); captions may then differ from the torch model's. Raises
     ``ExportError`` for what cannot be exported, naming the part and the reason.
     """
     out = Path(out)
+    if not isinstance(model, Captioner):
+        model = Captioner.from_pretrained(model)
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or leave it out)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -402,6 +406,7 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "step": {"inputs": decoder.step_inputs, "outputs": decoder.step_outputs},
         "state": decoder.describe(),
         "decoding": asdict(model.decoding_config()),
+        "confidence": CONFIDENCE_FILE if model.confidence is not None else None,
     }
     return files, manifest
 
@@ -416,6 +421,8 @@ def _write_folder(out: Path, files: dict[str, bytes], manifest: dict, quantize: 
         if quantize == "int8":
             _quantize_int8(staging)
         model.vocab.save(staging / VOCAB_FILE)
+        if model.confidence is not None:
+            model.confidence.save(staging)
         atomic_write_text(staging / PREPROCESS_FILE, json.dumps(model.preprocess.to_dict(), indent=2))
         atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2))
         for path in staging.iterdir():

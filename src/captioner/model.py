@@ -3,6 +3,7 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,13 +11,13 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .captions import Caption
+from .captions import Caption, caption_in_batches, captions_from_results
 from .version import __version__
-from .confidence import CONFIDENCE_FILE, ConfidenceModel, mean_word_probability
+from .confidence import CONFIDENCE_FILE, ConfidenceModel
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
-from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
+from .decoding import DecodeOptions, DecodingConfig, Hypothesis, decode
 from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
@@ -134,10 +135,6 @@ class Captioner(nn.Module):
         self.runtime = runtime
         return self
 
-    def use_onnxruntime(self, enabled: bool = True) -> "Captioner":
-        """``use_runtime("onnx")``, or ``use_runtime("torch")`` when ``enabled`` is false."""
-        return self.use_runtime("onnx" if enabled else "torch")
-
     def _runtime_encoder(self, images: torch.Tensor):
         """The callable that encodes ``images``: the torch encoder or its ONNX Runtime twin."""
         if self.runtime == "torch":
@@ -174,77 +171,72 @@ class Captioner(nn.Module):
         # New storage (.to(), .half()) or an in-place write (load_state_dict) shows here.
         return tuple((t.data_ptr(), t._version) for t in self._onnx_tensors)
 
-    def decoding_config(self, max_length: int | None = None) -> DecodingConfig:
+    def decoding_config(self) -> DecodingConfig:
+        """The vocabulary ids and length limit decoding obeys for this model."""
         v = self.vocab
         return DecodingConfig(
             start_id=v.start_id,
             end_id=v.end_id,
             pad_id=v.pad_id,
             banned_ids=(v.pad_id, v.start_id, v.unk_id),
-            max_length=self.max_length if max_length is None else max_length,
+            max_length=self.max_length,
         )
 
-    def generate(
-        self, features: Features, beam_size: int = 1, n_best: int = 1, max_length: int | None = None, **beam_options
-    ) -> list[list[Hypothesis]]:
-        """Decode from features: greedy when ``beam_size == 1`` and one caption is asked for."""
-        config = self.decoding_config(max_length)
-        if beam_size == 1 and n_best == 1 and not beam_options:
-            return greedy(self.decoder, features, config)
-        return beam_search(self.decoder, features, config, beam_size, n_best, **beam_options)
-
-    # --- captioning -----------------------------------------------------------------
-    @torch.inference_mode()
-    def caption(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        beam_size: int = 3,
-        n_best: int = 1,
-        max_length: int | None = None,
-        batch_size: int = 32,
-        **beam_options,
-    ) -> Caption | list[Caption]:
-        """Caption one image (path or PIL image) or a list of them, batched.
-
-        >>> Captioner.from_pretrained().caption("dog.png", beam_size=5).text
-        """
-        single = isinstance(images, (str, Path)) or hasattr(images, "convert")
-        items = [images] if single else list(images)
-        transform = build_transform(self.preprocess)
+    @contextmanager
+    def _evaluating(self):
+        """Eval mode (no dropout, BatchNorm statistics) for the duration, restored after."""
         was_training = self.training
         if was_training:  # (walking every module costs 1.3 ms a call: only when it changes anything)
             self.eval()
-        captions: list[Caption] = []
         try:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                pixels = torch.stack([transform(item) for item in chunk]).to(self.device)
-                captions.extend(self.caption_tensor(pixels, beam_size, max(n_best, 1), max_length, **beam_options))
+            yield
         finally:
             if was_training:
                 self.train()
-        return captions[0] if single else captions
 
     @torch.inference_mode()
-    def caption_tensor(self, pixels: torch.Tensor, beam_size=3, n_best=1, max_length=None, **beam_options):
+    def generate(self, features: Features, options: DecodeOptions | None = None, generator=None,
+                 **decode_options) -> list[list[Hypothesis]]:
+        """Decode from features as ``options`` say (see :class:`~captioner.decoding.DecodeOptions`:
+        beam search, width 3, by default), in eval mode; ``generator`` seeds sampling."""
+        options = DecodeOptions.of(options, **decode_options)
+        device = self.device
+        features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
+        with self._evaluating():
+            return decode(self.decoder, features, self.decoding_config(), options, generator)
+
+    # --- captioning -----------------------------------------------------------------
+    def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Images (paths, bytes or PIL images) → one batch of pixels (batch, 3, crop, crop) on the model's device."""
+        transform = build_transform(self.preprocess)
+        return torch.stack([transform(image) for image in images]).to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[ImageInput]) -> Features:
+        """The features of images (paths, bytes or PIL images), without gradients."""
+        with self._evaluating():
+            return self.encode(self.preprocess_images(images))
+
+    @torch.inference_mode()
+    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,
+                batch_size: int = 32, **decode_options) -> Caption | list[Caption]:
+        """Caption one image (path or PIL image) or a list of them, batched.
+
+        ``options`` (or their names as keywords) say how to decode (:class:`DecodeOptions`).
+
+        >>> Captioner.from_pretrained().caption("dog.png", beam_size=5).text
+        """
+        with self._evaluating():
+            return caption_in_batches(self, images, DecodeOptions.of(options, **decode_options), batch_size)
+
+    @torch.inference_mode()
+    def caption_pixels(self, pixels: torch.Tensor, options: DecodeOptions | None = None,
+                       **decode_options) -> list[Caption]:
         """Caption a batch of already preprocessed images (batch, 3, H, W)."""
-        features = self.encode(pixels)
-        results = self.generate(features, beam_size, n_best, max_length, **beam_options)
-        confidences = [None] * len(results)
-        if self.confidence is not None:
-            word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
-            confidences = self.confidence.confidence(features.pooled, word_probabilities).tolist()
-        return [
-            Caption.from_hypotheses(
-                hypotheses,
-                self.vocab,
-                attention=hypotheses[0].attention,
-                grid_shape=features.grid_shape if hypotheses[0].attention is not None else None,
-                confidence=confidence,
-                low_confidence=None if confidence is None else self.confidence.is_low(confidence),
-            )
-            for hypotheses, confidence in zip(results, confidences)
-        ]
+        with self._evaluating():
+            features = self.encode(pixels.to(self.device, non_blocking=True))
+            results = self.generate(features, options, **decode_options)
+        return captions_from_results(results, self.vocab, features, self.confidence)
 
     # --- persistence ----------------------------------------------------------------
     def describe(self) -> dict:

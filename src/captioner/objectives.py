@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .data.tokenizer import ptb_tokenize
 from .data.vocab import END
 from .decoders.base import Features
-from .decoding import sample
+from .decoding import greedy, sample
 from .errors import InvalidInputError
 from .metrics.cider import CiderD
 
@@ -255,10 +255,10 @@ class SelfCritical(Objective):
         drawn = sample(captioner.decoder, _repeat(features, self.samples), config, temperature=self.temperature)
         k = self.samples
         samples = [[drawn[i * k + j][0].tokens for j in range(k)] for i in range(len(drawn) // k)]
-        greedy = None
+        best = None
         if self.baseline == "greedy":
-            greedy = [h[0].tokens for h in captioner.generate(features)]
-        return Draws(samples, greedy)
+            best = [h[0].tokens for h in greedy(captioner.decoder, features, config)]
+        return Draws(samples, best)
 
     def rewards(self, captions: list[list[int]], image_index, max_length: int) -> np.ndarray:
         """CIDEr-D of each caption (word ids, no markers) against the references of its image

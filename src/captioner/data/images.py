@@ -6,8 +6,11 @@ would make), decodes a JPEG only at the scale the preprocessing needs, and turns
 into 8-bit RGB by its real range. Anything it cannot read raises one ``ImageReadError`` that
 names the file.
 
-torch and torchvision are imported inside the transforms, so ``load_image`` and
-``PreprocessConfig`` also serve the torch-free runtime (``captioner.runtime``).
+Preprocessing is written once for both engines: the sizes (``PreprocessConfig.resized_size``),
+``center_crop`` and ``normalize`` run on torch tensors and numpy arrays alike; only the
+resampling kernel differs — torchvision's (``ImageTransform``, the torch engine) or its numpy
+port (``preprocess_array``, the torch-free engine of exported models), the same bits either
+way. torch and torchvision are imported inside the torch engine only.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 import numpy as np
+from array_api_compat import array_namespace, device as array_device
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import CaptionerError
@@ -304,44 +308,75 @@ def _to_rgb(pil: Image.Image, name: str) -> Image.Image:
         raise ImageReadError(f"{name}: {pil.mode} images cannot be converted to RGB ({e})") from None
 
 
+def center_crop(pixels, size: int):
+    """The middle ``size``×``size`` of (C, H, W) pixels — a torch tensor or a numpy array —
+    zero-padded first where the image is smaller: torchvision's ``CenterCrop``, for both engines."""
+    xp = array_namespace(pixels)
+    channels, height, width = pixels.shape
+    if size > height or size > width:
+        padded = xp.zeros((channels, max(size, height), max(size, width)), dtype=pixels.dtype,
+                          device=array_device(pixels))
+        top, left = max(size - height, 0) // 2, max(size - width, 0) // 2
+        padded[:, top : top + height, left : left + width] = pixels
+        pixels, (_, height, width) = padded, padded.shape
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return pixels[:, top : top + size, left : left + size]
+
+
+def normalize(pixels, config: PreprocessConfig):
+    """uint8 (C, H, W) pixels → float32 scaled to [0, 1] and standardised by ``config.mean``/``std``
+    (torchvision's ``ToDtype(scale=True)`` then ``Normalize``, in the same float32 operations,
+    so both engines give the same bits)."""
+    xp = array_namespace(pixels)
+    where = array_device(pixels)
+    mean = xp.asarray(np.asarray(config.mean, dtype=np.float32)[:, None, None], device=where)
+    std = xp.asarray(np.asarray(config.std, dtype=np.float32)[:, None, None], device=where)
+    return (xp.astype(pixels, xp.float32) * xp.asarray(np.float32(1.0 / 255), device=where) - mean) / std
+
+
+def preprocess_array(image: ImageSource, config: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+                     *, name: Optional[str] = None) -> np.ndarray:
+    """The torch-free engine: an image → normalised float32 (3, crop, crop) numpy array, the
+    same bits as ``build_transform(config)(image)`` (the same ``load_image``, sizes, crop and
+    normalisation; :func:`captioner.data.resize.resize` reproduces torchvision's resize kernel)."""
+    from .resize import resize
+
+    pil = load_image(image, config, limits, name=name)
+    width, height = config.resized_size(pil.size)
+    pixels = resize(np.asarray(pil), height, width, config.interpolation)  # (H, W, 3) uint8
+    return normalize(center_crop(pixels.transpose(2, 0, 1), config.crop_size), config)
+
+
 class ImageTransform:
-    """Image (path, bytes, binary file or PIL image) → normalised float tensor (3, crop, crop).
+    """Image (path, bytes, binary file or PIL image) → normalised float tensor (3, crop, crop):
+    the torch engine of the preprocessing (torchvision's resize kernel; sizes, crop and
+    normalisation shared with :func:`preprocess_array`).
 
     Given a file, it decodes through ``load_image`` with this preprocessing, so a JPEG is
     decoded only as large as the resize needs; given a decoded PIL image, it checks the
     limits and converts it. Either way an image over ``limits`` raises ``ImageReadError``
-    before the resize allocates anything.
+    before the resize allocates anything. ``train=True`` crops at random (``resize:
+    shorter``) and mirrors half the images: the ImageNet training augmentation.
     """
 
     def __init__(self, config: PreprocessConfig, train: bool = False, limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
-        import torch
         from torchvision.transforms import v2 as T
 
         self.config = config
         self.limits = limits
-        interpolation = T.InterpolationMode(config.interpolation)
-        if config.resize == "squash":
-            resize = [T.Resize((config.crop_size, config.crop_size), interpolation=interpolation, antialias=True)]
-            crop = [T.RandomHorizontalFlip()] if train else []
-        else:
-            resize = [T.Resize(config.resize_size, interpolation=interpolation, antialias=True)]
-            crop = (
-                [T.RandomCrop(config.crop_size), T.RandomHorizontalFlip()]
-                if train
-                else [T.CenterCrop(config.crop_size)]
-            )
-        self.pixels = T.Compose(
-            [
-                T.PILToTensor(),
-                *resize,
-                *crop,
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(config.mean, config.std),
-            ]
-        )
+        self.train = train
+        self.interpolation = T.InterpolationMode(config.interpolation)
+        crop = [T.RandomCrop(config.crop_size)] if config.resize == "shorter" else []
+        self.augment = T.Compose([*crop, T.RandomHorizontalFlip()]) if train else None
 
     def __call__(self, image: ImageSource, name: Optional[str] = None) -> torch.Tensor:
-        return self.pixels(load_image(image, self.config, self.limits, name=name))
+        from torchvision.transforms.v2 import functional as F
+
+        pil = load_image(image, self.config, self.limits, name=name)
+        width, height = self.config.resized_size(pil.size)
+        pixels = F.resize(F.pil_to_tensor(pil), [height, width], self.interpolation, antialias=True)  # (3, H, W) uint8
+        pixels = self.augment(pixels) if self.train else center_crop(pixels, self.config.crop_size)
+        return normalize(pixels, self.config)
 
 
 def build_transform(

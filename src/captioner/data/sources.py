@@ -18,6 +18,7 @@ import os
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Iterable
 from pathlib import Path
 
 from .examples import Example
@@ -295,3 +296,11 @@ def drop_invalid(examples: list[Example], problems: DatasetProblems) -> list[Exa
 
 def split_examples(examples: list[Example], split: str) -> list[Example]:
     return [e for e in examples if e.split == split]
+
+
+def split_image_paths(path: str | Path, split: str, artists: Iterable[str] | None = None) -> list[str]:
+    """The image paths of one split of the dataset at ``path`` — only the images of ``artists``
+    when given (their ``artist`` field, as ``captioner data emoji`` writes it)."""
+    wanted = None if artists is None else set(artists)
+    return [str(e.path) for e in split_examples(read_dataset(path), split)
+            if wanted is None or e.metadata.get("artist") in wanted]

@@ -21,23 +21,15 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from ..decoding import Features, State
 from ..errors import InvalidInputError
 from ..registry import Registry
-
-
-class Features(NamedTuple):
-    pooled: torch.Tensor  # (batch, pooled_dim)
-    grid: Optional[torch.Tensor] = None  # (batch, regions, grid_dim), when the decoder needs it
-    grid_shape: Optional[tuple[int, int]] = None  # (h, w) with h * w == regions, when known
 
 
 class DecoderOutput(NamedTuple):
     logits: torch.Tensor  # (batch, T, vocab)
     attention: Optional[torch.Tensor] = None  # (batch, T, regions)
     aux_loss: Optional[torch.Tensor] = None  # a regulariser the objective adds (scalar)
-
-
-State = dict
 
 
 class Decoder(nn.Module):

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..version import __version__
 from ..data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform, load_image
+from ..decoding import DecodeOptions
 from ..errors import InvalidInputError
 from ..model import Caption, Captioner, default_model_dir
 from .batcher import MicroBatcher, QueueFullError
@@ -40,7 +41,6 @@ ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "
 ACCEPTED_TEXT = "JPEG, PNG, GIF, WebP, BMP"
 
 MAX_BEAM_SIZE = 10
-DEFAULT_BEAM_SIZE = 3  # Captioner.caption's default, so the API and the library agree
 
 
 # Peak bytes per pixel of one decode: PIL's decoded image (at most 4 bytes a pixel: RGBA,
@@ -225,10 +225,8 @@ def create_app(
         "formats": ACCEPTED_TEXT.split(", "),
     }
 
-    def run_batch(pixels: list[torch.Tensor], key) -> list[Caption]:
-        beam_size, n_best = key
-        batch = torch.stack(pixels).to(model.device)  # (batch, 3, H, W)
-        return model.caption_tensor(batch, beam_size, n_best)
+    def run_batch(pixels: list[torch.Tensor], options: DecodeOptions) -> list[Caption]:
+        return model.caption_pixels(torch.stack(pixels), options)  # (batch, 3, H, W)
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
@@ -285,14 +283,16 @@ def create_app(
         attention_query: Annotated[Optional[bool], Query(alias="attention")] = None,
     ):
         """Options come as form fields or query parameters (a form field wins).
-        ``beam_size`` 1..10 (default 3), ``n_best`` 1..beam_size (default 1), ``attention``
+        ``beam_size`` 1..10 and ``n_best`` 1..beam_size (defaults from ``DecodeOptions``), ``attention``
         adds per-word attention weights when the model's decoder has attention."""
         started = time.perf_counter()
-        beam = _pick(beam_size, beam_size_query, DEFAULT_BEAM_SIZE)
-        best = _pick(n_best, n_best_query, 1)
+        defaults = DecodeOptions()
+        try:
+            options = DecodeOptions.of(beam_size=_pick(beam_size, beam_size_query, defaults.beam_size),
+                                       n_best=_pick(n_best, n_best_query, defaults.n_best))
+        except InvalidInputError as e:
+            raise HTTPException(400, str(e)) from None
         want_attention = _pick(attention, attention_query, False)
-        if best > beam:
-            raise HTTPException(400, f"n_best ({best}) must not exceed beam_size ({beam})")
         if len(image) > max_files:
             raise HTTPException(400, f"{len(image)} images in one request; the limit is {max_files}")
         uploads = [(upload.filename or f"image{i}", await upload.read()) for i, upload in enumerate(image)]
@@ -302,7 +302,7 @@ def create_app(
 
         pixels = await run_in_threadpool(prepare)
         try:
-            results = await batcher.run_many(pixels, key=(beam, best))
+            results = await batcher.run_many(pixels, key=options)
         except QueueFullError as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         return {

@@ -3,7 +3,7 @@
 Handlers ``submit`` single items and await a future; one worker thread takes the first
 waiting item, keeps collecting until it holds ``max_batch`` items or ``max_wait_ms`` have
 passed, then runs the model once per group of items that share decoding options (a
-batch must share ``beam_size`` and ``n_best``) and resolves every future. Throughput
+batch must share its decoding options) and resolves every future. Throughput
 grows with the number of concurrent clients at the price of at most ``max_wait_ms`` of
 extra latency; ``max_batch=1`` turns batching off (each item runs alone, no waiting).
 The model is only ever touched by the worker thread, so it needs no lock.

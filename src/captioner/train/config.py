@@ -181,6 +181,59 @@ def dotted_to_nested(overrides: dict[str, Any]) -> dict:
     return nested
 
 
+# Short names for the keys people set most: ``captioner train --lr 3e-4`` and
+# ``captioner.train_model(lr=3e-4)`` both mean ``optim.lr``.
+SHORTCUTS: dict[str, tuple[str, type]] = {
+    "data": ("data.path", str),
+    "images": ("data.images", str),
+    "format": ("data.format", str),
+    "val_fraction": ("data.val_fraction", float),
+    "val_shards": ("data.val_shards", str),
+    "caption_key": ("data.caption_key", str),
+    "min_word_count": ("data.min_word_count", int),
+    "max_length": ("data.max_length", int),
+    "feature_cache": ("data.feature_cache", str),
+    "num_workers": ("data.num_workers", int),
+    "skip_invalid": ("data.skip_invalid", bool),
+    "runtime": ("data.runtime", str),
+    "out": ("out", str),
+    "encoder": ("model.encoder", str),
+    "decoder": ("model.decoder", str),
+    "pretrained": ("model.pretrained", bool),
+    "trainable_blocks": ("model.trainable_blocks", int),
+    "word_vectors": ("model.word_vectors", str),
+    "epochs": ("epochs", int),
+    "batch_size": ("batch_size", int),
+    "lr": ("optim.lr", float),
+    "encoder_lr": ("optim.encoder_lr", float),
+    "seed": ("seed", int),
+    "device": ("device", str),
+    "patience": ("patience", int),
+    "val_beam_size": ("val_beam_size", int),
+    "objective": ("objective", str),
+    "init_from": ("init_from", str),
+    "scst_samples": ("scst.samples", int),
+    "scst_baseline": ("scst.baseline", str),
+    "scst_temperature": ("scst.temperature", float),
+    "label_smoothing": ("optim.label_smoothing", float),
+    "warmup_steps": ("optim.warmup_steps", int),
+}
+
+
+def settings_to_overrides(settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword settings → dotted overrides: a shortcut (``lr=3e-4``), a dotted key spelled with
+    ``__`` (``optim__schedule="cosine"``), or a section as a mapping (``optim={"lr": 3e-4}``)."""
+    overrides: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name in SHORTCUTS and not isinstance(value, dict):
+            overrides[SHORTCUTS[name][0]] = value
+        elif isinstance(value, dict):
+            overrides.update({f"{name}.{key}": item for key, item in value.items()})
+        else:
+            overrides[name.replace("__", ".")] = value
+    return overrides
+
+
 def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``optim.lr``)."""
     config = TrainConfig()

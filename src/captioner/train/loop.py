@@ -16,27 +16,25 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
+from .. import distributed as dist_utils
 from ..cache import cache_root
 from ..confidence import save_run_confidence
 from ..data.augment import AugmentConfig
+from ..data.batches import FeatureBatches, ImageTargets, PixelBatches
 from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
-from ..data.loaders import BucketBatchSampler, CaptionPairs, PixelPairs
+from ..data.loaders import BucketBatchSampler, CaptionPairs
 from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
-from ..data.examples import is_sample_ref
 from ..data.tokenizer import ptb_tokenize
 from ..data.vocab import END, Vocabulary
-from ..data.webdataset import ShardPairStream
-from ..decoders.base import Features
 from ..device import resolve_device
+from ..distributed import DistInfo
 from ..errors import InvalidInputError
 from ..model import CONFIG_FILE, Captioner
 from ..objectives import Objective, create_objective
-from . import distributed as dist_utils
+from .batchnorm import sync_batchnorm
 from .config import TrainConfig, save_config
-from .distributed import DistInfo
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
 from .state import Progress, RunFolder, save_training_state, start_run
@@ -97,79 +95,6 @@ def build_model(config: TrainConfig, vocab: Vocabulary) -> Captioner:
 
         load_word_vectors(model.decoder.embedding, vocab, m.word_vectors, freeze=m.freeze_word_vectors)
     return model
-
-
-class FeatureBatches:
-    """Batches of (cached features, captions) — the frozen-encoder path, no pixels read.
-
-    With ``views`` (a cache of K augmented views of every image of the dataset, view-major, in
-    the dataset's order, so every split of one dataset shares it) and ``positions`` (each cache
-    row's place in the dataset), each pair reads its image's clean features or one of its K
-    views, drawn uniformly and anew each epoch (seeded by the sampler's seed and epoch)."""
-
-    def __init__(self, cache: FeatureCache, pairs: CaptionPairs, sampler: BucketBatchSampler, device,
-                 views: FeatureCache | None = None, view_count: int = 0, positions: np.ndarray | None = None):
-        self.cache, self.pairs, self.sampler, self.device = cache, pairs, sampler, device
-        self.views, self.view_count, self.positions = views, view_count, positions
-
-    def __len__(self):
-        return len(self.sampler)
-
-    def _features(self, rows: np.ndarray, rng: np.random.Generator):
-        if self.views is None:
-            return self.cache.rows(rows)
-        images = len(self.views.paths) // self.view_count
-        view = rng.integers(0, self.view_count + 1, len(rows))  # 0: the clean image
-        pooled, grid = self.cache.rows(rows)
-        augmented = view > 0
-        if augmented.any():
-            view_rows = (view[augmented] - 1) * images + self.positions[rows[augmented]]
-            view_pooled, view_grid = self.views.rows(view_rows)
-            pooled[torch.from_numpy(augmented)] = view_pooled
-            if grid is not None:
-                grid[torch.from_numpy(augmented)] = view_grid
-        return pooled, grid
-
-    def __iter__(self):
-        rng = np.random.default_rng((self.sampler.seed, self.sampler.epoch, 1))
-        for indices in self.sampler:
-            pooled, grid = self._features(self.pairs.image_rows[indices], rng)
-            features = Features(
-                pooled.to(self.device, non_blocking=True),
-                grid.to(self.device, non_blocking=True) if grid is not None else None,
-            )
-            yield features, self.pairs.captions(indices).to(self.device, non_blocking=True)
-
-
-class PixelBatches:
-    """Batches of (augmented pixels, captions) — the fine-tuning path. From image files, the
-    sampler's length-bucketed batches; from WebDataset shards, each rank streams its own
-    shards through a shuffle buffer (``ShardPairStream``, following the sampler's epoch)."""
-
-    def __init__(self, paths, pairs, preprocess, sampler, device, num_workers, shuffle_buffer: int = 1000):
-        self.pairs, self.sampler, self.device = pairs, sampler, device
-        if paths and is_sample_ref(paths[0]):
-            self.stream = ShardPairStream(paths, pairs.image_rows, preprocess, sampler.batch_size, sampler.seed,
-                                          sampler.rank, sampler.world_size, shuffle_buffer)
-            self.loader = None
-        else:
-            self.stream = None
-            self.loader = DataLoader(
-                PixelPairs(paths, pairs, preprocess, train=True),
-                batch_sampler=sampler,
-                num_workers=num_workers,
-                pin_memory=device.type == "cuda",
-            )
-
-    def __len__(self):
-        return len(self.stream) if self.stream is not None else len(self.sampler)
-
-    def __iter__(self):
-        if self.stream is not None:
-            self.stream.set_epoch(self.sampler.epoch)
-        for pixels, indices in self.stream if self.stream is not None else self.loader:
-            captions = self.pairs.captions(np.asarray(indices))
-            yield pixels.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
 
 
 def make_optimizer(model: Captioner, config: TrainConfig) -> torch.optim.Optimizer:
@@ -316,7 +241,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         if info.enabled:
-            dist_utils.sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
+            sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.enabled else model
         optimizer = make_optimizer(model, config)
@@ -467,23 +392,6 @@ def with_model_of(config: TrainConfig, described: dict) -> TrainConfig:
         config.model, encoder=described["encoder"]["name"], decoder=described["decoder"]["name"],
         decoder_options=described["decoder"]["options"], preprocess=described["preprocess"],
     ))
-
-
-class ImageTargets:
-    """The training images as batch rows, for objectives whose rows are images (self-critical):
-    it stands where ``CaptionPairs`` does for ``FeatureBatches`` / ``PixelBatches`` and the
-    sampler, and each row's target is the image's index (its references are the objective's)."""
-
-    def __init__(self, count: int):
-        self.image_rows = np.arange(count, dtype=np.int64)
-        self.lengths = np.ones(count, dtype=np.int64)  # one length: the sampler only shuffles and shards
-
-    def __len__(self) -> int:
-        return len(self.image_rows)
-
-    def captions(self, indices: np.ndarray) -> torch.Tensor:
-        """The targets of these rows: their image indices."""
-        return torch.from_numpy(np.asarray(indices, dtype=np.int64))
 
 
 __all__ = ["main", "train_one_epoch", "TrainContext", "prepare_data", "build_model", "load_init_model"]

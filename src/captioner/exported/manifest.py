@@ -1,4 +1,4 @@
-"""What an exported model folder holds, written by ``captioner.export`` and read by the runtime.
+"""What an exported model folder holds, written by ``captioner.export`` and read by ``captioner.exported``.
 
     DIR/manifest.json       format, graph files, their input/output names, the decoder
                             state layout, decoding ids (written last: a folder with a
@@ -8,6 +8,8 @@
     DIR/step.onnx           tokens (batch,), state → log_probs (batch, vocab), next state
     DIR/vocab.json          the model's vocabulary
     DIR/preprocess.json     the model's preprocessing (its config.json ``preprocess`` block)
+    DIR/confidence.safetensors  the model's confidence statistics, when it has them
+                            (the manifest's ``confidence`` names the file, or is null)
 
 The state is the decoder's ``init_state`` dict flattened in a fixed order: a tensor value is
 one graph value named after its key, a list value one per item (``state.h``,
@@ -69,7 +71,8 @@ def read_manifest(directory: str | Path) -> dict:
     missing = sorted(REQUIRED_KEYS - set(manifest))
     if missing:
         raise ExportedModelError(f"{path}: incomplete manifest (no {', '.join(missing)}); export the model again")
-    for name in [*manifest["graphs"].values(), VOCAB_FILE, PREPROCESS_FILE]:
+    confidence = [manifest["confidence"]] if manifest.get("confidence") else []
+    for name in [*manifest["graphs"].values(), VOCAB_FILE, PREPROCESS_FILE, *confidence]:
         if not (directory / name).is_file():
             raise ExportedModelError(f"{directory}: {name} is missing; export the model again")
     return manifest

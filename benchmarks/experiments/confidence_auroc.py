@@ -6,7 +6,7 @@ out-of-domain: the photographs that ship with scikit-image, matplotlib and (when
 scikit-learn. ``--other-sources`` adds a second in-domain set: emoji by artists the model never
 saw (test split), reported on its own line.
 
-    PYTHONPATH=src python benchmarks/confidence_auroc.py --data data/emoji/dataset.json \\
+    python -m benchmarks.experiments.confidence_auroc --data data/emoji/dataset.json \\
         --sources google,noto,openmoji \\
         --other-sources fluent-color,fluent-flat,fluent-high-contrast,emojione-1,emojione-2,noto-v1 \\
         [--extra-photos china.jpg flower.jpg] [--json out.json]
@@ -26,12 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from confidence_stats import split_paths  # noqa: E402
-
-from captioner import Captioner  # noqa: E402
-from captioner.confidence import mean_word_probability  # noqa: E402
-from captioner.data.images import build_transform, load_image  # noqa: E402
+from captioner import Captioner
+from captioner.confidence import mean_word_probability
+from captioner.data.images import build_transform, load_image
+from captioner.data.sources import split_image_paths
 
 # scikit-image's photographs (its synthetic images — logo, colour wheel, chessboard, phantom — left out).
 SKIMAGE_PHOTOS = (
@@ -84,7 +82,7 @@ def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int 
         first[:, list(config.banned_ids)] = -math.inf
         first = first.log_softmax(-1)
         entropy = -(first.exp() * first.nan_to_num(neginf=0.0)).sum(-1)  # (batch,)
-        best = [h[0] for h in model.generate(features, beam_size)]
+        best = [h[0] for h in model.generate(features, beam_size=beam_size)]
         words = [mean_word_probability(h.token_log_probs, len(h.tokens)) for h in best]
         columns["mean token probability"] += [float(np.mean(np.exp(h.token_log_probs))) for h in best]
         columns["mean word probability"] += words
@@ -113,9 +111,9 @@ def main() -> None:
     model = Captioner.from_pretrained(args.model, device=args.device)
     if model.confidence is None:
         raise SystemExit("the model has no confidence.safetensors: write it with scripts/confidence_stats.py")
-    sets = {"held-out emoji": split_paths(args.data, "test", set(args.sources.split(",")))}
+    sets = {"held-out emoji": split_image_paths(args.data, "test", set(args.sources.split(",")))}
     if args.other_sources:
-        sets["unseen artists' emoji"] = split_paths(args.data, "test", set(args.other_sources.split(",")))
+        sets["unseen artists' emoji"] = split_image_paths(args.data, "test", set(args.other_sources.split(",")))
     sets["photos"] = photo_paths() + [str(p) for p in args.extra_photos]
     started = time.perf_counter()
     scores = {name: measure(model, paths, args.beam_size) for name, paths in sets.items()}

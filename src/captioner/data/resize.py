@@ -1,19 +1,17 @@
-"""Preprocessing in numpy, reproducing ``captioner.data.images.build_transform`` without
-torch or torchvision (images are opened by the same ``load_image``).
+"""PyTorch's antialiased uint8 resize, in numpy: the resampling kernel of the torch-free engine.
 
 torchvision resizes uint8 images on the CPU with PyTorch's integer kernel (antialiased,
 separable, int16 weights at a per-axis fixed-point precision, horizontal pass first, each
 pass rounded to uint8). ``resize`` below is that kernel in numpy, so the pixels match
 torchvision's bit for bit; PIL's own resize uses other fixed-point weights (on the example
-images: up to 2 levels off, on up to 5% of the values).
+images: up to 2 levels off, on up to 5% of the values). Everything else about preprocessing
+(sizes, crop, normalisation) is written once in :mod:`captioner.data.images`.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
-from ..data.images import ImageInput, PreprocessConfig, load_image
 
 
 # --- PyTorch's uint8 antialiased resize ---------------------------------------------------
@@ -90,38 +88,3 @@ def resize(pixels: np.ndarray, height: int, width: int, interpolation: str = "bi
     if pixels.shape[0] != height:
         pixels = _resample_axis(pixels, height, 0, interpolation)
     return pixels
-
-
-def _shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """torchvision's ``Resize(size)``: the shorter side becomes ``size``, the longer is truncated."""
-    if width <= height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
-
-
-def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """torchvision's ``CenterCrop``: zero padding when the image is smaller, then the middle."""
-    height, width = pixels.shape[:2]
-    if size > height or size > width:
-        top, left = max(size - height, 0) // 2, max(size - width, 0) // 2
-        bottom, right = max(size - height, 0) - top, max(size - width, 0) - left
-        pixels = np.pad(pixels, ((top, bottom), (left, right), (0, 0)))
-        height, width = pixels.shape[:2]
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return pixels[top : top + size, left : left + size]
-
-
-def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
-    """An image → normalised float32 (3, crop, crop), as ``build_transform(config)(image)``: the same
-    ``load_image`` (header limits, JPEG draft and whole-factor reduction for ``config``), then resize."""
-    pixels = np.asarray(load_image(image, config))  # (H, W, 3) uint8
-    crop = config.crop_size
-    if config.resize == "squash":
-        pixels = resize(pixels, crop, crop, config.interpolation)
-    else:
-        pixels = resize(pixels, *_shorter_side_size(*pixels.shape[:2], config.resize_size), config.interpolation)
-        pixels = center_crop(pixels, crop)
-    scaled = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255)  # (3, crop, crop)
-    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(config.std, dtype=np.float32)[:, None, None]
-    return (scaled - mean) / std

@@ -9,7 +9,7 @@ also tokenises and weights the references) and *warm* (references prepared once 
 ``CiderD.prepare_references``, as a self-critical training loop would, then only the sampled
 candidates are processed per call).  Run it on a quiet machine, e.g.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_cider.py [--images 5000] [--refs 5] [--repeat 3]
+    OMP_NUM_THREADS=1 python -m benchmarks.timing.bench_cider [--images 5000] [--refs 5] [--repeat 3]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ like ``captioner evaluate --by artist``: exact match after PTB tokenization, coc
 BLEU-4 and CIDEr-D, with the held-out artists' images also split into emoji seen in training
 (drawn by other artists) and unseen.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/emoji_ablation.py \\
+    OMP_NUM_THREADS=2 python -m benchmarks.experiments.emoji_ablation \\
         --data data/emoji/dataset-fluent.json --beam-size 3 --output ablation.json \\
         runs/f-base runs/f-aug2 runs/f-ls ...
 """
@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import score
 from captioner import Captioner
 from captioner.cache import cache_root
 from captioner.data.emoji import ARTIST_SPLIT
 from captioner.data.feature_cache import FeatureCache
 from captioner.data.sources import read_dataset
-from captioner.train.validation import iter_val_features
-from knn_baseline import score
+from captioner.evaluate import iter_val_features
 
 SPLITS = (ARTIST_SPLIT, "test")
 

@@ -8,7 +8,7 @@ wall-clock end to end, start-up included — what a user waits for. Images are t
 beam 3); the same files are written as shards of ``--per-shard`` samples (``.png`` +
 ``.txt``). Training is 1 epoch of show-tell on their names.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --emoji /work/data/emoji --images 2000
+    OMP_NUM_THREADS=1 python -m benchmarks.timing.bench_scale --emoji /work/data/emoji --images 2000
 
 Each captioning path is also run on one image: its start-up (interpreter, model, Ray's local
 cluster) is subtracted for the rate after start-up. Prints one JSON object per row and a
@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from captioner.data.webdataset import write_shards  # noqa: E402
+from captioner.data.webdataset import write_shards
 
 
 def _run(command: list[str], env: dict) -> float:

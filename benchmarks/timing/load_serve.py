@@ -4,8 +4,8 @@ Starts the server twice on loopback (a subprocess each: batched, then ``max_batc
 loads an already running one given by ``--url``; N clients × M requests each (asyncio +
 httpx), bounded in time; reports errors, p50/p99 latency and throughput.
 
-    python benchmarks/load_serve.py --model runs/tiny              # both configurations
-    python benchmarks/load_serve.py --url http://127.0.0.1:8000/   # a running server
+    python -m benchmarks.timing.load_serve --model runs/tiny              # both configurations
+    python -m benchmarks.timing.load_serve --url http://127.0.0.1:8000/   # a running server
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Protocols (each a row group of the output):
   are also split into ``seen emoji`` (the caption occurs in the new train split, in another style) and
   ``unseen emoji``.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/knn_baseline.py --data /work/data/emoji/dataset.json \\
+    OMP_NUM_THREADS=1 python -m benchmarks.experiments.knn_baseline --data /work/data/emoji/dataset.json \\
         --onnx --holdout fluent-flat --holdout emojione-2 --output knn.json
 """
 from __future__ import annotations
@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import score
 from captioner.cache import cache_root
 from captioner.data.emoji import ARTIST_SPLIT, split_images
 from captioner.data.feature_cache import FeatureCache
 from captioner.data.sources import read_dataset
 from captioner.encoders import create_encoder
-from captioner.metrics.groups import evaluate_by_group
 
-METRICS = ("BLEU", "CIDEr")
 
 
 def pooled_features(paths: list[str], size: int, onnx: bool, batch_size: int, cache_dir: Path) -> np.ndarray:
@@ -60,14 +59,6 @@ def nearest_captions(features: np.ndarray, train_rows: np.ndarray, test_rows: np
         best = (query @ train.T).argmax(dim=1).numpy()  # (chunk,) index into train_rows
         found += [captions[train_rows[i]] for i in best]
     return found
-
-
-def score(name: str, test_rows: np.ndarray, predicted: list[str], captions: list[str], groups: list[str]) -> dict:
-    keys = [str(r) for r in test_rows]
-    scores = evaluate_by_group(dict(zip(keys, predicted)), {k: [captions[int(k)]] for k in keys},
-                               dict(zip(keys, groups)), metrics=METRICS)
-    return {group: {"images": s["images"], "exact_match": s["exact_match"], "Bleu_4": s["Bleu_4"],
-                    "CIDEr": s["CIDEr"]} for group, s in scores.items()} | {"protocol": name}
 
 
 def main(argv: list[str] | None = None) -> int:

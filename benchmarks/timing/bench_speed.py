@@ -20,8 +20,8 @@ see 224² crops), the same random captions (8–20 words, ~10k-word vocabulary),
 size and the same weights (copied from the seed's modules; ``tests/test_bench_parity.py``
 checks both compute the same loss). Weights are random: no hub downloads here.
 
-    python benchmarks/bench_speed.py --device cpu --images 64 --batch-size 16 --json-out bench.json
-    python benchmarks/bench_speed.py --device cuda --images 2048 --batch-size 128 --num-workers 8
+    python -m benchmarks.timing.bench_speed --device cpu --images 64 --batch-size 16 --json-out bench.json
+    python -m benchmarks.timing.bench_speed --device cuda --images 2048 --batch-size 128 --num-workers 8
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ from captioner.data.vocab import Vocabulary
 from captioner.encoders.onnx_runtime import onnxruntime_available
 from captioner.objectives import create_objective
 from captioner.train.config import TrainConfig
-from captioner.train.loop import FeatureBatches, TrainContext, make_optimizer, make_scheduler, train_one_epoch
+from captioner.data.batches import FeatureBatches
+from captioner.train.loop import TrainContext, make_optimizer, make_scheduler, train_one_epoch
 from captioner.train.state import Progress
 
 EMBED_SIZE, HIDDEN_SIZE, SEED_MAX_STEPS = 256, 512, 20
@@ -324,7 +325,7 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
     scheduler = make_scheduler(optimizer, config, len(sampler))
     with torch.inference_mode():  # warm-up, not timed: first CNN call, first LSTM call
         model.eval()
-        model.caption_tensor(torch.zeros(2, 3, 224, 224, device=device), beam_size=1, max_length=2)
+        model.caption_pixels(torch.zeros(2, 3, 224, 224, device=device), beam_size=1, max_length=2)
 
     def epoch(batches, number):
         sampler.set_epoch(number)
@@ -433,7 +434,7 @@ def bench_captioner_captioning(model: Captioner, data: Data, args, device, beam_
         if amp:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            return model.caption_tensor(pixels, beam_size=beam_size)
+            return model.caption_pixels(pixels, beam_size=beam_size)
 
     if warm_up:
         caption(next(iter(loader))[0])

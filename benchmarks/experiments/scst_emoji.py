@@ -11,7 +11,7 @@ BLEU-4, CIDEr-D, exact match, the share of captions ending in a function word, i
 seconds on this machine (self-critical rows: the self-critical stage alone), and CIDEr-D on
 ``--score-train-images`` training images (what self-critical training optimises).
 
-    OMP_NUM_THREADS=1 python benchmarks/scst_emoji.py --data /work/data/emoji/dataset.json \\
+    OMP_NUM_THREADS=1 python -m benchmarks.experiments.scst_emoji --data /work/data/emoji/dataset.json \\
         --max-train-images 3000 --max-test-images 600 --resize squash --crop-size 160 --json runs/scst_emoji.json
 """
 from __future__ import annotations
@@ -21,17 +21,17 @@ import copy
 import sys
 import time
 
+from benchmarks.common import prepare, same_width_options, write_report
 from captioner import Captioner, create_decoder
 from captioner.data.loaders import BucketBatchSampler, CaptionPairs
 from captioner.objectives import SelfCritical, create_objective, reward_document_frequencies
 from captioner.train.config import load_config
 from captioner.device import resolve_device
-from captioner.train.loop import (
-    FeatureBatches, ImageTargets, TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch,
-)
+from captioner.data.batches import FeatureBatches, ImageTargets
+from captioner.decoding import DecodeOptions
+from captioner.evaluate import caption_and_score
+from captioner.train.loop import TrainContext, make_optimizer, make_scheduler, seed_everything, train_one_epoch
 from captioner.train.state import Progress
-from captioner.train.validation import caption_and_score
-from compare_decoders import prepare, same_width_options, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,12 +93,12 @@ def run_epochs(model, objective, pairs, cache, epochs, batch_size, lr, args, dev
 def score(model, name, decoder, seconds, evaluations, args, device) -> dict:
     """Metrics of ``model`` on the held-out images, and CIDEr-D on the scored training images."""
     (test, test_rows, test_pairs, cache), seen = evaluations
-    record, predictions = caption_and_score(model, test, test_rows, test_pairs, cache, 64, args.beam_size, device)
+    record, predictions = caption_and_score(model, test, test_rows, test_pairs, cache, 64, DecodeOptions(beam_size=args.beam_size), device)
     result = {"decoder": decoder, "training": name, "train_seconds": seconds[0], "train_cpu_seconds": seconds[1],
               "Bleu_4": record["Bleu_4"], "CIDEr": record["CIDEr"], "exact_match": record["exact_match"],
               "bad_ending": record["bad_ending"], "examples": {str(k): v for k, v in list(predictions.items())[:5]}}
     if seen is not None:
-        result["train_CIDEr"] = caption_and_score(model, *seen[:3], cache, 64, args.beam_size, device,
+        result["train_CIDEr"] = caption_and_score(model, *seen[:3], cache, 64, DecodeOptions(beam_size=args.beam_size), device,
                                                   metrics=("CIDEr",))[0]["CIDEr"]
     print(f"  {decoder} / {name}: CIDEr-D {result['CIDEr']:.3f}, BLEU-4 {result['Bleu_4']:.3f}, exact "
           f"{result['exact_match']:.3f}, bad endings {result['bad_ending']:.3f}, "
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     table = markdown_table(results)
     print(table)
     if args.json:
-        write_report("benchmarks/scst_emoji.py", argv, args, data, results, table)
+        write_report("-m benchmarks.experiments.scst_emoji", argv, args, data, results, table)
     return 0
 
 

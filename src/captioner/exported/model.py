@@ -1,0 +1,156 @@
+"""``OnnxCaptioner``: an exported model folder captioned with numpy + onnxruntime alone.
+
+Decoding (:mod:`captioner.decoding`), preprocessing (:func:`captioner.data.images.preprocess_array`),
+captions and confidence (:mod:`captioner.captions`, :mod:`captioner.confidence`) are the torch
+model's own code, run on numpy arrays: only the graphs are the export's."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..captions import Caption, caption_in_batches, captions_from_results
+from ..confidence import ConfidenceModel
+from ..data.images import ImageInput, PreprocessConfig, preprocess_array
+from ..data.vocab import Vocabulary
+from ..decoding import DecodeOptions, DecodingConfig, Features, Hypothesis, State, decode
+from ..errors import InvalidInputError
+from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
+
+INSTALL_HINT = "pip install 'captioner[onnx]'"
+STEP_COUNTER = "__step__"  # the exported decoder's own count of steps, kept in its state
+
+
+def _session(path: Path, threads: int):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeError(f"captioning an exported model needs onnxruntime, which is not installed: {INSTALL_HINT}") \
+            from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _ExportedDecoder:
+    """The exported ``init_state`` / ``step`` graphs behind the decoder interface decoding uses."""
+
+    has_attention = False  # the step graphs return no attention weights
+
+    def __init__(self, manifest: dict, init_session, step_session):
+        self.name = manifest["decoder"]["name"]
+        self.vocab_size = int(manifest["decoder"]["vocab_size"])
+        self.static_state = frozenset(slot["name"] for slot in manifest["state"] if slot["static"])
+        self.step_limit = manifest["decoder"]["step_limit"]
+        self.step_limit_reason = manifest["decoder"]["step_limit_reason"]
+        self._init, self._step = init_session, step_session
+        self._init_inputs = manifest["init_state"]["inputs"]
+        self._init_outputs = manifest["init_state"]["outputs"]
+        self._step_inputs = manifest["step"]["inputs"]
+        self._step_outputs = manifest["step"]["outputs"]
+
+    def init_state(self, features: Features) -> State:
+        given = {"pooled": features.pooled, "grid": features.grid}
+        feeds = {name: given[name] for name in self._init_inputs}
+        return {**dict(zip(self._init_outputs, self._init.run(self._init_outputs, feeds))), STEP_COUNTER: 0}
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        step = state[STEP_COUNTER]
+        if self.step_limit is not None and step >= self.step_limit:
+            raise InvalidInputError(self.step_limit_reason)
+        feeds = {name: tokens if name == "tokens" else state[name] for name in self._step_inputs}
+        log_probs, *values = self._step.run(self._step_outputs, feeds)
+        updated = {name[: -len(NEXT_SUFFIX)]: value for name, value in zip(self._step_outputs[1:], values)}
+        return log_probs, {**state, **updated, STEP_COUNTER: step + 1}
+
+
+class OnnxCaptioner:
+    """Captions images with a model exported by ``captioner export --format onnx``, with
+    numpy and onnxruntime only (no torch): the same captions, scores and confidence as the
+    :class:`~captioner.model.Captioner` it was exported from, through the same methods
+    (:class:`captioner.captions.CaptionModel`).
+
+    >>> OnnxCaptioner.from_pretrained("exported/").caption("dog.png", beam_size=3).text
+
+    ``threads``: intra-op threads per graph; default ``$OMP_NUM_THREADS`` when set, else
+    onnxruntime's choice (one per physical core).
+    """
+
+    def __init__(self, directory: str | Path, threads: int | None = None):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        if threads is None:
+            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        try:
+            self.vocab = Vocabulary.load(self.directory / VOCAB_FILE)
+            self.preprocess = PreprocessConfig(**json.loads((self.directory / PREPROCESS_FILE).read_text("utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ExportedModelError(f"{self.directory}: unreadable {VOCAB_FILE} or {PREPROCESS_FILE} ({e})") from None
+        if len(self.vocab) != self.manifest["decoder"]["vocab_size"]:
+            raise ExportedModelError(
+                f"{self.directory}: {VOCAB_FILE} has {len(self.vocab)} words but the graphs score "
+                f"{self.manifest['decoder']['vocab_size']}; export the model again"
+            )
+        sessions = {part: _session(self.directory / name, threads) for part, name in self.manifest["graphs"].items()}
+        self._encoder = sessions["encoder"]
+        self.decoder = _ExportedDecoder(self.manifest, sessions["init_state"], sessions["step"])
+        self.max_length = int(self.manifest["decoding"]["max_length"])
+        confidence_file = self.manifest.get("confidence")
+        self.confidence = None if confidence_file is None else ConfidenceModel.load(
+            self.directory, int(self.manifest["encoder"]["pooled_shape"][1]), confidence_file)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, threads: int | None = None) -> "OnnxCaptioner":
+        """The exported model in ``directory`` (as ``Captioner.from_pretrained`` for a torch model)."""
+        return cls(directory, threads)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"OnnxCaptioner({str(self.directory)!r}, encoder={m['encoder']['name']!r}, "
+                f"decoder={m['decoder']['name']!r}, quantization={m['quantization']!r})")
+
+    def encode(self, pixels: np.ndarray) -> Features:
+        """Preprocessed images (batch, 3, crop, crop) float32 → their features."""
+        names = self.manifest["encoder"]["outputs"]
+        pooled, grid = self._encoder.run(names, {self.manifest["encoder"]["inputs"][0]: np.asarray(pixels)})
+        return Features(pooled, grid)
+
+    def decoding_config(self) -> DecodingConfig:
+        """The vocabulary ids and length limit decoding obeys for this model."""
+        d = self.manifest["decoding"]
+        return DecodingConfig(
+            start_id=d["start_id"], end_id=d["end_id"], pad_id=d["pad_id"], banned_ids=tuple(d["banned_ids"]),
+            max_length=self.max_length, min_length=d["min_length"],
+        )
+
+    def generate(self, features: Features, options: DecodeOptions | None = None, generator=None,
+                 **decode_options) -> list[list[Hypothesis]]:
+        """Decode from features as ``options`` say (:class:`~captioner.decoding.DecodeOptions`)."""
+        return decode(self.decoder, features, self.decoding_config(), DecodeOptions.of(options, **decode_options),
+                      generator)
+
+    def preprocess_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images (paths, bytes or PIL images) → one batch of pixels (batch, 3, crop, crop) float32."""
+        return np.stack([preprocess_array(image, self.preprocess) for image in images])
+
+    def encode_images(self, images: Sequence[ImageInput]) -> Features:
+        """The features of images (paths, bytes or PIL images)."""
+        return self.encode(self.preprocess_images(images))
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,
+                batch_size: int = 32, **decode_options) -> Caption | list[Caption]:
+        """Caption one image (path or PIL image) or a list of them, batched, as ``Captioner.caption``."""
+        return caption_in_batches(self, images, DecodeOptions.of(options, **decode_options), batch_size)
+
+    def caption_pixels(self, pixels, options: DecodeOptions | None = None, **decode_options) -> list[Caption]:
+        """Caption a batch of already preprocessed images (batch, 3, crop, crop) float32 (a numpy
+        array, or anything ``numpy.asarray`` takes, such as a CPU torch tensor)."""
+        features = self.encode(np.asarray(pixels, dtype=np.float32))
+        return captions_from_results(self.generate(features, options, **decode_options), self.vocab, features,
+                                     self.confidence)
