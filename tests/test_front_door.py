@@ -50,13 +50,14 @@ class NumpyDecoder:
     def __init__(self, decoder):
         self.decoder, self.vocab_size, self.static_state = decoder, decoder.vocab_size, decoder.static_state
 
+    @torch.no_grad()
     def init_state(self, features):
         state = self.decoder.init_state(Features(torch.from_numpy(features.pooled)))
         return {k: v.numpy() for k, v in state.items()}
 
+    @torch.no_grad()
     def step(self, tokens, state):
-        with torch.no_grad():
-            log_probs, new = self.decoder.step(torch.from_numpy(tokens), {k: torch.from_numpy(v) for k, v in state.items()})
+        log_probs, new = self.decoder.step(torch.from_numpy(tokens), {k: torch.from_numpy(v) for k, v in state.items()})
         return log_probs.numpy(), {k: v.numpy() for k, v in new.items()}
 
 

@@ -66,7 +66,7 @@ def main() -> None:
     shards = write_shards(samples, str(work / "shards" / "{:05d}.tar"), args.per_shard)
     pattern = str(work / "shards" / f"{{00000..{len(shards) - 1:05d}}}.tar")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "CAPTIONER_CACHE": str(work / "cache")}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "CAPTIONER_CACHE": str(work / "cache")}
     caption = ["--beam-size", "3", "--batch-size", str(args.batch_size), "--device", "cpu"]
     rows = []
 

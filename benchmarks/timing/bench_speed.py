@@ -458,7 +458,7 @@ def bench_bundled_latency(args, beam_size: int = 5) -> dict:
     """The bundled model, one example image, load → caption, per runtime: median ms."""
     from captioner.model import default_model_dir
 
-    images = sorted(str(p) for p in (Path(__file__).parents[1] / "examples").glob("*.png"))
+    images = sorted(str(p) for p in (Path(__file__).parents[2] / "examples").glob("*.png"))
     rows = {}
     for runtime in runtimes(torch.device("cpu"), False):
         model = use_path(Captioner.from_pretrained(default_model_dir()), runtime)
