@@ -54,7 +54,7 @@ def onnx_encoder(model: Captioner, size: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    parser.add_argument("--image", default=str(Path(__file__).parent.parent / "tests/fixtures/tiny/images/emoji_1f436.png"))
+    parser.add_argument("--image", default=str(Path(__file__).parents[2] / "tests/fixtures/tiny/images/emoji_1f436.png"))
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--sizes", default="224,160")
