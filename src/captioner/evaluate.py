@@ -40,15 +40,20 @@ def evaluate_model(
     batch_size: int = 64,
     device: str = "auto",
     by: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> Evaluation:
     """Caption the ``split`` examples of the captions file ``data`` with ``model`` (a model
     directory, a loaded :class:`Captioner`, or ``None`` for the bundled model) and score them
     with every coco-caption metric. ``images``: the image root (default: ``data``'s folder);
     ``format``: the captions format (default: detected). ``by``: a per-image field of the
     dataset (e.g. ``artist``) to score each of its values on its own as well
-    (:func:`captioner.metrics.groups.evaluate_by_group`)."""
+    (:func:`captioner.metrics.groups.evaluate_by_group`).
+
+    Scored against the references in ``language`` (default: the model's first language; captions
+    the dataset does not tag count as that language), split into words by the model's tokenizer of
+    that language; ``scores["tokenizer"]`` and ``scores["language"]`` say which."""
     from .data.loaders import CaptionPairs
-    from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
+    from .data.sources import DatasetError, read_dataset, select_languages, split_examples, validate_examples
     from .metrics import ALL_METRICS
     from .device import resolve_device
     from .train.validation import caption_and_score
@@ -58,9 +63,14 @@ def evaluate_model(
     else:
         torch_device = resolve_device(device)
         model = Captioner.from_pretrained(model, device=torch_device)
+    language = model.vocab.check_language(language)
+    tokenizer = model.vocab.tokenizer_of(language)
     examples = split_examples(read_dataset(data, images, format), split)
     if not examples:
         raise DatasetError(f"{data} has no {split!r} examples")
+    examples = select_languages(examples, model.vocab.default_language, [language])
+    if not examples:
+        raise DatasetError(f"{data} has no {split!r} captions in {language!r}, the language scored")
     problems = validate_examples(examples)
     if problems:
         raise DatasetError(f"{data} has problems:\n{problems.report()}")
@@ -68,15 +78,18 @@ def evaluate_model(
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
     record, predictions = caption_and_score(
-        model, examples, rows, pairs, None, batch_size, beam_size, torch_device, metrics=ALL_METRICS
+        model, examples, rows, pairs, None, batch_size, beam_size, torch_device, metrics=ALL_METRICS,
+        language=language,
     )
     renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
     by_group = None
     if groups is not None:
         from .metrics.groups import evaluate_by_group
 
-        by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups)
-    return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions, by_group)
+        by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups,
+                                     tokenizer=tokenizer, language=language)
+    scores = {renamed.get(k, k): v for k, v in record.items()}
+    return Evaluation({**scores, "tokenizer": tokenizer, "language": language}, predictions, by_group)
 
 
 def _groups(examples, field: str, data) -> dict[Hashable, str]:
@@ -93,12 +106,19 @@ def _groups(examples, field: str, data) -> dict[Hashable, str]:
     return {e.image_id: str(e.metadata[field]) for e in examples}
 
 
-def evaluate_files(predictions: Union[str, Path], references: Union[str, Path]) -> dict[str, Any]:
+def evaluate_files(predictions: Union[str, Path], references: Union[str, Path], *,
+                   language: Optional[str] = None, tokenizer: Optional[str] = None) -> dict[str, Any]:
     """Score a COCO results file ``[{"image_id", "caption"}]`` against a COCO captions file
-    (or ``{image_id: [captions]}`` JSON) with every coco-caption metric."""
+    (or ``{image_id: [captions]}`` JSON) with every coco-caption metric. Words come from
+    ``tokenizer``, else from the default tokenizer of ``language``, else of the one language the
+    references' annotations name (``"language": "ja"``), else PTB (English)."""
     from .metrics import evaluate_captions, load_coco_references, load_coco_results
+    from .metrics.evaluate import coco_references_language
 
-    return evaluate_captions(load_coco_results(predictions), load_coco_references(references))
+    if language is None and tokenizer is None:
+        language = coco_references_language(references)
+    return evaluate_captions(load_coco_results(predictions), load_coco_references(references),
+                             tokenizer=tokenizer, language=language)
 
 
 def _coco_id(key: Hashable):

@@ -44,13 +44,17 @@ def validate(model, val_examples, val_rows, val_pairs, cache, config, device) ->
 
 @torch.no_grad()
 def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size, device,
-                      metrics=("BLEU", "ROUGE_L", "CIDEr")):
-    """Generate a caption for every example and score them against its references.
+                      metrics=("BLEU", "ROUGE_L", "CIDEr"), language=None):
+    """Generate a caption for every example and score them against its references in ``language``
+    (default: the vocabulary's first), split into words by that language's tokenizer.
 
     Returns (record of metrics + teacher-forced loss, predictions {image_id: caption}).
     """
     from ..metrics import evaluate_captions
 
+    vocab = model.vocab
+    language = vocab.check_language(language)
+    tokenizer = vocab.tokenizer_of(language)
     model.eval()
     cross_entropy = CaptionCrossEntropy(model.vocab.pad_id)
     predictions, references = {}, {}
@@ -60,8 +64,11 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size
         results = model.generate(features, beam_size=beam_size)
         for i, hypotheses in enumerate(results):
             example = examples[offset + i]
-            predictions[example.image_id] = model.vocab.decode(hypotheses[0].tokens)
-            references[example.image_id] = example.captions
+            in_language = [c for c, lang in zip(example.captions, example.caption_languages(vocab.default_language))
+                           if lang == language]
+            if in_language:  # an image without a reference in this language is not scored
+                predictions[example.image_id] = vocab.decode(hypotheses[0].tokens, language)
+                references[example.image_id] = in_language
         # Teacher-forced loss on every caption of these images.
         pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]
         local = {row: i for i, row in enumerate(rows[offset : offset + n])}
@@ -72,12 +79,12 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, beam_size
         result = cross_entropy(model, pair_features, pairs.captions(pair_index).to(device))
         loss_sum += float(result.logs["loss"]) * int(result.weight)
         token_sum += int(result.weight)
-    scores = evaluate_captions(predictions, references, metrics=metrics)
+    scores = evaluate_captions(predictions, references, metrics=metrics, tokenizer=tokenizer, language=language)
     val_loss = loss_sum / max(token_sum, 1)
     record = {
         "val_loss": val_loss,
         "val_ppl": math.exp(min(val_loss, 50)),
-        "exact_match": exact_match(predictions, references),
+        "exact_match": exact_match(predictions, references, tokenizer),
         "bad_ending": bad_ending_rate(predictions.values()),
         **{k: v for k, v in scores.items() if isinstance(v, float)},
     }
