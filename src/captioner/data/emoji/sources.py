@@ -172,6 +172,8 @@ def _wanted_member(package: str, name: str) -> bool:
         return name == "package/emoji.json" or (name.startswith("package/img/google/64/") and name.endswith(".png"))
     if package == OPENMOJI_PACKAGE:
         return name == "package/data/openmoji.json" or (name.startswith("package/color/svg/") and name.endswith(".svg"))
+    if package.startswith("cldr-annotations"):  # the emoji names of every locale (.cldr)
+        return name.startswith(("package/annotations/", "package/annotationsDerived/")) and name.endswith(".json")
     return name in ("package/icons.json", "package/chars.json", "package/info.json")
 
 
