@@ -286,3 +286,13 @@ def test_one_model_learns_two_languages(tmp_path):
         assert [c.text for c in captions] == expected
     with pytest.raises(InvalidInputError, match="^language 'ja' is not one this model was trained on; it knows en, de$"):
         model.caption(str(examples[0].path), language="ja")
+
+
+def test_word_vectors_refuse_a_subword_vocabulary(tmp_path):
+    from torch import nn
+
+    from captioner.data.word_vectors import load_word_vectors
+
+    vocab = create_vocabulary("bpe", CAPTIONS, languages=LANGUAGES, vocab_size=40)
+    with pytest.raises(InvalidInputError, match="need a word vocabulary; this one is bpe"):
+        load_word_vectors(nn.Embedding(len(vocab), 4), vocab, tmp_path / "glove.txt")
