@@ -169,6 +169,8 @@ def test_select_languages_and_vocabulary_for():
     untagged = select_languages(read_dataset(TINY / "captions.csv"), "en")
     assert vocabulary_for(untagged, min_count=1).itos == Vocabulary.build(
         [c for e in untagged for c in e.captions], min_count=1).itos
+    with pytest.raises(DatasetError, match="^no captions in ja; the captions here are in de, en"):
+        select_languages(examples, "en", ["ja"])
 
 
 def test_config_language_keys_are_checked():
@@ -206,7 +208,7 @@ def test_japanese_scores_computed_by_hand():
     assert ptb["tokenizer"] == "ptb" and ptb["per_image"][2]["CIDEr"] == 0.0
 
 
-def test_evaluate_files_scores_in_the_references_language(tmp_path):
+def test_evaluate_files_scores_in_the_references_language(tmp_path, capsys):
     from captioner.evaluate import evaluate_files
 
     refs = tmp_path / "refs.json"
@@ -219,6 +221,12 @@ def test_evaluate_files_scores_in_the_references_language(tmp_path):
     scores = evaluate_files(preds, refs)
     assert scores["tokenizer"] == "unicode" and scores["language"] == "de"
     assert scores["Bleu_1"] == pytest.approx(1.0) and "METEOR" in scores["skipped"]
+    from captioner import cli
+
+    assert cli.main(["evaluate", "--predictions", str(preds), "--references", str(refs)]) == 0
+    printed = capsys.readouterr()
+    assert "tokenizer    unicode" in printed.out and "language     de" in printed.out
+    assert "METEOR skipped: METEOR is English-only" in printed.err
 
 
 # --------------------------------------------------------------------------------------------- self-critical

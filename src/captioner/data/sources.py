@@ -326,15 +326,20 @@ def drop_invalid(examples: list[Example], problems: DatasetProblems) -> list[Exa
 
 def select_languages(examples: list[Example], default: str, languages=None) -> list[Example]:
     """Every caption tagged with its language (``default`` where the dataset names none), only the
-    captions in ``languages`` kept (``None``: all), and only the images left with a caption."""
+    captions in ``languages`` kept (``None``: all), and only the images left with a caption; none left
+    raises, naming the languages the examples have."""
     wanted = None if languages is None else {normalize_language(lang, "data.languages") for lang in languages}
-    selected = []
+    selected, seen = [], set()
     for example in examples:
         tagged = example.caption_languages(default)
+        seen.update(tagged)
         keep = [i for i, lang in enumerate(tagged) if wanted is None or lang in wanted]
         if keep:
             selected.append(Example(example.image_id, example.path, [example.captions[i] for i in keep],
                                     example.split, example.metadata, [tagged[i] for i in keep]))
+    if examples and not selected:
+        raise DatasetError(f"no captions in {', '.join(sorted(wanted))}; the captions here are in "
+                           f"{', '.join(sorted(seen))} (untagged ones count as {default})")
     return selected
 
 
