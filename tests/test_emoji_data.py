@@ -443,7 +443,8 @@ def test_languages_caption_every_image_in_each_language_with_the_same_splits(tmp
     per = summary["languages"]["per_language"]
     assert per["ar"]["unnamed_emoji"] == 1 and per["de"]["unnamed_emoji"] == 0
     assert per["ja"]["tokenizer"] == "chars" and per["de"]["captions"] == len(dataset["images"])
-    assert "## Languages" in (out / "SOURCES.md").read_text() and "Unicode License v3" in (out / "SOURCES.md").read_text()
+    sources_md = (out / "SOURCES.md").read_text()
+    assert "## Languages" in sources_md and "Unicode License v3" in sources_md
     sentids = [s["sentid"] for im in dataset["images"] for s in im["sentences"]]
     assert sentids == list(range(len(sentids)))
     examples = read_dataset(out / "dataset.json")  # the readers take the sentences' languages
@@ -458,7 +459,7 @@ def test_regional_locale_inherits_its_language_names_and_unknown_locales_are_ref
     assert emoji_data.locale_chain("zh-Hant-HK") == ["zh-Hant-HK", "zh-Hant"]
     with pytest.raises(emoji_data.EmojiSourceError, match="has no emoji names for 'fr'; it has ar, de, de-CH, ja"):
         emoji_data.cldr_names(folders, "fr")
-    with pytest.raises(emoji_data.EmojiSourceError, match="cldr-annotations-full@48.2.0 .*captioner data emoji --fetch"):
+    with pytest.raises(emoji_data.EmojiSourceError, match="cldr-annotations-full@48.2.0 .*data emoji --fetch"):
         build(tmp_path / "out", ("google",), languages="de")
 
 

@@ -264,14 +264,14 @@ class SubwordVocabulary(Vocabulary):
             raise ValueError(f"a subword model of {size} pieces is not one captioner writes")
         pieces = [model.id_to_token(i) for i in range(size)]
         languages = _check_languages(languages)
-        markers = len(_marker_tokens(languages))
-        if pieces[:markers] != _marker_tokens(languages):
-            raise ValueError(f"the subword model's first pieces are {pieces[:markers]}, not {_marker_tokens(languages)}")
-        super().__init__(pieces[markers:], languages)
+        markers = _marker_tokens(languages)
+        if pieces[: len(markers)] != markers:
+            raise ValueError(f"the subword model's first pieces are {pieces[: len(markers)]}, not {markers}")
+        super().__init__(pieces[len(markers):], languages)
         if self.itos != pieces:
             raise ValueError("the subword model's pieces are not unique")
         self.model, self.kind = model, kind
-        self._word_starts = [i < markers or p.startswith(WORD_START) for i, p in enumerate(pieces)]
+        self._word_starts = [i < len(markers) or p.startswith(WORD_START) for i, p in enumerate(pieces)]
 
     @classmethod
     def build(cls, captions: Iterable[CaptionText], vocab_size: int = 4000, kind: str = "bpe",

@@ -58,7 +58,8 @@ class DataConfig:
         except (InvalidInputError, UnknownNameError) as e:
             raise ConfigError(str(e)) from None
         if self.vocabulary not in VOCABULARY_KINDS:
-            raise ConfigError(f"data.vocabulary: expected one of {', '.join(VOCABULARY_KINDS)}, got {self.vocabulary!r}")
+            raise ConfigError(f"data.vocabulary: expected one of {', '.join(VOCABULARY_KINDS)}, "
+                              f"got {self.vocabulary!r}")
 
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"data.runtime: expected one of {', '.join(RUNTIMES)}, got {self.runtime!r}")

@@ -187,7 +187,8 @@ def build_emoji_dataset(
     unnamed: dict[str, set[str]] = {lang: set() for lang in wanted_languages}
     unnamed_images = 0
     for item, split in zip(kept, split_of):
-        captions = _captions_in(item, wanted_languages, names_in, unnamed) if wanted_languages else [(item.caption, None)]
+        captions = (_captions_in(item, wanted_languages, names_in, unnamed) if wanted_languages
+                    else [(item.caption, None)])
         if not captions:
             unnamed_images += 1
             continue
@@ -241,7 +242,8 @@ def _language_list(languages) -> list[str]:
     if languages is None:
         return []
     items = languages.split(",") if isinstance(languages, str) else list(languages)
-    return list(dict.fromkeys(normalize_language(str(lang).strip(), "--languages") for lang in items if str(lang).strip()))
+    codes = (normalize_language(str(lang).strip(), "--languages") for lang in items if str(lang).strip())
+    return list(dict.fromkeys(codes))
 
 
 def _captions_in(item: Item, languages: list[str], names_in: dict, unnamed: dict) -> list[tuple[str, str]]:

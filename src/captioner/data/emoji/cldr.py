@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .names import emoji_key
-from .sources import EmojiSourceError, _find_dir, fetch_npm_source, npm_command
+from .sources import EmojiSourceError, find_package_dir, fetch_npm_source, npm_command
 
 CLDR_VERSION = "48.2.0"
 # folder inside the package → npm package name
@@ -39,10 +39,10 @@ def resolve_cldr(cldr_dir=None, cache_dir: Path | None = None, fetch: bool = Fal
             base = Path(cldr_dir).expanduser()
         else:
             base = Path(cache_dir) / f"{package}-{CLDR_VERSION}"
-        folder = _find_dir(base, top)
+        folder = find_package_dir(base, top)
         if folder is None and fetch and cldr_dir is None:
             fetch_npm_source(package, CLDR_VERSION, base, log)
-            folder = _find_dir(base, top)
+            folder = find_package_dir(base, top)
         if folder is None:
             missing.append(f"{package}@{CLDR_VERSION} (no {top}/ in {base}): " + (
                 "untar it there" if cldr_dir is not None else
@@ -97,6 +97,7 @@ def cldr_names(folders: dict[str, Path], locale: str) -> dict[tuple[int, ...], s
                 continue
             for text, entry in _read_annotations(path, top).items():
                 tts = entry.get("tts") if isinstance(entry, dict) else None
-                if isinstance(text, str) and isinstance(tts, list) and tts and isinstance(tts[0], str) and tts[0].strip():
-                    names[emoji_key(ord(c) for c in text)] = tts[0]
+                name = tts[0] if isinstance(tts, list) and tts and isinstance(tts[0], str) else ""
+                if isinstance(text, str) and name.strip():
+                    names[emoji_key(ord(c) for c in text)] = name
     return names
