@@ -65,3 +65,11 @@ def train_tiny(data: Path, out: Path, decoder: str = "show-tell", epochs: int = 
 @pytest.fixture(scope="session")
 def trained_show_tell(tiny_one_caption, tmp_path_factory) -> Path:
     return train_tiny(tiny_one_caption, tmp_path_factory.mktemp("show-tell"))
+
+
+@pytest.fixture(scope="session")
+def trained_en_de(tmp_path_factory) -> Path:
+    """One show-tell model of the tiny set captioned in English and German (a BPE vocabulary
+    with <2en> and <2de>): what the multilingual tests share."""
+    return train_tiny(TINY / "captions_en_de.csv", tmp_path_factory.mktemp("en-de"), epochs=40,
+                      extra=["--set", "data.vocabulary=bpe", "--set", "data.vocab_size=400"])

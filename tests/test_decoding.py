@@ -1,6 +1,7 @@
 """Greedy and beam search over the step interface, on a real (randomly initialised) decoder."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,51 @@ def test_sampling_is_seeded(decoder, features):
     a = sample(decoder, features, CONFIG, generator=torch.Generator().manual_seed(3))
     b = sample(decoder, features, CONFIG, generator=torch.Generator().manual_seed(3))
     assert [h[0].tokens for h in a] == [h[0].tokens for h in b]
+
+
+class _BigramPieces:
+    """A numpy step decoder whose next piece depends on the last one (and <end> on the length):
+    it likes to write "cat" as ▁ca + t, twice, then stop."""
+
+    vocab_size, static_state = 8, ()
+    #   ids: 0 <pad> 1 <start> 2 <end> 3 <unk> 4 ▁the 5 ▁ca 6 t 7 ▁dog
+    LIKES = {1: {5: 0.9, 4: 0.1}, 4: {5: 0.9, 7: 0.1}, 5: {6: 0.9, 7: 0.1},
+             6: {5: 0.7, 6: 0.2, 7: 0.1}, 7: {5: 0.5, 6: 0.5}}
+
+    def init_state(self, features):
+        return {"steps": np.zeros(features.pooled.shape[0], dtype=np.int64)}
+
+    def step(self, tokens, state):
+        table = np.full((8, 8), 1e-6)
+        for previous, likes in self.LIKES.items():
+            for token, p in likes.items():
+                table[previous, token] = p
+        table[:, 2] = np.where(state["steps"][0] >= 4, 5.0, 1e-3)  # <end> once four pieces are written
+        log_probs = np.log(table / table.sum(1, keepdims=True))[tokens].astype(np.float32)
+        return log_probs, {"steps": state["steps"] + 1}
+
+
+def _words(tokens, starts):
+    words = []
+    for t in tokens:
+        if starts[t] or not words:
+            words.append([t])
+        else:
+            words[-1].append(t)
+    return [tuple(w) for w in words]
+
+
+def test_no_repeat_counts_words_of_a_subword_vocabulary():
+    import numpy as np
+
+    starts = (True, True, True, True, True, True, False, True)
+    config = DecodingConfig(start_id=1, end_id=2, pad_id=0, banned_ids=(0, 1, 3), max_length=8, word_starts=starts)
+    features = Features(np.zeros((1, 4), dtype=np.float32))
+    free = beam_search(_BigramPieces(), features, config, beam_size=3)[0][0].tokens
+    assert _words(free, starts).count((5, 6)) >= 2  # without the rule: "cat cat …"
+    for n in (1, 2):
+        for hypothesis in beam_search(_BigramPieces(), features, config, beam_size=3, n_best=3,
+                                      no_repeat_ngram_size=n)[0]:
+            words = _words(hypothesis.tokens, starts)
+            grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+            assert len(grams) == len(set(grams)), (n, words)

@@ -415,3 +415,62 @@ def test_icon_names_map_through_cldr_slugs():
         "admissiontickets": None, "keycap": None, "man-bald-purple": None,
     }
     assert {name: emoji_data.map_icon_name(name, slugs) for name in expected} == expected
+
+
+# --------------------------------------------------------------------------------------------- languages
+CLDR = FIXTURES / "cldr"  # both CLDR annotation packages, cut down to the fixtures' emoji
+
+
+def test_languages_caption_every_image_in_each_language_with_the_same_splits(tmp_path, built):
+    _, english_summary, english = built
+    out = tmp_path / "dataset"
+    sources = tuple(dict.fromkeys(im["source"] for im in english["images"]))
+    summary = build(out, sources, languages="en,de,ja,ar", cldr_dir=CLDR)
+    dataset = load(out)
+    assert [(im["filename"], im["source"], im["split"]) for im in dataset["images"]] == \
+        [(im["filename"], im["source"], im["split"]) for im in english["images"]]
+    by_char = {}
+    for image, plain in zip(dataset["images"], english["images"]):
+        by_language = {s["language"]: s["raw"] for s in image["sentences"]}
+        assert by_language["en"] == plain["sentences"][0]["raw"]  # English as without languages
+        by_char[image["char"]] = by_language
+    assert by_char["🐶"] == {"en": "dog face", "de": "hundegesicht", "ja": "イヌの顔", "ar": "وجه كلب"}
+    thumbs = next(v for k, v in by_char.items() if k.startswith("👍") and len(k) == 2)
+    assert thumbs["de"].startswith("daumen hoch: ")  # derived names: skin tones
+    assert by_char["🇫🇷"]["de"] == "flagge: frankreich" and "ar" not in by_char["🇫🇷"]
+    assert json.loads((out / emoji_data.UNNAMED_FILE).read_text()) == \
+        {"en": [], "de": [], "ja": [], "ar": ["1F1EB-1F1F7"]}
+    per = summary["languages"]["per_language"]
+    assert per["ar"]["unnamed_emoji"] == 1 and per["de"]["unnamed_emoji"] == 0
+    assert per["ja"]["tokenizer"] == "chars" and per["de"]["captions"] == len(dataset["images"])
+    sources_md = (out / "SOURCES.md").read_text()
+    assert "## Languages" in sources_md and "Unicode License v3" in sources_md
+    sentids = [s["sentid"] for im in dataset["images"] for s in im["sentences"]]
+    assert sentids == list(range(len(sentids)))
+    examples = read_dataset(out / "dataset.json")  # the readers take the sentences' languages
+    assert [e.languages for e in examples] == [[s["language"] for s in im["sentences"]] for im in dataset["images"]]
+    assert english_summary.get("languages") is None and not (Path(built[0]) / emoji_data.UNNAMED_FILE).exists()
+
+
+def test_regional_locale_inherits_its_language_names_and_unknown_locales_are_refused(tmp_path):
+    folders = emoji_data.resolve_cldr(CLDR)
+    swiss = emoji_data.cldr_names(folders, "de-CH")
+    assert swiss[(0x1F436,)] == "Hundegesicht (CH)" and swiss[(0x1F431,)] == "Katzengesicht"
+    assert emoji_data.locale_chain("zh-Hant-HK") == ["zh-Hant-HK", "zh-Hant"]
+    with pytest.raises(emoji_data.EmojiSourceError, match="has no emoji names for 'fr'; it has ar, de, de-CH, ja"):
+        emoji_data.cldr_names(folders, "fr")
+    with pytest.raises(emoji_data.EmojiSourceError, match="cldr-annotations-full@48.2.0 .*data emoji --fetch"):
+        build(tmp_path / "out", ("google",), languages="de")
+
+
+def test_cli_languages(tmp_path, capsys):
+    out = tmp_path / "dataset"
+    code = cli.main(["data", "emoji", "--out", str(out), "--sources", "google", "--google-dir", str(GOOGLE),
+                     "--emoji-test", str(EMOJI_TEST), "--image-size", "32", "--jobs", "1", "--quiet",
+                     "--cache-dir", str(tmp_path / "cache"), "--languages", "de,ja", "--cldr-dir", str(CLDR)])
+    assert code == 0
+    assert "captions per language: de " in capsys.readouterr().out
+    assert {s["language"] for im in load(out)["images"] for s in im["sentences"]} == {"de", "ja"}
+    assert cli.main(["data", "emoji", "--out", str(out), "--sources", "google", "--google-dir", str(GOOGLE),
+                     "--languages", "de,klingon!", "--cldr-dir", str(CLDR)]) == 2
+    assert "--languages: 'klingon!' is not a language code" in capsys.readouterr().err

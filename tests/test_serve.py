@@ -497,3 +497,20 @@ def test_decode_budget_bounds_concurrent_decodes():
         decoded = list(pool.map(lambda _: decode_upload(image, "astronaut.jpg", 10**9, PreprocessConfig(), budget), range(16)))
     assert all(d.size == decoded[0].size for d in decoded)
     assert peak[0] == cost * 2 and budget.reserved == 0  # two at once at most, and all released
+
+
+def test_language_field_picks_a_multilingual_models_language(trained_en_de):
+    """``language`` (form or query) picks the caption language; the models endpoint lists them;
+    a language the model does not know is a 400 naming those it knows."""
+    with BackgroundServer(create_app(trained_en_de)) as running, httpx.Client(base_url=running.url,
+                                                                              timeout=60) as client:
+        assert client.get("/v1/models").json()["models"][0]["languages"] == ["en", "de"]
+        library = Captioner.from_pretrained(trained_en_de)
+        path = IMAGES / "chelsea.jpg"
+        for language in ("en", "de"):
+            body = client.post("/v1/captions", files=upload(path), data={"language": language}).json()
+            assert body["language"] == language
+            assert body["results"][0]["caption"] == library.caption(path, language=language).text
+        response = client.post("/v1/captions", files=upload(path), params={"language": "ja"})
+        body = assert_json_error(response, {400})
+        assert "it knows en, de" in body["error"]

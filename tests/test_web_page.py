@@ -201,3 +201,32 @@ def test_low_confidence_notice_on_a_photo(browser, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "caption").text == "rocket")
         assert not notice.is_displayed()
         assert severe_console_errors(browser) == []
+
+
+def test_language_menu_captions_in_the_chosen_language(trained_en_de, browser, tmp_path):
+    """A multilingual model: the page offers its languages, captions in the chosen one, and marks
+    the caption's language; an Arabic caption is laid out right to left."""
+    from selenium.webdriver.support.ui import Select
+
+    path = IMAGES / "chelsea.jpg"
+    with BackgroundServer(create_app(trained_en_de)) as server:
+        wait = load_page(browser, server)
+        menu = browser.find_element(By.ID, "language")
+        assert menu.is_displayed()
+        assert [o.get_attribute("value") for o in Select(menu).options] == ["en", "de"]
+        Select(menu).select_by_value("de")
+        caption = upload_and_wait(browser, wait, path)
+        german = httpx.post(f"{server.url}v1/captions", data={"language": "de"},
+                            files=[("image", (path.name, path.read_bytes()))], timeout=60).json()
+        assert caption == german["results"][0]["caption"] and german["language"] == "de"
+        assert browser.find_element(By.ID, "caption").get_attribute("lang") == "de"
+        result = {"filename": "x.png", "caption": "وجه كلب", "score": -1.0,
+                  "alternatives": [{"caption": "وجه كلب", "score": -1.0}, {"caption": "كلب", "score": -2.0}]}
+        browser.execute_script("window.captionerPage.render(arguments[0], 'ar')", result)
+        direction = "return getComputedStyle(arguments[0]).direction"
+        shown = browser.find_element(By.ID, "caption")
+        assert shown.text == "وجه كلب" and browser.execute_script(direction, shown) == "rtl"
+        for alternative in browser.find_elements(By.CLASS_NAME, "alt-caption"):
+            assert browser.execute_script(direction, alternative) == "rtl"
+        browser.save_screenshot(str(tmp_path / "arabic.png"))
+        assert severe_console_errors(browser) == []

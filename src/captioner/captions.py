@@ -47,14 +47,15 @@ class Caption:
     low_confidence: Optional[bool] = None
 
     @classmethod
-    def from_hypotheses(cls, hypotheses, vocab, **extra) -> "Caption":
+    def from_hypotheses(cls, hypotheses, vocab, language: Optional[str] = None, **extra) -> "Caption":
         """The caption of one image's n-best ``hypotheses`` (best first; anything with
-        ``tokens`` and ``score``), words from ``vocab``; ``extra`` fills the other fields."""
+        ``tokens`` and ``score``), text from ``vocab`` in ``language`` (how its words join);
+        ``extra`` fills the other fields."""
         best = hypotheses[0]
         return cls(
-            text=vocab.decode(best.tokens),
+            text=vocab.decode(best.tokens, language),
             score=best.score,
-            alternatives=[Alternative(vocab.decode(h.tokens), h.score) for h in hypotheses],
+            alternatives=[Alternative(vocab.decode(h.tokens, language), h.score) for h in hypotheses],
             words=[vocab.itos[t] for t in best.tokens],
             **extra,
         )
@@ -81,17 +82,17 @@ class Caption:
 
 
 def captions_from_results(results: Sequence[Sequence[Hypothesis]], vocab, features: Features,
-                          confidence=None) -> list[Caption]:
-    """One :class:`Caption` per image from decoding's n-best lists (best first): the words,
-    scores and attention of its best hypothesis and, when the model has a ``confidence``
-    (:class:`captioner.confidence.ConfidenceModel`), how far to trust it."""
+                          confidence=None, language: Optional[str] = None) -> list[Caption]:
+    """One :class:`Caption` per image from decoding's n-best lists (best first): the words
+    (in ``language``), scores and attention of its best hypothesis and, when the model has a
+    ``confidence`` (:class:`captioner.confidence.ConfidenceModel`), how far to trust it."""
     confidences: list[Optional[float]] = [None] * len(results)
     if confidence is not None:
         word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
         confidences = confidence.confidence(features.pooled, word_probabilities).tolist()
     return [
         Caption.from_hypotheses(
-            hypotheses, vocab,
+            hypotheses, vocab, language,
             attention=hypotheses[0].attention,
             grid_shape=features.grid_shape if hypotheses[0].attention is not None else None,
             confidence=value,

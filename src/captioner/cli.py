@@ -47,6 +47,8 @@ def _add_decoding(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sample", action="store_true", help="draw captions from the model instead of searching")
     group.add_argument("--temperature", type=float, default=defaults.temperature, help="--sample: sharpness")
     group.add_argument("--top-k", type=int, default=defaults.top_k, help="--sample: from the k likeliest words (0 = all)")
+    group.add_argument("--language", default=defaults.language,
+                       help="a multilingual model's caption language, e.g. de or ja (default: its first)")
 
 
 def _decode_options(args):
@@ -54,7 +56,7 @@ def _decode_options(args):
 
     return DecodeOptions(beam_size=args.beam_size, n_best=args.n_best, length_penalty=args.length_penalty,
                          no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
-                         sample=args.sample, temperature=args.temperature, top_k=args.top_k)
+                         sample=args.sample, temperature=args.temperature, top_k=args.top_k, language=args.language)
 
 
 # --- caption -----------------------------------------------------------------------
@@ -316,6 +318,13 @@ def add_data(sub) -> None:
                        help="emoji: test/val hold out whole emoji (new combinations of seen words); image: they "
                             "hold out single drawings of emoji drawn by other artists too, so every emoji trains "
                             "(the shipped model's split)")
+    emoji.add_argument("--languages", default=None, metavar="LIST",
+                       help="captions in these languages too, e.g. en,de,ja,zh,es,ar,hi: English as without it, "
+                            "the others Unicode CLDR's emoji names (npm cldr-annotations-full and "
+                            "cldr-annotations-derived-full, fetched with --fetch); default: English only")
+    emoji.add_argument("--cldr-dir", default=None,
+                       help="a folder holding both CLDR packages untarred (annotations/ and annotationsDerived/); "
+                            "default: the cache folder")
     emoji.add_argument("--jobs", type=int, default=None, help="rendering processes (default: CPU count, max 8)")
     emoji.add_argument("--quiet", action="store_true", help="no progress output")
     emoji.set_defaults(run=run_data_emoji)
@@ -335,7 +344,7 @@ def run_data_emoji(args) -> int:
         openmoji_dir=args.openmoji_dir, noto_font=args.noto_font, emoji_test=args.emoji_test,
         image_size=args.image_size, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
         holdout_artists=args.holdout_artist, split_by=args.split_by, fetch=args.fetch, cache_dir=args.cache_dir,
-        jobs=args.jobs, progress=not args.quiet,
+        jobs=args.jobs, progress=not args.quiet, languages=args.languages, cldr_dir=args.cldr_dir,
     )
     print(format_summary(summary))
     return 0

@@ -67,7 +67,9 @@ class DecodeOptions:
     is the GNMT alpha (0 ranks by log-probability); ``no_repeat_ngram_size`` n bans any n-gram
     a caption already holds; ``max_length`` caps the words (``None``: the model's own limit).
     ``sample=True`` draws one caption per image from the model's distribution instead
-    (``temperature``, ``top_k``: 0 = the whole vocabulary).
+    (``temperature``, ``top_k``: 0 = the whole vocabulary). ``language``: which of a
+    multilingual model's languages to caption in (``None``: its first; a model of one
+    language needs none).
     """
 
     beam_size: int = 3
@@ -78,6 +80,7 @@ class DecodeOptions:
     sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
+    language: Optional[str] = None
 
     def __post_init__(self):
         for name in ("beam_size", "n_best", "no_repeat_ngram_size", "top_k"):
@@ -106,6 +109,8 @@ class DecodeOptions:
             raise InvalidInputError(f"sample must be true or false, got {self.sample!r}")
         if self.sample and self.n_best > 1:
             raise InvalidInputError("sampling draws one caption per image: n_best must be 1")
+        if self.language is not None and not isinstance(self.language, str):
+            raise InvalidInputError(f"language must be a language code such as 'de', got {self.language!r}")
 
     @classmethod
     def of(cls, options: Optional["DecodeOptions"] = None, **changes) -> "DecodeOptions":
@@ -142,14 +147,34 @@ class DecodingConfig:
     start_id: int
     end_id: int
     pad_id: int = 0
-    banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>)
+    banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>, language tokens)
     max_length: int = 20
     min_length: int = 1  # words before <end> may be chosen: no empty captions
+    prefix_ids: tuple[int, ...] = ()  # fed after <start>, unscored and uncounted: a language token
+    # Per id, whether the token starts a word (a subword vocabulary); None: every token is a word.
+    # No-repeat counts words, so a repeated word of several pieces is caught too.
+    word_starts: Optional[tuple[bool, ...]] = None
 
     def __post_init__(self):
         if not 1 <= self.max_length <= MAX_DECODE_LENGTH:
             raise InvalidInputError(f"max_length must be at least 1 word (at most {MAX_DECODE_LENGTH}), "
                                     f"got {self.max_length}")
+
+
+def decoding_config_of(vocab, max_length: int, language: Optional[str] = None, min_length: int = 1) -> DecodingConfig:
+    """The decoding ids and limits of a model with this vocabulary, captioning in ``language``:
+    ``<pad>``, ``<start>``, ``<unk>`` and every language token are never generated; the
+    language's token (a multilingual vocabulary's) is fed first; word boundaries of a subword
+    vocabulary let no-repeat count words. Raises for a language the vocabulary does not know."""
+    language_token = vocab.language_token_id(language)
+    starts = tuple(vocab.word_starts)
+    return DecodingConfig(
+        start_id=vocab.start_id, end_id=vocab.end_id, pad_id=vocab.pad_id,
+        banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id, *vocab.language_ids.values()),
+        max_length=max_length, min_length=min_length,
+        prefix_ids=() if language_token is None else (language_token,),
+        word_starts=None if all(starts) else starts,
+    )
 
 
 # --- the engine-specific operations --------------------------------------------------------
@@ -174,8 +199,9 @@ class _Engine:
         order = np.argsort(-values, axis=-1, kind="stable")[:, :k]  # ties: the lower index first
         return np.take_along_axis(values, order, axis=-1), order
 
-    def put_along_rows(self, values, indices, value: float):
-        """A copy of ``values`` (rows, columns) with ``value`` at each row's ``indices``."""
+    def put_along_rows(self, values, indices, value):
+        """A copy of ``values`` (rows, columns) with ``value`` (a number, or an array shaped like
+        ``indices``) at each row's ``indices``."""
         if self.torch:
             return values.scatter(1, indices, value)
         out = values.copy()
@@ -214,6 +240,17 @@ class _Masks:
     def prepare(self, log_probs, step: int):
         """Step log-probs in float32 with banned tokens (and <end> before ``min_length`` words) at -inf."""
         return self.xp.astype(log_probs, self.xp.float32) + (self.early_end if step < self.min_length else self.banned)
+
+
+def _feed_prefix(decoder: StepDecoder, state: State, engine: "_Engine", rows: int, config: DecodingConfig):
+    """Feed ``<start>`` and the forced ``prefix_ids`` (unscored); returns the state and the
+    tokens the search starts from."""
+    xp = engine.xp
+    tokens = xp.full((rows,), config.start_id, dtype=xp.int64, device=engine.device)
+    for forced in config.prefix_ids:
+        _, state = decoder.step(tokens, state)
+        tokens = xp.full((rows,), forced, dtype=xp.int64, device=engine.device)
+    return state, tokens
 
 
 def _map_state(state: State, fn, skip=()) -> State:
@@ -278,8 +315,7 @@ def _one_per_image(decoder: StepDecoder, features: Features, config: DecodingCon
     xp = engine.xp
     masks = _Masks(engine, config, decoder.vocab_size)
     batch = features.pooled.shape[0]
-    state = decoder.init_state(features)
-    tokens = xp.full((batch,), config.start_id, dtype=xp.int64, device=engine.device)
+    state, tokens = _feed_prefix(decoder, decoder.init_state(features), engine, batch, config)
     finished = xp.zeros((batch,), dtype=xp.bool, device=engine.device)
     total = xp.zeros((batch,), dtype=xp.float32, device=engine.device)
     words, attentions, chosen_log_probs = [], [], []
@@ -352,6 +388,58 @@ def _ban_repeated_ngrams(engine: _Engine, log_probs, sequences, n: int):
     return engine.put_along_rows(xp.concat([log_probs, spare], axis=1), banned, -math.inf)[:, :vocab]
 
 
+class _Words:
+    """The words of each beam of a subword vocabulary, as hashes: the completed ones (``done``,
+    ``count`` per row) and the one being written (``current``). No-repeat checks whole words:
+    ending the current word — a token that starts a word, or ``<end>`` — is banned when it
+    would complete an n-gram of words the caption already holds."""
+
+    PRIME = 1_000_003
+
+    def __init__(self, engine: _Engine, config: DecodingConfig, rows: int):
+        self.engine, xp = engine, engine.xp
+        self.starts = engine.constant(np.asarray(config.word_starts, dtype=bool))  # (vocab,)
+        self.ends_word = self.starts | engine.constant(np.arange(len(config.word_starts)) == config.end_id)
+        self.end_id, self.pad_id = config.end_id, config.pad_id
+        self.done = xp.zeros((rows, config.max_length + 1), dtype=xp.int64, device=engine.device)
+        self.count = xp.zeros((rows,), dtype=xp.int64, device=engine.device)
+        self.current = xp.zeros((rows,), dtype=xp.int64, device=engine.device)  # 0: no word begun
+
+    def ban_repeats(self, log_probs, n: int):
+        xp = self.engine.xp
+        width = self.done.shape[1]
+        if n - 1 > width:
+            return log_probs
+        # The n-gram that ending the current word would complete: the last n-1 done words + it.
+        offsets = xp.reshape(self.count, (-1, 1)) - (n - 1) + xp.reshape(
+            self.engine.constant(np.arange(n - 1, dtype=np.int64)), (1, -1))  # (rows, n-1)
+        earlier = xp.take_along_axis(self.done, xp.clip(offsets, 0, width - 1), axis=1)
+        gram = xp.concat([earlier, self.current[:, None]], axis=1)  # (rows, n)
+        # Every n-gram of done words, valid where it lies within each row's count.
+        windows = xp.stack([self.done[:, i : width - n + 1 + i] for i in range(n)], axis=-1)  # (rows, W, n)
+        starts = self.engine.constant(np.arange(width - n + 1, dtype=np.int64))
+        valid = starts[None, :] + n <= self.count[:, None]
+        repeat = xp.any(xp.all(windows == gram[:, None, :], axis=-1) & valid, axis=-1)
+        repeat = repeat & (self.count >= n - 1) & (self.current != 0)
+        return xp.where(repeat[:, None] & self.ends_word[None, :], xp.full_like(log_probs, -math.inf), log_probs)
+
+    def advance(self, source, tokens):
+        """After a step: the rows follow their beams (``source``), then take ``tokens``."""
+        xp = self.engine.xp
+        self.done, self.count, self.current = (xp.take(a, source, axis=0) for a in (self.done, self.count,
+                                                                                     self.current))
+        # <end> ends the caption's last word; the <pad> of an ended beam changes nothing.
+        ending = xp.take(self.ends_word, tokens, axis=0) & (self.current != 0) & (tokens != self.pad_id)
+        slot = xp.clip(self.count, 0, self.done.shape[1] - 1)[:, None]
+        written = xp.where(ending, self.current, xp.take_along_axis(self.done, slot, axis=1)[:, 0])
+        self.done = self.engine.put_along_rows(self.done, slot, written[:, None])
+        self.count = self.count + xp.astype(ending, xp.int64)
+        begins = xp.take(self.starts, tokens, axis=0)
+        closed = (tokens == self.end_id) | (tokens == self.pad_id)
+        self.current = xp.where(closed, xp.zeros_like(self.current),
+                                xp.where(begins, tokens + 1, self.current * self.PRIME + tokens + 1))
+
+
 @_without_gradients
 def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig, beam_size: int, n_best: int = 1,
                 length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
@@ -362,8 +450,8 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
     xp = engine.xp
     masks = _Masks(engine, config, decoder.vocab_size)
     batch, k, vocab = features.pooled.shape[0], beam_size, decoder.vocab_size
-    state = expand_state(decoder.init_state(features), k)
-    tokens = xp.full((batch * k,), config.start_id, dtype=xp.int64, device=engine.device)
+    state, tokens = _feed_prefix(decoder, expand_state(decoder.init_state(features), k), engine, batch * k, config)
+    words = _Words(engine, config, batch * k) if no_repeat_ngram_size and config.word_starts is not None else None
     # All beams start identical: keep one until the first step.
     first = np.where(np.arange(k) == 0, np.float32(0.0), np.float32(-np.inf))
     scores = xp.broadcast_to(engine.constant(first)[None, :], (batch, k))
@@ -375,7 +463,11 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
     offsets = engine.constant(np.arange(batch, dtype=np.int64)[:, None] * k)  # (batch, 1)
     for step in range(config.max_length):
         log_probs, state = decoder.step(tokens, state)  # (batch*k, vocab)
-        log_probs = _ban_repeated_ngrams(engine, masks.prepare(log_probs, step), sequences, no_repeat_ngram_size)
+        log_probs = masks.prepare(log_probs, step)
+        if words is not None:
+            log_probs = words.ban_repeats(log_probs, no_repeat_ngram_size)
+        else:
+            log_probs = _ban_repeated_ngrams(engine, log_probs, sequences, no_repeat_ngram_size)
         # An ended beam can only continue with <pad>, at no cost: its score is frozen.
         log_probs = xp.where(finished[:, None], masks.ended[None, :], log_probs)
         candidate_lengths = xp.where(finished, lengths, lengths + 1)  # (batch*k,)
@@ -394,6 +486,8 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
         sequence_log_probs = xp.concat([xp.take(sequence_log_probs, source, axis=0),
                                         xp.reshape(word_log_probs, (-1, 1))], axis=1)
         state = reorder_state(state, source, decoder.static_state)
+        if words is not None:
+            words.advance(source, tokens)
         if state.get("attention") is not None:
             step_attention = state["attention"][:, None]  # (batch*k, 1, regions)
             attention = step_attention if attention is None else xp.concat(
@@ -432,4 +526,4 @@ def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, opt
 
 
 __all__ = ["DecodeOptions", "DecodingConfig", "Features", "Hypothesis", "StepDecoder", "beam_search", "decode",
-           "expand_state", "greedy", "reorder_state", "sample"]
+           "decoding_config_of", "expand_state", "greedy", "reorder_state", "sample"]

@@ -61,9 +61,13 @@ def evaluate_model(
     ``images``: the image root (default: ``data``'s folder);
     ``format``: the captions format (default: detected). ``by``: a per-image field of the
     dataset (e.g. ``artist``) to score each of its values on its own as well
-    (:func:`captioner.metrics.groups.evaluate_by_group`)."""
+    (:func:`captioner.metrics.groups.evaluate_by_group`).
+
+    Captioned and scored in ``options.language`` (default: the model's first language; captions
+    the dataset does not tag count as that language), split into words by the model's tokenizer of
+    that language; ``scores["tokenizer"]`` and ``scores["language"]`` say which."""
     from .data.loaders import CaptionPairs
-    from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
+    from .data.sources import DatasetError, read_dataset, select_languages, split_examples, validate_examples
     from .metrics import ALL_METRICS
     from .device import resolve_device
 
@@ -72,9 +76,13 @@ def evaluate_model(
     else:
         torch_device = resolve_device(device)
         model = Captioner.from_pretrained(model, device=torch_device)
+    options = DecodeOptions.of(options, **decode_options)
+    language = model.vocab.check_language(options.language)
+    tokenizer = model.vocab.tokenizer_of(language)
     examples = split_examples(read_dataset(data, images, format), split)
     if not examples:
         raise DatasetError(f"{data} has no {split!r} examples")
+    examples = select_languages(examples, model.vocab.default_language, [language])
     problems = validate_examples(examples)
     if problems:
         raise DatasetError(f"{data} has problems:\n{problems.report()}")
@@ -82,16 +90,17 @@ def evaluate_model(
     rows = list(range(len(examples)))
     pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
     record, predictions = caption_and_score(
-        model, examples, rows, pairs, None, batch_size, DecodeOptions.of(options, **decode_options), torch_device,
-        metrics=ALL_METRICS,
+        model, examples, rows, pairs, None, batch_size, options, torch_device, metrics=ALL_METRICS,
     )
     renamed = {"val_loss": "loss", "val_ppl": "perplexity"}  # teacher-forced, on this split
     by_group = None
     if groups is not None:
         from .metrics.groups import evaluate_by_group
 
-        by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups)
-    return Evaluation({renamed.get(k, k): v for k, v in record.items()}, predictions, by_group)
+        by_group = evaluate_by_group(predictions, {e.image_id: e.captions for e in examples}, groups,
+                                     tokenizer=tokenizer, language=language)
+    scores = {renamed.get(k, k): v for k, v in record.items()}
+    return Evaluation({**scores, "tokenizer": tokenizer, "language": language}, predictions, by_group)
 
 
 def iter_val_features(model, examples, rows, cache, batch_size, device):
@@ -112,15 +121,19 @@ def iter_val_features(model, examples, rows, cache, batch_size, device):
 @torch.no_grad()
 def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: DecodeOptions, device,
                       metrics=("BLEU", "ROUGE_L", "CIDEr")):
-    """Generate a caption for every example (decoding as ``options`` say) and score them
-    against its references; the teacher-forced cross-entropy on the same images too.
+    """Generate a caption for every example (decoding as ``options`` say, in ``options.language``,
+    default the vocabulary's first) and score them against its references in that language,
+    split into words by its tokenizer; the teacher-forced cross-entropy on the same images too.
 
     Returns (record of metrics + loss, predictions {image_id: caption}); leaves ``model`` in eval mode.
     """
     from .metrics import evaluate_captions
 
+    vocab = model.vocab
+    language = vocab.check_language(options.language)
+    tokenizer = vocab.tokenizer_of(language)
     model.eval()
-    cross_entropy = CaptionCrossEntropy(model.vocab.pad_id)
+    cross_entropy = CaptionCrossEntropy(vocab.pad_id)
     predictions, references = {}, {}
     loss_sum, token_sum = 0.0, 0
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
@@ -128,8 +141,11 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
         results = model.generate(features, options)
         for i, hypotheses in enumerate(results):
             example = examples[offset + i]
-            predictions[example.image_id] = model.vocab.decode(hypotheses[0].tokens)
-            references[example.image_id] = example.captions
+            in_language = [c for c, lang in zip(example.captions, example.caption_languages(vocab.default_language))
+                           if lang == language]
+            if in_language:  # an image without a reference in this language is not scored
+                predictions[example.image_id] = vocab.decode(hypotheses[0].tokens, language)
+                references[example.image_id] = in_language
         # Teacher-forced loss on every caption of these images.
         pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]
         local = {row: i for i, row in enumerate(rows[offset : offset + n])}
@@ -140,12 +156,12 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
         result = cross_entropy(model, pair_features, pairs.captions(pair_index).to(device))
         loss_sum += float(result.logs["loss"]) * int(result.weight)
         token_sum += int(result.weight)
-    scores = evaluate_captions(predictions, references, metrics=metrics)
+    scores = evaluate_captions(predictions, references, metrics=metrics, tokenizer=tokenizer, language=language)
     val_loss = loss_sum / max(token_sum, 1)
     record = {
         "val_loss": val_loss,
         "val_ppl": math.exp(min(val_loss, 50)),
-        "exact_match": exact_match(predictions, references),
+        "exact_match": exact_match(predictions, references, tokenizer),
         "bad_ending": bad_ending_rate(predictions.values()),
         **{k: v for k, v in scores.items() if isinstance(v, float)},
     }
@@ -168,12 +184,19 @@ def _groups(examples, field: str, data) -> dict[Hashable, str]:
     return {e.image_id: str(e.metadata[field]) for e in examples}
 
 
-def evaluate_files(predictions: Union[str, Path], references: Union[str, Path]) -> dict[str, Any]:
+def evaluate_files(predictions: Union[str, Path], references: Union[str, Path], *,
+                   language: Optional[str] = None, tokenizer: Optional[str] = None) -> dict[str, Any]:
     """Score a COCO results file ``[{"image_id", "caption"}]`` against a COCO captions file
-    (or ``{image_id: [captions]}`` JSON) with every coco-caption metric."""
+    (or ``{image_id: [captions]}`` JSON) with every coco-caption metric. Words come from
+    ``tokenizer``, else from the default tokenizer of ``language``, else of the one language the
+    references' annotations name (``"language": "ja"``), else PTB (English)."""
     from .metrics import evaluate_captions, load_coco_references, load_coco_results
+    from .metrics.evaluate import coco_references_language
 
-    return evaluate_captions(load_coco_results(predictions), load_coco_references(references))
+    if language is None and tokenizer is None:
+        language = coco_references_language(references)
+    return evaluate_captions(load_coco_results(predictions), load_coco_references(references),
+                             tokenizer=tokenizer, language=language)
 
 
 def _coco_id(key: Hashable):

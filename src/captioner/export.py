@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -405,10 +405,17 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "init_state": {"inputs": decoder.inputs, "outputs": [s.name for s in decoder.slots]},
         "step": {"inputs": decoder.step_inputs, "outputs": decoder.step_outputs},
         "state": decoder.describe(),
-        "decoding": asdict(model.decoding_config()),
+        "decoding": _decoding_summary(model.decoding_config()),
         "confidence": CONFIDENCE_FILE if model.confidence is not None else None,
     }
     return files, manifest
+
+
+def _decoding_summary(config) -> dict:
+    """The decoding ids and limits, for a reader of the manifest (the runtime derives its own
+    from the vocabulary, as the torch model does)."""
+    return {key: getattr(config, key) for key in ("start_id", "end_id", "pad_id", "banned_ids", "max_length",
+                                                  "min_length")}
 
 
 def _write_folder(out: Path, files: dict[str, bytes], manifest: dict, quantize: str | None, model: Captioner) -> None:

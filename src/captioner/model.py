@@ -17,7 +17,7 @@ from .confidence import CONFIDENCE_FILE, ConfidenceModel
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
-from .decoding import DecodeOptions, DecodingConfig, Hypothesis, decode
+from .decoding import DecodeOptions, DecodingConfig, Hypothesis, decode, decoding_config_of
 from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
@@ -171,16 +171,9 @@ class Captioner(nn.Module):
         # New storage (.to(), .half()) or an in-place write (load_state_dict) shows here.
         return tuple((t.data_ptr(), t._version) for t in self._onnx_tensors)
 
-    def decoding_config(self) -> DecodingConfig:
-        """The vocabulary ids and length limit decoding obeys for this model."""
-        v = self.vocab
-        return DecodingConfig(
-            start_id=v.start_id,
-            end_id=v.end_id,
-            pad_id=v.pad_id,
-            banned_ids=(v.pad_id, v.start_id, v.unk_id),
-            max_length=self.max_length,
-        )
+    def decoding_config(self, language: str | None = None) -> DecodingConfig:
+        """The vocabulary ids and length limit decoding obeys for this model, in ``language``."""
+        return decoding_config_of(self.vocab, self.max_length, language)
 
     @contextmanager
     def _evaluating(self):
@@ -203,7 +196,7 @@ class Captioner(nn.Module):
         device = self.device
         features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
         with self._evaluating():
-            return decode(self.decoder, features, self.decoding_config(), options, generator)
+            return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
     # --- captioning -----------------------------------------------------------------
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -233,10 +226,11 @@ class Captioner(nn.Module):
     def caption_pixels(self, pixels: torch.Tensor, options: DecodeOptions | None = None,
                        **decode_options) -> list[Caption]:
         """Caption a batch of already preprocessed images (batch, 3, H, W)."""
+        options = DecodeOptions.of(options, **decode_options)
         with self._evaluating():
             features = self.encode(pixels.to(self.device, non_blocking=True))
-            results = self.generate(features, options, **decode_options)
-        return captions_from_results(results, self.vocab, features, self.confidence)
+            results = self.generate(features, options)
+        return captions_from_results(results, self.vocab, features, self.confidence, options.language)
 
     # --- persistence ----------------------------------------------------------------
     def describe(self) -> dict:

@@ -157,18 +157,19 @@ def bad_ending_rate(captions) -> float:
     return sum(ends_badly(ptb_tokenize(c)) for c in captions) / max(len(captions), 1)
 
 
-def reward_references(captions_per_image) -> list[list[str]]:
-    """Reference captions as the self-critical reward scores them: PTB-tokenised words with
-    ``<end>`` appended, as self-critical.pytorch's ``prepro_ngrams`` does for the document
-    frequencies and its ``array_to_str`` for references and samples — so stopping in the right
-    place earns n-grams ("skin tone <end>") and a caption cut off at the length limit does not."""
-    return [[" ".join([*ptb_tokenize(c), END]) for c in captions] for captions in captions_per_image]
+def reward_references(captions_per_image, tokenize: Callable[[str], list[str]] = ptb_tokenize) -> list[list[str]]:
+    """Reference captions as the self-critical reward scores them: their words (PTB tokens unless
+    ``tokenize`` says otherwise: the vocabulary's word tokenizer) with ``<end>`` appended, as
+    self-critical.pytorch's ``prepro_ngrams`` does for the document frequencies and its
+    ``array_to_str`` for references and samples — so stopping in the right place earns n-grams
+    ("skin tone <end>") and a caption cut off at the length limit does not."""
+    return [[" ".join([*tokenize(c), END]) for c in captions] for captions in captions_per_image]
 
 
-def reward_document_frequencies(captions_per_image):
+def reward_document_frequencies(captions_per_image, tokenize: Callable[[str], list[str]] = ptb_tokenize):
     """The CIDEr-D scorer whose document frequencies come from these images' references,
     prepared as the reward scores them (``reward_references``); and those references."""
-    references = reward_references(captions_per_image)
+    references = reward_references(captions_per_image, tokenize)
     return CiderD.from_corpus(references), references
 
 
@@ -233,7 +234,7 @@ class SelfCritical(Objective):
                              "(a model directory trained with cross-entropy, config key init_from)")
         if train_captions is None:
             raise InvalidInputError("self-critical needs the training images' references (train_captions)")
-        scorer, references = reward_document_frequencies(train_captions)
+        scorer, references = reward_document_frequencies(train_captions, vocab.tokenize)
         s = config.scst
         return cls(scorer, scorer.prepare_references(references), vocab, s.samples, s.baseline, s.temperature)
 
@@ -261,10 +262,10 @@ class SelfCritical(Objective):
         return Draws(samples, best)
 
     def rewards(self, captions: list[list[int]], image_index, max_length: int) -> np.ndarray:
-        """CIDEr-D of each caption (word ids, no markers) against the references of its image
-        (``image_index[i]``); ``<end>`` counts when the caption ended within ``max_length`` words."""
-        texts = [" ".join([*(self.vocab.itos[t] for t in c), *([END] if len(c) < max_length else [])])
-                 for c in captions]
+        """CIDEr-D of each caption (token ids, no markers) against the references of its image
+        (``image_index[i]``), scored on its words (subword pieces joined); ``<end>`` counts when the
+        caption ended within ``max_length`` tokens."""
+        texts = [" ".join([*self.vocab.words(c), *([END] if len(c) < max_length else [])]) for c in captions]
         return self.scorer.score(texts, self.references, index=np.asarray(image_index))
 
     def policy_loss(self, model, inputs: Features | torch.Tensor, targets: torch.Tensor,
@@ -284,7 +285,7 @@ class SelfCritical(Objective):
         log_prob = self.sequence_log_probs(model, captioner, inputs, flat).view(images, k)
         loss = -(advantage * log_prob).mean()
         lengths = torch.tensor([len(c) for c in flat], dtype=torch.float).view(images, k)
-        bad = torch.tensor([ends_badly([self.vocab.itos[t] for t in c]) for c in flat], dtype=torch.float)
+        bad = torch.tensor([ends_badly(self.vocab.words(c)) for c in flat], dtype=torch.float)
         logs = {
             "loss": loss.detach(),
             "reward": reward.mean(),

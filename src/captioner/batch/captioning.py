@@ -105,6 +105,7 @@ def iter_captions(
     info = distributed.setup(torch_device, backend="gloo")  # under torchrun: only barriers, whatever the device
     try:
         captioner = loaded or load_model(model, device=torch_device)
+        captioner.decoding_config(options.language)  # a language the model does not know fails before any image
         if runtime is not None and not exported:
             captioner.use_runtime(runtime)
         final_output = Path(output) if output is not None else None

@@ -33,13 +33,22 @@ def split_ref(ref: str) -> tuple[str, str]:
 @dataclass
 class Example:
     """One image and all of its reference captions. ``path`` is the image file, or for a
-    WebDataset sample its shard (``image_id`` is then the sample's key)."""
+    WebDataset sample its shard (``image_id`` is then the sample's key). ``languages`` holds the
+    language of each caption (``None`` where the dataset does not say), or is empty when the dataset
+    names no language at all: its captions are in the dataset's one language."""
 
     image_id: str
     path: Path
     captions: list[str]
     split: str = "train"
     metadata: dict = field(default_factory=dict)  # the dataset's own per-image fields, e.g. "artist"
+    languages: list = field(default_factory=list)  # parallel to captions: a language code or None
+
+    def caption_languages(self, default: str) -> list[str]:
+        """The language of each caption, ``default`` where the dataset names none."""
+        if not self.languages:
+            return [default] * len(self.captions)
+        return [language or default for language in self.languages]
 
     @property
     def image_ref(self) -> str:

@@ -14,16 +14,18 @@ from .vocab import Vocabulary
 
 
 class CaptionPairs:
-    """Every (image row, caption) pair of a split, captions encoded once into one padded array."""
+    """Every (image row, caption) pair of a split, captions encoded once (in their languages) into one
+    padded array."""
 
     def __init__(self, examples: list[Example], rows: list[int], vocab: Vocabulary, max_length: int):
         encoded, image_rows = [], []
         for example, row in zip(examples, rows):
-            for caption in example.captions:
-                encoded.append(vocab.encode(caption, max_length))
+            for caption, language in zip(example.captions, example.caption_languages(vocab.default_language)):
+                encoded.append(vocab.encode(caption, max_length, language))
                 image_rows.append(row)
         self.lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-        self.tokens = np.full((len(encoded), max_length + 2), vocab.pad_id, dtype=np.int64)
+        # <start> [<2xx>] tokens <end>: a language token makes a caption one longer than max_length + 2
+        self.tokens = np.full((len(encoded), int(self.lengths.max(initial=2))), vocab.pad_id, dtype=np.int64)
         for i, ids in enumerate(encoded):
             self.tokens[i, : len(ids)] = ids
         self.image_rows = np.array(image_rows, dtype=np.int64)

@@ -9,6 +9,11 @@ Supported formats (detected from content, overridable with ``fmt``):
   (an optional ``split`` column);
 - ``webdataset``: tar shards named by a brace pattern (``'shards/{00000..00099}.tar'``),
   detected from the ``.tar`` suffix (see :mod:`captioner.data.webdataset`).
+
+A caption's language, where the dataset gives one: a ``language`` column (CSV/TSV/JSON lines), a
+``language`` field of a COCO annotation or of a Karpathy sentence (``"language": "ja"``). Captions
+without one are in the dataset's language (``data.language``, English by default);
+:func:`select_languages` fills those in and keeps the languages asked for.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ from pathlib import Path
 
 from .examples import Example
 from .images import ImageReadError, verify_image
+from .language import normalize_language
 
-from ..errors import CaptionerError
+from ..errors import CaptionerError, InvalidInputError
 
 FORMATS = ("coco", "karpathy", "flickr8k", "csv", "jsonl", "webdataset")
 SPLITS = ("train", "val", "test")
@@ -103,6 +109,26 @@ def _load_json(path: Path):
         raise DatasetError(f"{path} is not valid JSON: {e}") from None
 
 
+def _language(value, path: Path, where: str) -> str | None:
+    """A caption's ``language`` field: a checked language code, or None when empty or absent."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return normalize_language(value, f"{path}: {where}")
+    except InvalidInputError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _add_caption(example: Example, caption: str, language: str | None) -> None:
+    """Append a caption and its language, keeping ``languages`` empty while no caption has one."""
+    tagged = bool(example.languages) or language is not None
+    if tagged and not example.languages:
+        example.languages = [None] * len(example.captions)
+    example.captions.append(caption)
+    if tagged:
+        example.languages.append(language)
+
+
 def read_coco(path: Path, image_root: Path) -> list[Example]:
     data = _load_json(path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -118,7 +144,8 @@ def read_coco(path: Path, image_root: Path) -> list[Example]:
         image_id = str(annotation["image_id"])
         if image_id not in examples:
             raise DatasetError(f"{path}: annotation {annotation.get('id')} names unknown image_id {image_id}")
-        examples[image_id].captions.append(annotation["caption"])
+        language = _language(annotation.get("language"), path, f"annotation {annotation.get('id')}")
+        _add_caption(examples[image_id], annotation["caption"], language)
     return list(examples.values())
 
 
@@ -136,10 +163,13 @@ def read_karpathy(path: Path, image_root: Path) -> list[Example]:
         split = image.get("split", "train")
         split = "train" if split == "restval" else split
         image_id = str(image.get("cocoid", image.get("imgid", i)))
-        captions = [s["raw"] if "raw" in s else " ".join(s["tokens"]) for s in image.get("sentences", [])]
         metadata = {k: v for k, v in image.items()
                     if k not in _KARPATHY_KEYS and isinstance(v, (str, int, float, bool))}
-        examples.append(Example(image_id, Path(image_root) / relative, captions, split, metadata))
+        example = Example(image_id, Path(image_root) / relative, [], split, metadata)
+        for number, s in enumerate(image.get("sentences", [])):
+            language = _language(s.get("language"), path, f"image {image_id} sentence {number}")
+            _add_caption(example, s["raw"] if "raw" in s else " ".join(s["tokens"]), language)
+        examples.append(example)
     return examples
 
 
@@ -184,7 +214,7 @@ def read_rows(path: Path, image_root: Path, fmt: str) -> list[Example]:
             raise DatasetError(f"{path}: row {number} needs 'image' and 'caption' columns, got {sorted(row)}")
         name = str(row["image"])
         example = examples.setdefault(name, Example(name, Path(image_root) / name, [], row.get("split") or "train"))
-        example.captions.append(row["caption"] or "")
+        _add_caption(example, row["caption"] or "", _language(row.get("language"), path, f"row {number}"))
     return list(examples.values())
 
 
@@ -286,12 +316,32 @@ def drop_invalid(examples: list[Example], problems: DatasetProblems) -> list[Exa
     for example in examples:
         if example.image_ref in problems.bad_paths or example.image_id in seen or example.split == "__duplicate__":
             continue
-        captions = [c for c in example.captions if c.strip()]
-        if not captions:
+        keep = [i for i, c in enumerate(example.captions) if c.strip()]
+        if not keep:
             continue
         seen.add(example.image_id)
-        kept.append(Example(example.image_id, example.path, captions, example.split, example.metadata))
+        kept.append(Example(example.image_id, example.path, [example.captions[i] for i in keep], example.split,
+                            example.metadata, [example.languages[i] for i in keep] if example.languages else []))
     return kept
+
+
+def select_languages(examples: list[Example], default: str, languages=None) -> list[Example]:
+    """Every caption tagged with its language (``default`` where the dataset names none), only the
+    captions in ``languages`` kept (``None``: all), and only the images left with a caption; none left
+    raises, naming the languages the examples have."""
+    wanted = None if languages is None else {normalize_language(lang, "data.languages") for lang in languages}
+    selected, seen = [], set()
+    for example in examples:
+        tagged = example.caption_languages(default)
+        seen.update(tagged)
+        keep = [i for i, lang in enumerate(tagged) if wanted is None or lang in wanted]
+        if keep:
+            selected.append(Example(example.image_id, example.path, [example.captions[i] for i in keep],
+                                    example.split, example.metadata, [tagged[i] for i in keep]))
+    if examples and not selected:
+        raise DatasetError(f"no captions in {', '.join(sorted(wanted))}; the captions here are in "
+                           f"{', '.join(sorted(seen))} (untagged ones count as {default})")
+    return selected
 
 
 def split_examples(examples: list[Example], split: str) -> list[Example]:

@@ -32,6 +32,9 @@ def load_word_vectors(embedding: nn.Embedding, vocab: Vocabulary, path: str | Pa
     stops the whole embedding from training. Returns how many vocabulary words got a vector.
     """
     path = Path(path)
+    if vocab.kind != "word":  # a file of whole words has no rows for subword pieces ("▁dog", "gy")
+        raise InvalidInputError(f"word vectors ({path}) need a word vocabulary; this one is {vocab.kind} "
+                                "(data.vocabulary: word)")
     if not path.is_file():
         raise MissingFileError(f"word vectors file not found: {path}")
     dim = embedding.embedding_dim

@@ -16,7 +16,7 @@ from ..captions import Caption, caption_in_batches, captions_from_results
 from ..confidence import ConfidenceModel
 from ..data.images import ImageInput, PreprocessConfig, preprocess_array
 from ..data.vocab import Vocabulary
-from ..decoding import DecodeOptions, DecodingConfig, Features, Hypothesis, State, decode
+from ..decoding import DecodeOptions, DecodingConfig, Features, Hypothesis, State, decode, decoding_config_of
 from ..errors import InvalidInputError
 from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
 
@@ -121,19 +121,15 @@ class OnnxCaptioner:
         pooled, grid = self._encoder.run(names, {self.manifest["encoder"]["inputs"][0]: np.asarray(pixels)})
         return Features(pooled, grid)
 
-    def decoding_config(self) -> DecodingConfig:
-        """The vocabulary ids and length limit decoding obeys for this model."""
-        d = self.manifest["decoding"]
-        return DecodingConfig(
-            start_id=d["start_id"], end_id=d["end_id"], pad_id=d["pad_id"], banned_ids=tuple(d["banned_ids"]),
-            max_length=self.max_length, min_length=d["min_length"],
-        )
+    def decoding_config(self, language: str | None = None) -> DecodingConfig:
+        """The vocabulary ids and length limit decoding obeys for this model, in ``language``."""
+        return decoding_config_of(self.vocab, self.max_length, language, self.manifest["decoding"]["min_length"])
 
     def generate(self, features: Features, options: DecodeOptions | None = None, generator=None,
                  **decode_options) -> list[list[Hypothesis]]:
         """Decode from features as ``options`` say (:class:`~captioner.decoding.DecodeOptions`)."""
-        return decode(self.decoder, features, self.decoding_config(), DecodeOptions.of(options, **decode_options),
-                      generator)
+        options = DecodeOptions.of(options, **decode_options)
+        return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
     def preprocess_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images (paths, bytes or PIL images) → one batch of pixels (batch, 3, crop, crop) float32."""
@@ -151,6 +147,7 @@ class OnnxCaptioner:
     def caption_pixels(self, pixels, options: DecodeOptions | None = None, **decode_options) -> list[Caption]:
         """Caption a batch of already preprocessed images (batch, 3, crop, crop) float32 (a numpy
         array, or anything ``numpy.asarray`` takes, such as a CPU torch tensor)."""
+        options = DecodeOptions.of(options, **decode_options)
         features = self.encode(np.asarray(pixels, dtype=np.float32))
-        return captions_from_results(self.generate(features, options, **decode_options), self.vocab, features,
-                                     self.confidence)
+        return captions_from_results(self.generate(features, options), self.vocab, features, self.confidence,
+                                     options.language)

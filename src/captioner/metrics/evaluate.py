@@ -9,7 +9,8 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 from ..errors import InvalidInputError, MissingFileError
 from ._inputs import check_ids, check_pair
 
-__all__ = ["ALL_METRICS", "evaluate_captions", "exact_match", "load_coco_references", "load_coco_results"]
+__all__ = ["ALL_METRICS", "evaluate_captions", "exact_match", "load_coco_references", "load_coco_results",
+           "scoring_tokenizer"]
 
 
 
@@ -96,44 +97,89 @@ def _references(refs: Any) -> dict[Hashable, list[str]]:
     raise InvalidInputError("references must be a mapping image_id -> [captions] or a COCO captions dict")
 
 
+def scoring_tokenizer(tokenizer: str | None = None, language: str | None = None) -> tuple[str, str]:
+    """The (tokenizer name, language) captions are scored with: ``tokenizer`` if given, else the
+    default of ``language`` (:func:`captioner.data.language.tokenizer_for`); English and PTB when
+    neither is given, as coco-caption."""
+    from ..data.language import DEFAULT_LANGUAGE, get_tokenizer, normalize_language, tokenizer_for
+
+    language = normalize_language(language) if language is not None else DEFAULT_LANGUAGE
+    name = tokenizer if tokenizer is not None else tokenizer_for(language)
+    get_tokenizer(name)  # an unknown name raises, naming the known ones
+    return name, language
+
+
+def _english_only_reason(metric: str, tokenizer: str, language: str) -> str | None:
+    """Why coco-caption's Java metric cannot score these captions, or None when it can: METEOR 1.5
+    matches English stems and paraphrases, SPICE parses English; both as coco-caption runs them,
+    on PTB tokens."""
+    from ..data.language import primary_language
+
+    if primary_language(language) == "en" and tokenizer == "ptb":
+        return None
+    tool = "English stems and paraphrase tables" if metric == "METEOR" else "an English dependency parser"
+    return (f"{metric} is English-only ({tool}, on PTB tokens); these captions are {language!r} "
+            f"split by the {tokenizer!r} tokenizer")
+
+
+def _tokenized(captions: Mapping[Hashable, Sequence[str]], tokenizer: str) -> dict[Hashable, list[str]]:
+    """``{id: [caption, ...]}`` → ``{id: ["space joined words", ...]}`` with ``tokenizer``; ``ptb`` as
+    coco-caption does it (:func:`captioner.data.tokenizer.tokenize_corpus`)."""
+    if tokenizer == "ptb":
+        from ..data.tokenizer import tokenize_corpus
+
+        return tokenize_corpus(captions)
+    from ..data.language import get_tokenizer
+
+    split = get_tokenizer(tokenizer)
+    return {k: [" ".join(split(c)) for c in caps] for k, caps in captions.items()}
+
+
 def evaluate_captions(
     predictions: Mapping[Hashable, str] | Sequence[Mapping[str, Any]],
     references: Mapping[Hashable, Sequence[str]] | Mapping[str, Any],
     metrics: Iterable[str] | None = None,
     tokenize: bool = True,
     java_timeout: float = 300.0,
+    *,
+    tokenizer: str | None = None,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """Score captions like coco-caption's ``COCOEvalCap``.
 
     ``predictions``: ``{image_id: caption}`` or a COCO results list
     ``[{"image_id": ..., "caption": ...}]``.  ``references``: ``{image_id:
     [captions]}`` or a COCO captions dict (with ``"annotations"``).  With
-    ``tokenize`` the captions go through :func:`captioner.data.tokenizer.tokenize_corpus`
-    (PTB tokenization + punctuation removal, references and predictions
-    tokenized as two separate batches like coco-caption).
+    ``tokenize`` the captions are split into words by the word tokenizer named
+    ``tokenizer``, else by the default of the captions' ``language``
+    (:mod:`captioner.data.language`), else — English — by PTB tokenization +
+    punctuation removal as coco-caption does it
+    (:func:`captioner.data.tokenizer.tokenize_corpus`, references and predictions
+    tokenized as two separate batches). METEOR and SPICE, English-only tools, are
+    skipped for other languages and tokenizers.
 
     Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE": float,
-    "skipped": {metric: reason}, "per_image": {image_id: {metric: float}}}``;
-    metrics that cannot run (Java / pycocoevalcap / SPICE models missing, timeout)
-    are listed in ``"skipped"`` instead.
+    "tokenizer": name, "language": code, "skipped": {metric: reason},
+    "per_image": {image_id: {metric: float}}}`` (``tokenizer`` is ``None`` when
+    ``tokenize`` is false); metrics that cannot run (Java / pycocoevalcap / SPICE
+    models missing, timeout, not English) are listed in ``"skipped"`` instead.
     """
     wanted = _metric_set(metrics)
     pred = _predictions(predictions)
     refs = _references(references)
     check_ids(pred, refs)
     ids = list(refs)
+    tokenizer, language = scoring_tokenizer(tokenizer, language)
     if tokenize:
-        from ..data.tokenizer import tokenize_corpus
-
-        gts = tokenize_corpus({k: refs[k] for k in ids})
-        res_l = tokenize_corpus({k: [pred[k]] for k in ids})
+        gts = _tokenized({k: refs[k] for k in ids}, tokenizer)
+        res_l = _tokenized({k: [pred[k]] for k in ids}, tokenizer)
         res = {k: res_l[k][0] for k in ids}
     else:
         gts = {k: list(refs[k]) for k in ids}
         res = {k: pred[k] for k in ids}
     ids, res, gts = check_pair(res, gts)
 
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"tokenizer": tokenizer if tokenize else None, "language": language}
     skipped: dict[str, str] = {}
     per_image: dict[Hashable, dict[str, float]] = {k: {} for k in ids}
 
@@ -161,6 +207,10 @@ def evaluate_captions(
         else:  # Java metrics
             from . import java
 
+            english_only = _english_only_reason(m, tokenizer, language) if tokenize else None
+            if english_only is not None:
+                skipped[m] = english_only
+                continue
             if java_status is None:
                 java_status = java.java_metrics_status()
             reason = java_status.get(m)
@@ -213,12 +263,29 @@ def load_coco_references(path: str | os.PathLike) -> dict[Hashable, list[str]]:
         raise InvalidInputError(f"references file {path}: {e}") from None
 
 
-def exact_match(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
-    """Share of images whose caption equals one of its references (after PTB tokenization)."""
-    from ..data.tokenizer import ptb_tokenize
+def coco_references_language(path: str | os.PathLike) -> str | None:
+    """The one language a COCO captions file's annotations name (their ``language`` fields), or None
+    when they name none; annotations in several languages raise (score each language on its own)."""
+    data = _load_json(path, "references")
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        return None
+    languages = sorted({a["language"] for a in annotations if isinstance(a, dict) and a.get("language")}, key=str)
+    if len(languages) > 1:
+        raise InvalidInputError(f"references file {path} holds captions in {len(languages)} languages "
+                                f"({', '.join(map(str, languages))}); score each language against its own file")
+    return str(languages[0]) if languages else None
 
+
+def exact_match(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                tokenizer: str = "ptb") -> float:
+    """Share of images whose caption equals one of its references, word for word (words from the
+    word tokenizer named ``tokenizer``, PTB by default)."""
+    from ..data.language import get_tokenizer
+
+    split = get_tokenizer(tokenizer)
     hits = 0
     for key, caption in predictions.items():
-        tokens = ptb_tokenize(caption)
-        hits += any(tokens == ptb_tokenize(ref) for ref in references[key])
+        tokens = split(caption)
+        hits += any(tokens == split(ref) for ref in references[key])
     return hits / max(len(predictions), 1)

@@ -14,6 +14,8 @@ def evaluate_by_group(
     *,
     metrics: Iterable[str] | None = ("BLEU", "ROUGE_L", "CIDEr"),
     tokenize: bool = True,
+    tokenizer: str | None = None,
+    language: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score each group of images on its own, plus ``"all"``.
 
@@ -22,7 +24,8 @@ def evaluate_by_group(
     whole test set (CIDEr-D's document frequencies come from that group's references, as a separate
     ``captioner evaluate`` run on those images would give). Returns ``{group: {"images": n,
     "exact_match": share, "Bleu_4": ..., "CIDEr": ..., ...}}`` in sorted group order, ``"all"`` last;
-    ``per_image`` is dropped and ``skipped`` kept.
+    ``per_image`` is dropped and ``skipped`` kept. ``tokenizer`` / ``language``: how captions are split
+    into words, as for :func:`evaluate_captions`.
     """
     pred = _predictions(predictions)
     refs = _references(references)
@@ -40,7 +43,9 @@ def evaluate_by_group(
         keys = members[group]
         group_pred = {k: pred[k] for k in keys if k in pred}
         group_refs = {k: refs[k] for k in keys}
-        result = evaluate_captions(group_pred, group_refs, metrics=metrics, tokenize=tokenize)
+        result = evaluate_captions(group_pred, group_refs, metrics=metrics, tokenize=tokenize,
+                                   tokenizer=tokenizer, language=language)
         result.pop("per_image")
-        scores[group] = {"images": len(keys), "exact_match": exact_match(group_pred, group_refs), **result}
+        exact = exact_match(group_pred, group_refs, result["tokenizer"] or "ptb")
+        scores[group] = {"images": len(keys), "exact_match": exact, **result}
     return scores

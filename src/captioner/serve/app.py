@@ -185,6 +185,7 @@ def _model_info(model: Captioner, model_id: str) -> dict:
         "vocab_size": len(model.vocab),
         "has_attention": bool(model.decoder.has_attention),
         "max_length": model.max_length,
+        "languages": list(model.vocab.languages),  # the first is the default; the page offers them all
         "preprocess": model.preprocess.to_dict(),
         # {"threshold", "domain", "held_out_images"}: the page names the domain under the threshold
         "confidence": model.confidence.describe() if model.confidence is not None else None,
@@ -278,18 +279,23 @@ def create_app(
         beam_size: Annotated[Optional[int], Form(ge=1, le=MAX_BEAM_SIZE)] = None,
         n_best: Annotated[Optional[int], Form(ge=1, le=MAX_BEAM_SIZE)] = None,
         attention: Annotated[Optional[bool], Form()] = None,
+        language: Annotated[Optional[str], Form(max_length=32)] = None,
         beam_size_query: Annotated[Optional[int], Query(alias="beam_size", ge=1, le=MAX_BEAM_SIZE)] = None,
         n_best_query: Annotated[Optional[int], Query(alias="n_best", ge=1, le=MAX_BEAM_SIZE)] = None,
         attention_query: Annotated[Optional[bool], Query(alias="attention")] = None,
+        language_query: Annotated[Optional[str], Query(alias="language", max_length=32)] = None,
     ):
         """Options come as form fields or query parameters (a form field wins).
         ``beam_size`` 1..10 and ``n_best`` 1..beam_size (defaults from ``DecodeOptions``), ``attention``
-        adds per-word attention weights when the model's decoder has attention."""
+        adds per-word attention weights when the model's decoder has attention, ``language`` picks one
+        of a multilingual model's languages (``/v1/models`` lists them; default: the first)."""
         started = time.perf_counter()
         defaults = DecodeOptions()
         try:
             options = DecodeOptions.of(beam_size=_pick(beam_size, beam_size_query, defaults.beam_size),
-                                       n_best=_pick(n_best, n_best_query, defaults.n_best))
+                                       n_best=_pick(n_best, n_best_query, defaults.n_best),
+                                       language=_pick(language, language_query, defaults.language))
+            model.decoding_config(options.language)  # a language the model does not know: 400, before any decoding
         except InvalidInputError as e:
             raise HTTPException(400, str(e)) from None
         want_attention = _pick(attention, attention_query, False)
@@ -309,6 +315,7 @@ def create_app(
             "results": [
                 caption_to_json(caption, name, want_attention) for caption, (name, _) in zip(results, uploads)
             ],
+            "language": model.vocab.check_language(options.language),
             "model": model_id,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..errors import CaptionerError, InvalidInputError
+from ..errors import CaptionerError, InvalidInputError, UnknownNameError
 
 
 @dataclass
@@ -26,7 +26,12 @@ class DataConfig:
     shuffle_buffer: int = 1000  # webdataset, fine-tuning: training pairs shuffled through a buffer this large
     skip_invalid: bool = False  # drop bad examples instead of stopping
     min_word_count: int = 4
-    max_length: int = 20  # words per caption, training and generation
+    max_length: int = 20  # tokens per caption (words, or subword pieces), training and generation
+    language: str = "en"  # the language of captions the dataset does not tag (captioner.data.language)
+    languages: list = field(default_factory=list)  # train on captions in these languages only (empty: all)
+    tokenizer: Optional[str] = None  # word tokenizer of every language: ptb | unicode | chars (default: per language)
+    vocabulary: str = "word"  # word | bpe | unigram (subword pieces trained on the captions, tokenizer.json)
+    vocab_size: int = 4000  # bpe / unigram: pieces, marker tokens included
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
     augment_views: int = 0  # frozen encoder: extract this many augmented views of each training image; each
     # epoch, each pair reads one of its image's views or the clean image, uniformly (captioner.data.augment)
@@ -37,7 +42,24 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self):
+        from ..data.language import get_tokenizer, normalize_language
+        from ..data.vocab import VOCABULARY_KINDS
         from ..encoders.onnx_runtime import RUNTIMES
+
+        try:
+            self.language = normalize_language(self.language, "data.language")
+            if isinstance(self.languages, str):  # --set data.languages=en,de
+                self.languages = [part for part in self.languages.split(",") if part.strip()]
+            if not isinstance(self.languages, list):
+                raise ConfigError(f"data.languages: expected a list of language codes, got {self.languages!r}")
+            self.languages = [normalize_language(str(lang), "data.languages") for lang in self.languages]
+            if self.tokenizer is not None:
+                get_tokenizer(self.tokenizer)
+        except (InvalidInputError, UnknownNameError) as e:
+            raise ConfigError(str(e)) from None
+        if self.vocabulary not in VOCABULARY_KINDS:
+            raise ConfigError(f"data.vocabulary: expected one of {', '.join(VOCABULARY_KINDS)}, "
+                              f"got {self.vocabulary!r}")
 
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"data.runtime: expected one of {', '.join(RUNTIMES)}, got {self.runtime!r}")

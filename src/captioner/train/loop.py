@@ -7,7 +7,6 @@ import json
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,9 +24,10 @@ from ..data.batches import FeatureBatches, ImageTargets, PixelBatches
 from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs
-from ..data.sources import DatasetError, drop_invalid, read_dataset, split_examples, validate_examples
-from ..data.tokenizer import ptb_tokenize
-from ..data.vocab import END, Vocabulary
+from ..data.sources import (
+    DatasetError, drop_invalid, read_dataset, select_languages, split_examples, validate_examples,
+)
+from ..data.vocab import END, Vocabulary, vocabulary_for
 from ..device import resolve_device
 from ..distributed import DistInfo
 from ..errors import InvalidInputError
@@ -71,10 +71,13 @@ def prepare_data(config: TrainConfig, log=print):
         before = len(examples)
         examples = drop_invalid(examples, problems)
         log(f"skipped {before - len(examples)} invalid examples:\n{problems.report()}")
+    examples = select_languages(examples, config.data.language, config.data.languages or None)
     train = split_examples(examples, "train")
     if not train:
         raise DatasetError(f"{config.data.path}: no training examples (splits found: {sorted({e.split for e in examples})})")
-    vocab = Vocabulary.build((c for e in train for c in e.captions), config.data.min_word_count)
+    d = config.data
+    vocab = vocabulary_for(train, kind=d.vocabulary, language=d.language, tokenizer=d.tokenizer,
+                           min_count=d.min_word_count, vocab_size=d.vocab_size)
     return examples, vocab
 
 
@@ -225,7 +228,7 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         model.to(device)
         if info.is_main:
             save_config(config, run.config_file)
-            save_cider_df(run.out, train_examples)
+            save_cider_df(run.out, train_examples, vocab)
         paths = [e.image_ref for e in train_examples + val_examples]
         val_rows = list(range(len(train_examples), len(paths)))
         if objective.rows == "images":
@@ -348,18 +351,21 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
 
 
-def save_cider_df(out: Path, train_examples) -> None:
+def save_cider_df(out: Path, train_examples, vocab: Vocabulary) -> None:
     """CIDEr-D document frequencies of the training references, saved beside the model
     (``cider_df.json``) for scoring sampled captions as a training reward: from the references
-    PTB-tokenised with ``<end>`` appended (``reward_references``), as its header says."""
+    split by the vocabulary's word tokenizer with ``<end>`` appended (``reward_references``), as its
+    header says."""
     from ..io import atomic_write_text
     from ..objectives import reward_document_frequencies
 
     path = out / "cider_df.json"
     if not path.exists():
-        cider, _ = reward_document_frequencies([e.captions for e in train_examples])
-        header = {"references": "PTB-tokenised (captioner.data.tokenizer.ptb_tokenize), lower case, "
-                                "punctuation removed, with <end> appended", "tokenizer": "ptb", "end_token": END}
+        cider, _ = reward_document_frequencies([e.captions for e in train_examples], vocab.tokenize)
+        tokenizer = vocab.tokenizer_of()
+        header = {"references": f"split into words by the {tokenizer!r} tokenizer (captioner.data.language), "
+                                "lower case, punctuation removed, with <end> appended",
+                  "tokenizer": tokenizer, "end_token": END}
         atomic_write_text(path, json.dumps({**header, **cider.to_dict()}))
 
 
@@ -372,9 +378,10 @@ def load_init_model(directory: str, train_examples, data_path) -> Captioner:
     """The model to start from (``--init-from``), checked to know the words of the training
     references: their captions are mapped with its vocabulary."""
     model = Captioner.from_pretrained(directory)
-    counts = Counter(t for e in train_examples for c in e.captions for t in ptb_tokenize(c))
-    unknown = Counter({w: n for w, n in counts.items() if w not in model.vocab})
-    share = sum(unknown.values()) / max(sum(counts.values()), 1)
+    vocab = model.vocab
+    unknown, total = vocab.unknown_words((c, lang) for e in train_examples
+                                         for c, lang in zip(e.captions, e.caption_languages(vocab.default_language)))
+    share = sum(unknown.values()) / max(total, 1)
     if share > MAX_UNKNOWN_WORD_SHARE:
         examples = ", ".join(repr(w) for w, _ in unknown.most_common(8))
         raise InvalidInputError(

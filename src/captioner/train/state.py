@@ -2,7 +2,8 @@
 
 Layout of ``out/``::
 
-    config.json, vocab.json, model.safetensors   the best model (a model directory)
+    config.json, vocab.json, model.safetensors   the best model (a model directory; tokenizer.json
+                                                 beside vocab.json for a subword vocabulary)
     last -> checkpoints/step-00000180           the last checkpoint (a symlink; a model directory)
     checkpoints/step-00000180/                  model files + training_state.pt of one step
     train_config.yaml, metrics.jsonl, cider_df.json, curves.png
@@ -33,6 +34,7 @@ import torch
 
 from ..errors import CaptionerError
 from ..io import atomic_write, atomic_write_text, fsync_path
+from ..data.vocab import SUBWORD_FILE
 from ..model import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, Captioner
 
 STATE_FILE = "training_state.pt"
@@ -206,7 +208,8 @@ def _publish_best(run: RunFolder) -> None:
     ``config.json`` last; ``config.json`` and ``vocab.json`` do not change within a run, so
     ``out/`` is the previous best or the new one at every instant."""
     source = run.committed()
-    for name in (WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE):
+    subwords = [SUBWORD_FILE] if (source / SUBWORD_FILE).is_file() else []  # before the vocab.json naming it
+    for name in (WEIGHTS_FILE, *subwords, VOCAB_FILE, CONFIG_FILE):
         atomic_write(run.out / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
 
 

@@ -20,15 +20,21 @@ Captions are CLDR short names, lowercased ("woman running: medium-dark skin tone
 order: ``emoji-test.txt``, OpenMoji's ``annotation`` field, the ``emoji`` package. The same emoji from
 several sources gives several images with the same caption, always in the same split.
 
+``languages=["en", "de", "ja", ...]`` (``--languages``) gives every image a caption per language, tagged with
+its ``language``: English as above, the others Unicode CLDR's short names in that language (npm
+``cldr-annotations-full`` and ``cldr-annotations-derived-full``, :mod:`.cldr`); emoji a language does not
+name are counted and listed in ``DIR/unnamed.json``.
+
 Splits are deterministic and compositional: test (~10% of distinct captions) and val (~5%) hold whole
 emoji never seen in training, picked (in a fixed hash order) only when every word of their caption still
 occurs in a training caption, so the held-out emoji are new combinations of seen parts. Held-out artists
 (``holdout_artists``) go, every image, to a ``test-artist`` split.
 
 Modules: :mod:`.names` (code points, CLDR names, slugs), :mod:`.sources` (the art sets, fetching,
-reading), :mod:`.rendering`, :mod:`.splits`, :mod:`.build`.
+reading), :mod:`.cldr` (names in other languages), :mod:`.rendering`, :mod:`.splits`, :mod:`.build`.
 """
-from .build import DEFAULT_IMAGE_SIZE, build_emoji_dataset, format_summary
+from .build import DEFAULT_IMAGE_SIZE, UNNAMED_FILE, build_emoji_dataset, format_summary
+from .cldr import CLDR_PACKAGES, CLDR_VERSION, cldr_names, locale_chain, resolve_cldr
 from .names import NameTable, emoji_key, hex_string, map_icon_name, normalize_name, parse_codepoints, slugify, tokenize
 from .sources import (
     ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
@@ -36,6 +42,7 @@ from .sources import (
 from .splits import ARTIST_SPLIT, SPLITS, assign_splits, split_images
 
 __all__ = [
+    "CLDR_PACKAGES", "CLDR_VERSION", "UNNAMED_FILE", "cldr_names", "locale_chain", "resolve_cldr",
     "ARTIST_SPLIT", "DEFAULT_IMAGE_SIZE", "ICONIFY_SETS", "NOTO_FONT_CANDIDATES", "SOURCES", "SPLITS", "UNAVAILABLE",
     "EmojiSourceError", "NameTable", "assign_splits", "build_emoji_dataset", "emoji_key", "fetch_npm_source", "map_icon_name",
     "format_summary", "hex_string", "normalize_name", "parse_codepoints", "resolve_sources", "slugify",

@@ -8,10 +8,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from ...cache import cache_root
 from ...errors import InvalidInputError
 from ...io import atomic_write_text
+from ..language import get_tokenizer, normalize_language, tokenizer_for
+from .cldr import CLDR_LICENCE, CLDR_VERSION, cldr_names, resolve_cldr
 from .names import (
-    NameTable, add_emoji_package_names, emoji_key, hex_string, parse_codepoints, read_emoji_test, tokenize,
+    NameTable, add_emoji_package_names, emoji_key, hex_string, normalize_name, parse_codepoints, read_emoji_test,
+    tokenize,
 )
 from .rendering import default_jobs, run_jobs
 from .sources import (
@@ -41,6 +45,8 @@ def build_emoji_dataset(
     cache_dir=None,
     jobs: int | None = None,
     progress: bool = True,
+    languages: Iterable[str] | str | None = None,
+    cldr_dir=None,
 ) -> dict:
     """Build ``out_dir/dataset.json`` (Karpathy format, each image with its ``artist``),
     ``out_dir/images/<artist>/*.png``, ``out_dir/SOURCES.md`` and ``out_dir/unmapped.json``; return summary
@@ -53,6 +59,14 @@ def build_emoji_dataset(
     ``test-artist`` split; ``split_by="image"`` holds out single drawings of emoji instead of whole emoji,
     so every emoji trains (see :func:`split_images`). Missing sources are reported (``summary["missing"]``
     and on stderr) and skipped; :class:`EmojiSourceError` only when no requested source is available.
+
+    ``languages`` (a list or comma-separated, e.g. ``"en,de,ja"``): every image gets one caption per
+    language, each sentence tagged with its ``language`` — English as without languages, the others
+    the CLDR short names (:mod:`.cldr`: from ``cldr_dir``, else the cache folder, fetched with
+    ``fetch``). Same images and splits whatever the languages (splits come from the English names); an
+    emoji CLDR does not name in a language is counted (``summary["languages"]``) and listed in
+    ``out_dir/unnamed.json``; an image left without any caption is dropped. Without ``languages`` the
+    dataset is exactly the English one, with no ``language`` fields.
     """
     started = time.monotonic()
     sources = check_source_names(sources)
@@ -76,6 +90,13 @@ def build_emoji_dataset(
     def log(message: str) -> None:
         if progress:
             print(message, file=sys.stderr, flush=True)
+
+    wanted_languages = _language_list(languages)
+    names_in = {}  # language → emoji key → CLDR name, for the languages not taken from emoji-test.txt
+    if any(lang != "en" for lang in wanted_languages):
+        folders = resolve_cldr(cldr_dir, Path(cache_dir) if cache_dir is not None else cache_root("emoji-sources"),
+                               fetch=fetch, log=log)
+        names_in = {lang: cldr_names(folders, lang) for lang in wanted_languages if lang != "en"}
 
     dirs = {"google": google_dir, "openmoji": openmoji_dir, **(source_dirs or {})}
     found = resolve_sources(sources, source_dirs=dirs, noto_font=noto_font, emoji_test=emoji_test,
@@ -162,8 +183,21 @@ def build_emoji_dataset(
     # Splits over distinct captions (so the same caption never lands in two splits), artists apart.
     split_of = split_images([it.caption for it in kept], [it.source for it in kept], holdout_artists=holdout,
                             test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
-    images = []
-    for imgid, (item, split) in enumerate(zip(kept, split_of)):
+    images, sentid = [], 0
+    unnamed: dict[str, set[str]] = {lang: set() for lang in wanted_languages}
+    unnamed_images = 0
+    for item, split in zip(kept, split_of):
+        captions = (_captions_in(item, wanted_languages, names_in, unnamed) if wanted_languages
+                    else [(item.caption, None)])
+        if not captions:
+            unnamed_images += 1
+            continue
+        imgid = len(images)
+        sentences = []
+        for raw, language in captions:
+            sentences.append({"raw": raw, "tokens": _caption_tokens(raw, language), "imgid": imgid, "sentid": sentid,
+                              **({"language": language} if language else {})})
+            sentid += 1
         images.append({
             "filepath": f"images/{item.source}",
             "filename": item.filename,
@@ -173,24 +207,81 @@ def build_emoji_dataset(
             "artist": item.source,
             "emoji": hex_string(item.cps),
             "char": "".join(chr(c) for c in item.cps),
-            "sentences": [{"raw": item.caption, "tokens": tokenize(item.caption), "imgid": imgid, "sentid": imgid}],
-            "sentids": [imgid],
+            "sentences": sentences,
+            "sentids": [s["sentid"] for s in sentences],
         })
     dataset = {"dataset": "emoji", "images": images}
     atomic_write_text(out_dir / "dataset.json", json.dumps(dataset, ensure_ascii=False, separators=(",", ":")) + "\n")
     atomic_write_text(out_dir / "unmapped.json", json.dumps(unmapped, indent=1, sort_keys=True) + "\n")
+    if wanted_languages:
+        atomic_write_text(out_dir / UNNAMED_FILE, json.dumps({lang: sorted(keys) for lang, keys in unnamed.items()},
+                                                            indent=1) + "\n")
+    else:
+        (out_dir / UNNAMED_FILE).unlink(missing_ok=True)  # left by an earlier build with languages
 
     names_from = Counter()
     for caption, origin in sorted({(it.caption, it.name_origin) for it in kept}):
         names_from[origin] += 1
     summary = summarize(images, available, found, skipped, image_size, unicode_version, has_emoji_package,
                         names_from, mapping, holdout, split_by)
+    if wanted_languages:
+        summary["languages"] = summarize_languages(images, wanted_languages, unnamed, unnamed_images)
     atomic_write_text(out_dir / "SOURCES.md", sources_markdown(summary))
     summary["out_dir"] = str(out_dir)
     summary["dataset_json"] = str(out_dir / "dataset.json")
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
 
+
+
+UNNAMED_FILE = "unnamed.json"  # per language, the emoji (code points) CLDR gives no name in it
+
+
+def _language_list(languages) -> list[str]:
+    """``--languages``: checked language codes, in the order given, without repeats."""
+    if languages is None:
+        return []
+    items = languages.split(",") if isinstance(languages, str) else list(languages)
+    codes = (normalize_language(str(lang).strip(), "--languages") for lang in items if str(lang).strip())
+    return list(dict.fromkeys(codes))
+
+
+def _captions_in(item: Item, languages: list[str], names_in: dict, unnamed: dict) -> list[tuple[str, str]]:
+    """(caption, language) of an image in each language that names its emoji; the others note it."""
+    captions = []
+    for language in languages:
+        if language == "en":
+            captions.append((item.caption, language))
+            continue
+        name = names_in[language].get(emoji_key(item.cps))
+        if name is None:
+            unnamed[language].add(hex_string(item.cps))
+        else:
+            captions.append((normalize_name(name), language))
+    return captions
+
+
+def _caption_tokens(caption: str, language: str | None) -> list[str]:
+    """The Karpathy ``tokens`` of a caption: the English builder's words, else the language's tokenizer's."""
+    if language is None or language == "en":
+        return tokenize(caption)
+    return get_tokenizer(tokenizer_for(language))(caption)
+
+
+def summarize_languages(images, languages: list[str], unnamed: dict, unnamed_images: int) -> dict:
+    """Per language: captions, distinct captions, distinct words, emoji without a CLDR name."""
+    out = {}
+    for language in languages:
+        sentences = [s for image in images for s in image["sentences"] if s.get("language") == language]
+        out[language] = {
+            "captions": len(sentences),
+            "distinct_captions": len({s["raw"] for s in sentences}),
+            "vocab_size": len({w for s in sentences for w in s["tokens"]}),
+            "tokenizer": "emoji builder" if language == "en" else tokenizer_for(language),
+            "unnamed_emoji": len(unnamed[language]),
+        }
+    return {"per_language": out, "images_without_caption": unnamed_images,
+            "cldr": f"cldr-annotations-full + cldr-annotations-derived-full {CLDR_VERSION}"}
 
 
 def _split_names(holdout: list[str]) -> tuple[str, ...]:
@@ -308,7 +399,31 @@ def sources_markdown(summary: dict) -> str:
         for source, reasons in summary["skipped"].items():
             lines.append(f"- {source}: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
         lines.append("")
+    if "languages" in summary:
+        lines += _languages_markdown(summary["languages"])
     return "\n".join(lines)
+
+
+def _languages_markdown(languages: dict) -> list[str]:
+    lines = [
+        "## Languages",
+        "",
+        "Each image has one caption per language, tagged with its `language` in `dataset.json`. English "
+        "captions are the names above; the others are Unicode CLDR short names (`tts`, lowercased) from npm "
+        f"{languages['cldr']} (`annotations/<locale>` and `annotationsDerived/<locale>`), {CLDR_LICENCE}. "
+        "Every language has the same images and splits (drawn from the English names). Emoji CLDR does "
+        f"not name in a language are listed per language in `{UNNAMED_FILE}`.",
+        "",
+        "| language | captions | distinct | words | word tokenizer | emoji without a name |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for language, row in languages["per_language"].items():
+        lines.append(f"| {language} | {row['captions']} | {row['distinct_captions']} | {row['vocab_size']} | "
+                     f"{row['tokenizer']} | {row['unnamed_emoji']} |")
+    if languages["images_without_caption"]:
+        lines += ["", f"{languages['images_without_caption']} images had a name in none of these languages and "
+                      "were left out."]
+    return [*lines, ""]
 
 
 def format_summary(summary: dict) -> str:
@@ -326,4 +441,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {source}: " + ", ".join(f"{n} {how}" for how, n in counts.items()))
     for source, message in summary["missing"].items():
         lines.append(f"  skipped source {message}")
+    if "languages" in summary:
+        per = summary["languages"]["per_language"]
+        lines.append("  captions per language: " + ", ".join(
+            f"{lang} {row['captions']}" + (f" ({row['unnamed_emoji']} emoji unnamed)" if row["unnamed_emoji"] else "")
+            for lang, row in per.items()))
     return "\n".join(lines)

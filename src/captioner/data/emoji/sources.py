@@ -129,7 +129,7 @@ def check_source_names(sources: Iterable[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------- finding
 
 
-def _find_dir(base: Path | None, *markers: str) -> Path | None:
+def find_package_dir(base: Path | None, *markers: str) -> Path | None:
     """``base`` or ``base/package`` (an untarred npm tarball), whichever holds all ``markers``."""
     if base is None:
         return None
@@ -172,6 +172,8 @@ def _wanted_member(package: str, name: str) -> bool:
         return name == "package/emoji.json" or (name.startswith("package/img/google/64/") and name.endswith(".png"))
     if package == OPENMOJI_PACKAGE:
         return name == "package/data/openmoji.json" or (name.startswith("package/color/svg/") and name.endswith(".svg"))
+    if package.startswith("cldr-annotations"):  # the emoji names of every locale (.cldr)
+        return name.startswith(("package/annotations/", "package/annotationsDerived/")) and name.endswith(".json")
     return name in ("package/icons.json", "package/chars.json", "package/info.json")
 
 
@@ -231,11 +233,11 @@ def _resolve_npm(found: ResolvedSources, source: str, given: Path | None, cache:
     package, version = NPM_PACKAGES[source]
     base = Path(given).expanduser() if given else cache / f"{package.lstrip('@').replace('/', '-')}-{version}"
     markers = MARKERS[source]
-    folder = _find_dir(base, *markers)
+    folder = find_package_dir(base, *markers)
     if folder is None and fetch and not given:
         try:
             fetch_npm_source(package, version, base, log)
-            folder = _find_dir(base, *markers)
+            folder = find_package_dir(base, *markers)
         except EmojiSourceError as e:
             found.missing[source] = str(e)
             return
@@ -252,7 +254,7 @@ def _resolve_npm(found: ResolvedSources, source: str, given: Path | None, cache:
                 return
         found.folders[source] = folder
         return
-    if source == "google" and _find_dir(base, "emoji.json", "img/twitter/64"):
+    if source == "google" and find_package_dir(base, "emoji.json", "img/twitter/64"):
         raise EmojiSourceError(f"{base}: emoji-datasource-twitter {RESERVED_MESSAGE}")
     flag = f"--{source}-dir" if source in ("google", "openmoji") else f"--source-dir {source}=PATH"
     found.missing[source] = (

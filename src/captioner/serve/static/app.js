@@ -35,12 +35,30 @@ async function loadModelInfo() {
     const maxBeam = state.limits.max_beam_size;
     $("beam-size").max = maxBeam;
     $("n-best").max = maxBeam;
+    showLanguages(m.languages || []);
     const mb = (state.limits.max_upload_bytes / 1048576).toFixed(0);
     $("limits").textContent = `${state.limits.formats.join(", ")} · up to ${mb} MB`;
   } catch (err) {
     $("model-info").textContent = "Model information unavailable";
     showError(`Could not reach the server: ${err.message}`);
   }
+}
+
+// A multilingual model's languages, named in the page's language where the browser knows them.
+function showLanguages(languages) {
+  const select = $("language");
+  select.replaceChildren();
+  let names = null;
+  try {
+    names = new Intl.DisplayNames([document.documentElement.lang || "en"], { type: "language" });
+  } catch (_) { /* an old browser: the codes alone */ }
+  for (const code of languages) {
+    const option = document.createElement("option");
+    option.value = code;
+    option.textContent = names ? `${names.of(code)} (${code})` : code;
+    select.append(option);
+  }
+  $("language-field").hidden = languages.length < 2;
 }
 
 function readOptions() {
@@ -63,6 +81,7 @@ async function captionFile(file) {
   form.append("beam_size", String(beam));
   form.append("n_best", String(nBest));
   form.append("attention", state.model && state.model.has_attention ? "true" : "false");
+  if (!$("language-field").hidden) form.append("language", $("language").value);
 
   state.busy = true;
   $("file-input").disabled = true;
@@ -77,7 +96,7 @@ async function captionFile(file) {
     }
     if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
     await showImage(file);
-    render(body.results[0]);
+    render(body.results[0], body.language);
     setStatus(`Captioned in ${Math.round(body.elapsed_ms)} ms`);
   } catch (err) {
     $("result").hidden = true;
@@ -112,11 +131,13 @@ function modelDomain() {
   return (confidence && confidence.domain) || "the images it was trained on";
 }
 
-// Shows one result of /v1/captions; also the hook the page's browser test calls directly.
-function render(result) {
+// Shows one result of /v1/captions (written in ``language``: its script's direction follows
+// from the text, dir="auto"); also the hook the page's browser test calls directly.
+function render(result, language) {
   state.result = result;
   state.word = 0;
   $("result").hidden = false;
+  for (const id of ["caption", "alternatives", "words"]) $(id).lang = language || "";
   $("caption").textContent = result.caption || "(empty caption)";
   const confidence = typeof result.confidence === "number" ? ` · confidence ${result.confidence.toFixed(3)}` : "";
   $("score").textContent = `score ${formatScore(result.score)} (log-probability)${confidence}`;
@@ -130,6 +151,7 @@ function render(result) {
     const item = document.createElement("li");
     const text = document.createElement("span");
     text.className = "alt-caption";
+    text.dir = "auto";
     text.textContent = alt.caption;
     const score = document.createElement("span");
     score.className = "alt-score";
