@@ -30,7 +30,8 @@ from captioner.encoders.precision import (AUTOCAST_DTYPES, ExtractionMode, candi
                                           is_depthwise, relative_errors)
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = sorted((ROOT / "tests/fixtures/tiny/images").glob("*.[jp][pn]g")) + sorted((ROOT / "examples").glob("*.[jp][pn]g"))
+IMAGES = [*sorted((ROOT / "tests/fixtures/tiny/images").glob("*.[jp][pn]g")),
+          *sorted((ROOT / "examples").glob("*.[jp][pn]g"))]
 
 
 def features(encoder, pixels, mode: ExtractionMode, device, batch_size: int):
@@ -93,7 +94,8 @@ def study(name: str, pixels: torch.Tensor, device, batch_size: int, all_modes: b
         print(f"  {label:40s} worst {errors.max():.4f}  mean {errors.mean():.4f}  {ms}", flush=True)
 
     print(f"{name} ({'ImageNet weights' if name.startswith('efficientnet') else 'random weights'}), "
-          f"{len(pixels)} images, {device_description(device)}; CPU fp32 reference {1000 * reference_seconds:.1f} ms/image")
+          f"{len(pixels)} images, {device_description(device)}; "
+          f"CPU fp32 reference {1000 * reference_seconds:.1f} ms/image")
     for mode in modes:
         record(mode.name, *features(encoder, pixels, mode, device, batch_size))
     if emulate:
@@ -124,7 +126,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all-modes", action="store_true", help="also the modes candidate_modes leaves out")
-    parser.add_argument("--emulate", action="store_true", help="TF32/fp16/bf16 emulated on the CPU, per-layer attribution")
+    parser.add_argument("--emulate", action="store_true",
+                        help="TF32/fp16/bf16 emulated on the CPU, per-layer attribution")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -131,8 +131,8 @@ def candidate_modes(encoder: nn.Module, device: torch.device | str) -> list[Extr
     if device.type == "cuda":
         precisions = ["fp32", "tf32", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
     elif device.type == "cpu":
-        precisions = ["fp32",
-                      *(["bf16"] if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else []),
+        native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        precisions = ["fp32", *(["bf16"] if native_bf16 else []),
                       *(["fp16"] if torch.cpu._is_amx_fp16_supported() else [])]
     else:
         return [FP32]
@@ -266,5 +266,5 @@ def _device_of(module: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-__all__ = ["FP32", "MEASURE_MIN_IMAGES", "TOLERANCE", "ExtractionChoice", "ExtractionMode", "candidate_modes", "choose_extraction_mode",
-           "device_description", "is_depthwise", "plan_extraction", "relative_errors"]
+__all__ = ["FP32", "MEASURE_MIN_IMAGES", "TOLERANCE", "ExtractionChoice", "ExtractionMode", "candidate_modes",
+           "choose_extraction_mode", "device_description", "is_depthwise", "plan_extraction", "relative_errors"]
