@@ -1,6 +1,7 @@
 """On a CUDA machine only (skipped elsewhere; ``benchmarks/timing/gpu_check.sh`` runs them on a lent
-GPU): the bf16 + channels-last paths compute what fp32 computes, and training and captioning
-run on the GPU with the results they have on the CPU."""
+GPU): features extracted in the mode the precision policy measures on the GPU are those fp32
+computes on the CPU (within 1e-2), and training (bf16 autocast) and captioning run on the GPU with
+the results they have on the CPU."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,9 @@ import torch
 from captioner import Captioner, create_encoder
 from captioner.cli import main
 from captioner.data.feature_cache import FeatureCache
+from captioner.data.images import build_transform
+from captioner.encoders import EncoderOutput
+from captioner.encoders.precision import TOLERANCE, choose_extraction_mode, relative_errors
 
 from conftest import TINY
 
@@ -21,38 +25,42 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want.double()).norm() / want.double().norm())
-
-
-def test_bf16_channels_last_extraction_matches_fp32_cpu(tmp_path):
-    """The cache built on CUDA (bf16 autocast, channels-last) against the fp32 CPU one."""
-    encoder = create_encoder("efficientnet_lite0")
+def test_extraction_in_the_measured_mode_matches_fp32_on_the_cpu(tmp_path):
+    """The mode ``choose_extraction_mode`` picks on the GPU (probe: the tiny set's photos), used
+    to build the cache there, against the fp32 cache built on the CPU, image by image."""
+    encoder = create_encoder("efficientnet_lite0").eval()
     paths = sorted(str(p) for p in (TINY / "images").glob("*.jpg"))
+    transform = build_transform(encoder.default_preprocess)
+    probe = torch.stack([transform(path) for path in paths[:16]])
+    choice = choose_extraction_mode(encoder, "cuda", probe, batch_size=64)
+    print(json.dumps(choice.to_dict(), indent=1))  # the per-mode errors and timings, in the log
+    assert choice.measurements[choice.mode.name]["relative_error"] <= TOLERANCE
     on_cpu = FeatureCache(tmp_path / "cpu", encoder, encoder.default_preprocess, paths, with_grid=True).build(
-        "cpu", progress=False)
+        "cpu", progress=False, runtime="torch")
     on_gpu = FeatureCache(tmp_path / "gpu", encoder, encoder.default_preprocess, paths, with_grid=True).build(
-        "cuda", progress=False)
+        "cuda", progress=False, runtime="torch", precision=choice)
     assert on_gpu.folder.name == on_cpu.folder.name  # one cache, whichever device filled it
+    assert json.loads(on_gpu.meta_path.read_text())["precision"]["mode"] == choice.mode.name
     rows = np.arange(len(paths))
-    for got, want in zip(on_gpu.rows(rows), on_cpu.rows(rows)):
-        assert torch.isfinite(got).all()
-        assert relative_error(got, want) < 2e-2  # bf16 operands: 1e-3 … 1e-2
+    got, want = on_gpu.rows(rows), on_cpu.rows(rows)
+    assert all(torch.isfinite(t).all() for t in got)
+    errors = relative_errors(EncoderOutput(*got), EncoderOutput(*want))
+    assert float(errors.max()) <= TOLERANCE + 1e-3  # + the fp16 storage of both caches
 
 
-def test_training_on_cuda_learns_like_on_the_cpu(tiny_one_caption, tmp_path):
-    """bf16 autocast training learns as fp32 CPU training does (dropout masks differ between
-    the devices' generators, so the losses are close, not equal)."""
+def test_bf16_training_on_cuda_learns_like_fp32_on_the_cpu(tiny_one_caption, tmp_path):
+    """bf16 autocast training follows fp32 CPU training epoch by epoch (show-tell has no dropout,
+    so only the arithmetic differs); both halve the loss in 7 epochs (in 6, neither: 4.50 → 2.36)."""
     losses = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / device
         assert main(["train", "--data", str(tiny_one_caption), "--out", str(out), "--encoder", "efficientnet_lite0",
-                     "--epochs", "6", "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--device",
+                     "--epochs", "7", "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--device",
                      device, "--set", "log_every=0"]) == 0
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses[device] = [r["train_loss"] for r in records if "train_loss" in r]
     assert losses["cuda"][-1] < 0.5 * losses["cuda"][0]  # it learns
-    assert abs(losses["cuda"][-1] - losses["cpu"][-1]) < 0.3 * losses["cpu"][-1]
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=0.05)
 
 
 def test_bundled_model_captions_the_same_on_cuda():

@@ -7,7 +7,8 @@
 #
 #     bash benchmarks/timing/gpu_check.sh          # logs and gpu.json under $OUT (default gpu-check/)
 #
-# 1. tests/test_cuda.py: bf16 + channels-last extraction vs fp32, bf16 training, captions.
+# 1. tests/test_cuda.py: extraction in the measured precision mode vs fp32 on the CPU (-rP: the
+#    per-mode errors and timings land in pytest.log), bf16 training, captions.
 # 2. benchmarks/timing/bench_speed.py --device cuda: the seed vs captioner table for the README.
 # 3. the same with --compile (torch.compile), to keep it only where measured faster.
 # Multi-GPU DDP over NCCL needs two GPUs: `captioner train --nproc 2 --device cuda ...`.
@@ -23,7 +24,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PYTHON -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit
 status=0
-timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest.log" || status=1
+timeout 150 $PYTHON -m pytest -q -rP -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest.log" || status=1
 timeout 240 $PYTHON -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 8 \
     --latency-repeats 20 --json "$OUT/gpu.json" 2>&1 | grep -v Warning | tee "$OUT/bench.log" || status=1
 # 3. The same with torch.compile on captioner's encoder: kept only if this beats step 2.

@@ -151,7 +151,7 @@ def train_one_epoch(ctx: TrainContext, progress: Progress) -> tuple[dict[str, fl
 
     model, objective, config, info = ctx.model, ctx.objective, ctx.config, ctx.dist
     model.train()
-    use_amp = config.amp and ctx.device.type == "cuda"
+    use_amp = config.amp and (ctx.device.type == "cuda" or config.cpu_amp)
     sums, total_weight = dict.fromkeys(objective.log_names, 0.0), 0
     bar = tqdm(total=len(ctx.batches), initial=progress.batch_in_epoch, leave=False,
                desc=f"epoch {progress.epoch + 1}/{config.epochs}", disable=not (config.progress and info.is_main))
