@@ -343,7 +343,7 @@ def export_model(model: Captioner, out: str | Path, quantize: str | None = None)
         raise ExportError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or leave it out)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} already exists and is not an empty folder; choose a new folder")
-    if model.preprocess.interpolation not in FILTERS:
+    if not model.preprocess.pillow_resize and model.preprocess.interpolation not in FILTERS:
         raise ExportError(
             f"preprocess.interpolation {model.preprocess.interpolation!r} is not reproduced by the torch-free runtime "
             f"(it resizes with {' or '.join(sorted(FILTERS))}); export a model trained with one of those"

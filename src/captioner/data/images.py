@@ -123,6 +123,13 @@ class PreprocessConfig:
     ``crop_size`` (ImageNet practice); ``resize="squash"`` scales straight to
     ``crop_size``² (small square art such as emoji). ``interpolation`` is one of
     ``INTERPOLATIONS``.
+
+    ``pillow_resize=True`` resizes (and crops) the fully decoded PIL image with Pillow's own
+    ``Image.resize`` and scales by dividing by 255, as scripts built on Pillow and
+    ``ToTensor`` do (the models ``captioner import`` brings in were trained that way): their
+    pixels to the last bit, where torchvision's uint8 kernel differs by a level or two, the
+    reduced JPEG decoding of large photos by more, and multiplying by 1/255 in the last bit.
+    It decodes every pixel of a large photo, so it is slower there.
     """
 
     crop_size: int = 224
@@ -131,6 +138,7 @@ class PreprocessConfig:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pillow_resize: bool = False
 
     def __post_init__(self):
         if self.resize not in ("shorter", "squash"):
@@ -143,6 +151,8 @@ class PreprocessConfig:
             raise ImageConfigError(
                 f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}; got {self.interpolation!r}"
             )
+        if not isinstance(self.pillow_resize, bool):
+            raise ImageConfigError(f"preprocess.pillow_resize must be true or false, got {self.pillow_resize!r}")
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
 
@@ -151,7 +161,10 @@ class PreprocessConfig:
 
     def key(self) -> str:
         """A stable string naming this preprocessing (part of the feature-cache key)."""
-        return ",".join(f"{k}={v}" for k, v in sorted(self.to_dict().items()))
+        fields = self.to_dict()
+        if not self.pillow_resize:  # left out when off: caches made before the option keep their keys
+            del fields["pillow_resize"]
+        return ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
     def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(w, h) of an image of ``size`` after the resize, before the crop (as torchvision computes it)."""
@@ -184,7 +197,8 @@ def load_image(
     The header is checked against ``limits`` before any pixel is decoded; with
     ``preprocess``, the size after its resize is checked too, a JPEG is decoded at the
     smallest scale (1/2 … 1/8) whose shorter side still covers ``preprocess.needed_side()``,
-    and any image is then box-averaged by the largest whole factor that still covers it.
+    and any image is then box-averaged by the largest whole factor that still covers it
+    (neither with ``preprocess.pillow_resize``, which resizes from every decoded pixel).
     Only the first frame of an animated GIF or a multi-page TIFF is read. EXIF orientation
     is applied; 16-bit and float images are scaled by their range (``_to_8bit``);
     grayscale, CMYK, palette and alpha are converted, transparent pixels composited onto
@@ -236,7 +250,7 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
     # The checks use the size as stored; EXIF rotation only swaps the sides.
     limits.check(name, pil.size, preprocess)
     try:
-        if preprocess is not None:
+        if preprocess is not None and not preprocess.pillow_resize:
             # A square request: JPEG picks the largest scale (8, 4, 2) at which *both* sides
             # stay at least this long, so the shorter side never drops below what the resize needs.
             side = preprocess.needed_side()
@@ -252,7 +266,7 @@ def _shrink(pil: Image.Image, preprocess: Optional[PreprocessConfig]) -> Image.I
     ``preprocess.needed_side()`` — what JPEG's draft does, for every format. The resize then
     starts from a few times its output, not from a 6000-pixel photo (whose tensor copies cost
     ~3× its decoded size)."""
-    if preprocess is None:
+    if preprocess is None or preprocess.pillow_resize:  # Pillow resizes from every decoded pixel
         return pil
     factor = min(pil.width, pil.height) // preprocess.needed_side()
     return pil.reduce(factor) if factor >= 2 else pil
@@ -304,6 +318,12 @@ def _to_rgb(pil: Image.Image, name: str) -> Image.Image:
         raise ImageReadError(f"{name}: {pil.mode} images cannot be converted to RGB ({e})") from None
 
 
+def _divide_by_255(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 → float in [0, 1] as torchvision's ``ToTensor`` (a division; ``ToDtype`` multiplies
+    by 1/255, which differs in the last bit for 126 of the 256 values)."""
+    return pixels.float().div(255)
+
+
 class ImageTransform:
     """Image (path, bytes, binary file or PIL image) → normalised float tensor (3, crop, crop).
 
@@ -330,15 +350,13 @@ class ImageTransform:
                 if train
                 else [T.CenterCrop(config.crop_size)]
             )
-        self.pixels = T.Compose(
-            [
-                T.PILToTensor(),
-                *resize,
-                *crop,
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(config.mean, config.std),
-            ]
-        )
+        # On a PIL image torchvision's Resize calls Pillow's Image.resize; on a tensor, its own kernel.
+        geometry, to_tensor = [*resize, *crop], [T.PILToTensor()]
+        if config.pillow_resize:
+            pipeline = [*geometry, *to_tensor, _divide_by_255]
+        else:
+            pipeline = [*to_tensor, *geometry, T.ToDtype(torch.float32, scale=True)]
+        self.pixels = T.Compose([*pipeline, T.Normalize(config.mean, config.std)])
 
     def __call__(self, image: ImageSource, name: Optional[str] = None) -> torch.Tensor:
         return self.pixels(load_image(image, self.config, self.limits, name=name))

@@ -5,13 +5,15 @@ torchvision resizes uint8 images on the CPU with PyTorch's integer kernel (antia
 separable, int16 weights at a per-axis fixed-point precision, horizontal pass first, each
 pass rounded to uint8). ``resize`` below is that kernel in numpy, so the pixels match
 torchvision's bit for bit; PIL's own resize uses other fixed-point weights (on the example
-images: up to 2 levels off, on up to 5% of the values).
+images: up to 2 levels off, on up to 5% of the values). A model whose preprocessing says
+``pillow_resize`` is resized by Pillow itself, as torchvision then does.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from PIL import Image
 
 from ..data.images import ImageInput, PreprocessConfig, load_image
 
@@ -33,6 +35,9 @@ def _cubic(x: float, a: float = -0.5) -> float:
 
 
 FILTERS = {"bilinear": (_triangle, 2), "bicubic": (_cubic, 4)}  # filter, taps at scale 1
+# What torchvision passes to Pillow's Image.resize for each interpolation (pil_modes_mapping).
+PILLOW_FILTERS = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR,
+                  "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
 def _axis_weights(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -114,14 +119,21 @@ def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
 def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
     """An image → normalised float32 (3, crop, crop), as ``build_transform(config)(image)``: the same
     ``load_image`` (header limits, JPEG draft and whole-factor reduction for ``config``), then resize."""
-    pixels = np.asarray(load_image(image, config))  # (H, W, 3) uint8
+    loaded = load_image(image, config)
     crop = config.crop_size
     if config.resize == "squash":
-        pixels = resize(pixels, crop, crop, config.interpolation)
+        height, width = crop, crop
     else:
-        pixels = resize(pixels, *_shorter_side_size(*pixels.shape[:2], config.resize_size), config.interpolation)
+        height, width = _shorter_side_size(loaded.height, loaded.width, config.resize_size)
+    if config.pillow_resize:
+        pixels = np.asarray(loaded.resize((width, height), PILLOW_FILTERS[config.interpolation]))
+    else:
+        pixels = resize(np.asarray(loaded), height, width, config.interpolation)  # (H, W, 3) uint8
+    if config.resize == "shorter":
         pixels = center_crop(pixels, crop)
-    scaled = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255)  # (3, crop, crop)
+    scaled = pixels.transpose(2, 0, 1).astype(np.float32)  # (3, crop, crop)
+    # As the torch transform: ToTensor's division for pillow_resize, ToDtype's product otherwise.
+    scaled = scaled / np.float32(255) if config.pillow_resize else scaled * np.float32(1.0 / 255)
     mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(config.std, dtype=np.float32)[:, None, None]
     return (scaled - mean) / std
