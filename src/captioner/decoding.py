@@ -32,6 +32,10 @@ class DecodingConfig:
     banned_ids: tuple[int, ...] = ()  # never generated (<pad>, <start>, optionally <unk>)
     max_length: int = 20
     min_length: int = 1  # words before <end> may be chosen: no empty captions
+    # Beam search: a beam that emits <end> retires with its caption and the beam shrinks, the
+    # finished captions ranking before unfinished ones (the Show, Attend and Tell tutorial's
+    # search), instead of staying to compete for a slot with its score frozen.
+    retire_finished: bool = False
 
     def __post_init__(self):
         if self.max_length < 1:
@@ -120,9 +124,11 @@ def greedy(decoder: Decoder, features: Features, config: DecodingConfig) -> list
 
 
 def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
+    # Up to <end>: the <pad>s after it are filler. A <pad> before it was generated (only where
+    # <pad> is not banned: a model imported from code that allowed it) and stays, as there.
     out = []
     for i in ids:
-        if i == config.end_id or i == config.pad_id:
+        if i == config.end_id:
             break
         out.append(i)
     return out
@@ -167,7 +173,10 @@ def beam_search(
     Beams that emit ``<end>`` stay in the beam with their score frozen, competing with the
     live ones on length-penalised score; the search stops when every beam has ended or at
     ``max_length`` — then unfinished beams are returned as they are, so every image gets a
-    caption even when ``<end>`` never wins.
+    caption even when ``<end>`` never wins. With ``config.retire_finished`` a beam that ends
+    keeps its slot and only the live beams compete for the others (k shrinks, as the Show,
+    Attend and Tell tutorial's search), and finished captions rank before unfinished ones
+    (the tutorial fails when none finished; here the unfinished ones are returned).
     """
     if beam_size < 1:
         raise InvalidInputError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
@@ -200,6 +209,8 @@ def beam_search(
         candidate_lengths = torch.where(finished, lengths, lengths + 1)  # (batch*k,)
         raw = scores.view(-1, 1) + log_probs  # (batch*k, vocab)
         ranked = raw / _length_penalty(candidate_lengths, length_penalty)[:, None]
+        if config.retire_finished:
+            ranked[finished, config.pad_id] = float("inf")  # a retired beam keeps its slot
         ranked = ranked.view(batch, k * vocab)
         top_ranked, top = ranked.topk(k, dim=-1)  # (batch, k)
         beam = top // vocab  # which old beam each new beam extends
@@ -221,7 +232,11 @@ def beam_search(
         if finished.all():
             break
     final = scores / _length_penalty(lengths, length_penalty).view(batch, k)
-    order = final.argsort(dim=-1, descending=True)[:, :n_best]  # (batch, n_best)
+    order = final.argsort(dim=-1, descending=True)  # (batch, k)
+    if config.retire_finished:  # finished first, each group best first (a stable sort keeps that order)
+        unfinished = (~finished).view(batch, k).gather(1, order)
+        order = order.gather(1, unfinished.int().argsort(dim=-1, stable=True))
+    order = order[:, :n_best]  # (batch, n_best)
     sequences, scores_list, final_list = sequences.tolist(), scores.tolist(), final.tolist()
     sequence_log_probs = sequence_log_probs.tolist()
     results = []

@@ -106,6 +106,7 @@ class OnnxCaptioner:
         return DecodingConfig(
             start_id=d["start_id"], end_id=d["end_id"], pad_id=d["pad_id"], banned_ids=tuple(d["banned_ids"]),
             max_length=max_length or self.max_length, min_length=d["min_length"],
+            retire_finished=d.get("retire_finished", False),  # absent from exports made before it existed
         )
 
     def generate(self, pooled: np.ndarray, grid: np.ndarray, beam_size: int = 1, n_best: int = 1,

@@ -3,8 +3,9 @@
 The same algorithm as ``captioner.decoding`` (written there over torch tensors), step for
 step, in float32, so an exported model ranks its captions as the torch model does:
 <pad>/<start>/<unk> are never generated, <end> not before ``min_length`` words, a beam that
-emits <end> stays with its score frozen, the GNMT length penalty ranks the beams, and when
-no beam ends the unfinished ones are returned as they are.
+emits <end> stays with its score frozen (or retires, keeping its slot, with ``retire_finished``),
+the GNMT length penalty ranks the beams, and when no beam ends the unfinished ones are returned
+as they are.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class DecodingConfig:
     banned_ids: tuple[int, ...] = ()
     max_length: int = 20
     min_length: int = 1
+    retire_finished: bool = False  # as captioner.decoding.DecodingConfig
 
 
 @dataclass
@@ -55,9 +57,11 @@ def _prepare(log_probs: np.ndarray, config: DecodingConfig, step: int) -> np.nda
 
 
 def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
+    # Up to <end>: the <pad>s after it are filler. A <pad> before it was generated (only where
+    # <pad> is not banned: a model imported from code that allowed it) and stays, as there.
     out = []
     for i in ids:
-        if i == config.end_id or i == config.pad_id:
+        if i == config.end_id:
             break
         out.append(i)
     return out
@@ -132,7 +136,10 @@ def beam_search(decoder: StepDecoder, pooled: np.ndarray, grid: np.ndarray | Non
         log_probs[finished, config.pad_id] = 0.0
         candidate_lengths = np.where(finished, lengths, lengths + 1)
         raw = scores.reshape(-1, 1) + log_probs  # (batch*k, vocab)
-        ranked = (raw / _length_penalty(candidate_lengths, length_penalty)[:, None]).reshape(batch, k * vocab)
+        ranked = raw / _length_penalty(candidate_lengths, length_penalty)[:, None]
+        if config.retire_finished:
+            ranked[finished, config.pad_id] = np.inf  # a retired beam keeps its slot
+        ranked = ranked.reshape(batch, k * vocab)
         top = _top(ranked, k)  # (batch, k)
         source = (top // vocab + offsets).reshape(-1)  # the old beam each new beam extends, flat
         scores = np.take_along_axis(raw.reshape(batch, k * vocab), top, axis=1)
@@ -145,7 +152,11 @@ def beam_search(decoder: StepDecoder, pooled: np.ndarray, grid: np.ndarray | Non
         if finished.all():
             break
     final = scores / _length_penalty(lengths, length_penalty).reshape(batch, k)
-    order = _top(final, n_best)  # (batch, n_best)
+    order = _top(final, k)  # (batch, k)
+    if config.retire_finished:  # finished first, each group best first (a stable sort keeps that order)
+        unfinished = np.take_along_axis(~finished.reshape(batch, k), order, axis=1)
+        order = np.take_along_axis(order, np.argsort(unfinished, axis=1, kind="stable"), axis=1)
+    order = order[:, :n_best]  # (batch, n_best)
     sequences = sequences.tolist()
     return [
         [Hypothesis(_strip(sequences[i * k + j], config), float(scores[i, j]), float(final[i, j])) for j in order[i]]
