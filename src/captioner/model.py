@@ -3,7 +3,7 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,13 +14,14 @@ from .captions import Caption
 from .version import __version__
 from .confidence import CONFIDENCE_FILE, ConfidenceModel, mean_word_probability
 from .data.images import ImageInput, PreprocessConfig, build_transform
-from .data.vocab import Vocabulary
+from .data.vocab import PAD, START, UNK, Vocabulary
 from .decoders import Decoder, Features, create_decoder
 from .decoding import DecodingConfig, Hypothesis, beam_search, greedy
 from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
+from .registry import build_dataclass
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
 FORMAT_VERSION = 1
@@ -28,6 +29,32 @@ FORMAT_VERSION = 1
 
 class ModelDirectoryError(CaptionerError, ValueError):
     """A model directory that is missing, incomplete or tampered with."""
+
+
+@dataclass(frozen=True)
+class DecodingRules:
+    """What decoding may generate for a model, recorded in its config.json (``"decoding"``).
+
+    The defaults are captioner's own: ``<pad>``, ``<start>`` and ``<unk>`` are never
+    generated and a caption has at least one word (``min_length``); a beam that ends competes
+    on. A model imported from other code (``captioner.importers``) records that code's rules,
+    so it captions as it did there: the seed's greedy ``sample()`` bans nothing, and the Show,
+    Attend and Tell tutorial's beam search also retires finished beams (``retire_finished``,
+    see ``decoding.DecodingConfig``).
+    """
+
+    banned_tokens: tuple[str, ...] = (PAD, START, UNK)
+    min_length: int = 1
+    retire_finished: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.banned_tokens, (list, tuple)) or not all(isinstance(t, str) for t in self.banned_tokens):
+            raise InvalidInputError(f"decoding.banned_tokens must be a list of tokens, got {self.banned_tokens!r}")
+        object.__setattr__(self, "banned_tokens", tuple(self.banned_tokens))
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or self.min_length < 0:
+            raise InvalidInputError(f"decoding.min_length must be a whole number of words, got {self.min_length!r}")
+        if not isinstance(self.retire_finished, bool):
+            raise InvalidInputError(f"decoding.retire_finished must be true or false, got {self.retire_finished!r}")
 
 
 def default_model_dir() -> Path:
@@ -43,10 +70,15 @@ class Captioner(nn.Module):
         vocab: Vocabulary,
         preprocess: PreprocessConfig | None = None,
         max_length: int = 20,
+        decoding: DecodingRules | None = None,
     ):
         super().__init__()
         if max_length < 1:
             raise InvalidInputError(f"max_length must be at least 1 word, got {max_length}")
+        self.decoding = decoding or DecodingRules()
+        unknown = [token for token in self.decoding.banned_tokens if token not in vocab]
+        if unknown:
+            raise InvalidInputError(f"decoding.banned_tokens names tokens the vocabulary lacks: {', '.join(unknown)}")
         self.encoder = encoder
         self.decoder = decoder
         self.vocab = vocab
@@ -69,6 +101,7 @@ class Captioner(nn.Module):
         decoder_options: dict | None = None,
         preprocess: PreprocessConfig | None = None,
         max_length: int = 20,
+        decoding: DecodingRules | None = None,
     ) -> "Captioner":
         enc = create_encoder(encoder, **(encoder_options or {}))
         arguments, options = (decoder, len(vocab), enc.pooled_dim, enc.grid_dim), decoder_options or {}
@@ -87,7 +120,7 @@ class Captioner(nn.Module):
                 f"alone, more than the {available / 2**30:.1f} GiB of memory available; choose smaller sizes"
             )
         dec = create_decoder(*arguments, **options)
-        return cls(enc, dec, vocab, preprocess, max_length)
+        return cls(enc, dec, vocab, preprocess, max_length, decoding)
 
     @property
     def device(self) -> torch.device:
@@ -180,8 +213,10 @@ class Captioner(nn.Module):
             start_id=v.start_id,
             end_id=v.end_id,
             pad_id=v.pad_id,
-            banned_ids=(v.pad_id, v.start_id, v.unk_id),
+            banned_ids=tuple(v.stoi[token] for token in self.decoding.banned_tokens),
             max_length=self.max_length if max_length is None else max_length,
+            min_length=self.decoding.min_length,
+            retire_finished=self.decoding.retire_finished,
         )
 
     def generate(
@@ -257,6 +292,7 @@ class Captioner(nn.Module):
             "preprocess": self.preprocess.to_dict(),
             "vocab_size": len(self.vocab),
             "max_length": self.max_length,
+            "decoding": asdict(self.decoding),
             "encoder_weights_saved": self._saves_encoder_weights(),
         }
 
@@ -341,6 +377,8 @@ class Captioner(nn.Module):
                 decoder_options=config["decoder"]["options"],
                 preprocess=PreprocessConfig(**config["preprocess"]),
                 max_length=config["max_length"],
+                # absent from models saved before per-model rules existed: captioner's own
+                decoding=build_dataclass(DecodingRules, config.get("decoding", {}), f"{CONFIG_FILE} decoding"),
             )
             state = load_file(str(directory / WEIGHTS_FILE))
         except SafetensorError as e:
