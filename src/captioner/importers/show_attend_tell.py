@@ -3,8 +3,9 @@ and Tell): ``BEST_checkpoint_*.pth.tar``, which ``train.py``'s ``save_checkpoint
 pickling the whole ``Encoder`` and ``DecoderWithAttention`` modules and their optimizers, and
 ``WORDMAP_*.json`` (word → id: the words 1..n, then ``<unk>``, ``<start>``, ``<end>``; ``<pad>`` 0).
 
-The checkpoint is read by torch's weights-only loader with inert stand-ins for the tutorial's
-classes and the torch / torchvision layers it pickles (and the optimizers, whose state is
+The checkpoint (torch's zip format, or the legacy format of the tutorial's torch 0.4) is read
+by ``torch.load`` through an unpickler that answers only inert stand-ins for the tutorial's
+classes, the torch / torchvision layers it pickles and torch's optimizers (whose state is
 skipped): no code from the file runs, anything else in it is refused by name. The model
 becomes captioner's ``show-attend-tell`` decoder (ReLU attention, the ``f_beta`` gate, h and c
 from the mean region) over its ResNet encoder pooled to the tutorial's 14×14 grid, its rows

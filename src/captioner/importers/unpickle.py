@@ -1,34 +1,43 @@
 """Reading the pickles other captioning code saves, without running any code from them.
 
-Three kinds of file:
+- State dicts (``torch.save(module.state_dict())``): ``torch.load(weights_only=True)``.
+- Anything else (the seed's pickled vocabulary; the Show, Attend and Tell tutorial's
+  checkpoint, which pickles whole modules and optimizers): a ``pickle.Unpickler`` whose
+  ``find_class`` answers only the full names it is given — inert stand-ins for the classes
+  the format needs, and torch's own functions that rebuild tensors — and refuses any other
+  global, before anything it names can run. ``torch.load`` reads checkpoints with it as its
+  ``pickle_module``, so torch's code still lays out the storages of both its zip format and
+  the legacy format older torch wrote (whose pickled modules its weights-only loader refuses).
 
-- state dicts (``torch.save(module.state_dict())``): ``torch.load(weights_only=True)``;
-- a plain pickle of one small object (the seed's ``vocab.pkl``): a ``pickle.Unpickler`` whose
-  ``find_class`` answers only the names it is given, with stand-ins;
-- ``torch.save`` of whole modules and optimizers (the Show, Attend and Tell tutorial's
-  checkpoint): ``torch.load(weights_only=True)`` with the stand-ins allowlisted under the
-  names the pickle uses.
-
-A stand-in (``PickledObject``) is an inert class of ours: unpickling makes one with
-``object.__new__`` and fills its ``__dict__`` — no method of the class it stands for runs, and
-that class is never imported. Tensors are rebuilt by torch's weights-only loader. Any other
-global in the file is refused with one ``CheckpointImportError`` naming it, before anything it
-names can run.
+A stand-in (``PickledObject``) is a class of ours with no behaviour: unpickling makes one with
+``object.__new__`` and fills its ``__dict__``; the class it stands for is never imported.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 import re
+import types
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..device import available_memory
-from ..errors import MissingDependencyError
 from .base import CheckpointImportError
 
 MAX_SMALL_PICKLE_BYTES = 64 * 2**20  # a vocabulary pickle: COCO's (10k words) is ~300 KB
+# What torch.save's pickling of tensors, parameters and modules' containers refers to (torch's
+# own code; storage classes are resolved by torch.load itself).
+TORCH_GLOBALS = {
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "collections.OrderedDict": OrderedDict,
+    "builtins.set": set,
+}
 
 
 class PickledObject:
@@ -38,7 +47,7 @@ class PickledObject:
     pickled_name = "object"
 
     def __repr__(self) -> str:
-        return f"<pickled {self.pickled_name}>"
+        return f"<pickled {type(self).pickled_name}>"
 
 
 def stand_ins(*names: str) -> dict[str, type]:
@@ -73,45 +82,48 @@ def _check_size(path: Path, what: str, limit: int | None = None) -> None:
         )
 
 
-def _torch_reason(error: pickle.UnpicklingError) -> str:
-    """The reason in torch's weights-only refusal, without its advice on loading the file unsafely."""
-    reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    if reason:
-        return reason.group(1).strip()[:200]
-    lines = [line for line in str(error).splitlines() if line.strip() and "weights_only" not in line]
-    return (lines or [type(error).__name__])[0].strip()[:200]
-
-
-def _admits_stand_ins() -> bool:
-    # torch 2.6 is the first whose weights-only loader takes (stand-in, "module.Class") pairs.
-    major, minor = (int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-    return (major, minor) >= (2, 6)
-
-
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-def _weights_only_load(path: Path, what: str, admitted: dict[str, Any], allowed: str):
-    if admitted and not _admits_stand_ins():
-        raise MissingDependencyError(
-            f"reading {path} needs torch >= 2.6 (its weights-only loader admits stand-in classes by name); "
-            f"this is torch {torch.__version__}: pip install -U torch"
-        )
+class _Refused(Exception):
+    """A global the restricted unpickler does not admit."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Answers ``find_class`` from ``admitted`` (full name → object) only. Persistent references
+    (tensors' storages) fail unless torch.load gives the unpickler its own ``persistent_load``."""
+
+    admitted: dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str):
+        # Python 2 names (torch.save's protocol 2 writes __builtin__.set), mapped as pickle does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        full_name = f"{module}.{name}"
+        if full_name not in self.admitted:
+            raise _Refused(full_name)
+        return self.admitted[full_name]
+
+
+def _restricted_load(path: Path, what: str, admitted: dict[str, Any], allowed: str, torch_format: bool) -> Any:
+    unpickler = type("Unpickler", (_RestrictedUnpickler,), {"admitted": admitted})
     try:
-        if admitted:
-            with torch.serialization.safe_globals([(obj, name) for name, obj in admitted.items()]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = re.search(r"GLOBAL (\S+)", str(e))  # "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose"
-        if refused:
-            name = refused.group(1)
-            name = name if "." in name else f"builtins.{name}"  # torch names builtins without their module
-            raise CheckpointImportError(
-                f"{path}: refused to load {name} from the pickle (only {allowed} are allowed); nothing in the file ran"
-            ) from None
-        raise CheckpointImportError(f"{path}: not a {what} this importer can read ({_torch_reason(e)})") from None
+        with warnings.catch_warnings():
+            # Legacy files carry their modules' source; torch warns it cannot check ours against it.
+            warnings.simplefilter("ignore")
+            if not torch_format:
+                with open(path, "rb") as file:
+                    return unpickler(file).load()
+            module = types.ModuleType("captioner_restricted_pickle")
+            module.Unpickler = unpickler
+            module.load = lambda file, **options: unpickler(file, **options).load()
+            # weights_only=False only because a pickle_module is given: ours admits what it lists.
+            return torch.load(path, map_location="cpu", pickle_module=module, weights_only=False)
+    except _Refused as e:
+        raise CheckpointImportError(
+            f"{path}: refused to load {e} from the pickle (only {allowed} are allowed); nothing in the file ran"
+        ) from None
     except Exception as e:  # noqa: BLE001  a malformed file fails in many ways (EOF, zip, storage sizes)
         raise CheckpointImportError(f"{path}: not a readable {what} ({_first_line(e)})") from None
 
@@ -120,7 +132,21 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict saved with ``torch.save(module.state_dict())``: parameter names → tensors."""
     path = Path(path)
     _check_size(path, what)
-    state = _weights_only_load(path, what, {}, "tensors and the containers of a state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's weights-only refusal, wrapped in advice on loading it unsafely
+        refused = re.search(r"GLOBAL (\S+)", str(e))  # "Unsupported global: GLOBAL x" / "unsupported GLOBAL x whose"
+        if refused:
+            name = refused.group(1) if "." in refused.group(1) else f"builtins.{refused.group(1)}"  # torch drops it
+            raise CheckpointImportError(
+                f"{path}: refused to load {name} from the pickle (a {what} holds tensors only); nothing in the file ran"
+            ) from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        raise CheckpointImportError(
+            f"{path}: not a readable {what} ({reason.group(1).strip()[:200] if reason else _first_line(e)})"
+        ) from None
+    except Exception as e:  # noqa: BLE001  a malformed file fails in many ways (EOF, zip, storage sizes)
+        raise CheckpointImportError(f"{path}: not a readable {what} ({_first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointImportError(f"{path}: not a {what} (a mapping of parameter names to tensors)")
@@ -128,31 +154,12 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def load_torch_pickle(path: str | Path, what: str, admitted: dict[str, Any], allowed: str) -> Any:
-    """What ``torch.save`` pickled into ``path`` (modules, optimizers), each global named in
-    ``admitted`` (full name → stand-in) replaced by its stand-in; ``allowed`` says in words
-    what is admitted, for the refusal of anything else."""
+    """What ``torch.save`` pickled into ``path`` (zip or legacy format): plain values, tensors
+    and the objects of ``admitted`` (full name → stand-in or inert function); ``allowed`` says
+    in words what is admitted, for the one-line refusal of anything else."""
     path = Path(path)
     _check_size(path, what)
-    return _weights_only_load(path, what, admitted, allowed)
-
-
-class _Refused(Exception):
-    """A global the restricted unpickler does not admit."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, admitted: dict[str, type]):
-        super().__init__(file)
-        self.admitted = admitted
-
-    def find_class(self, module: str, name: str):
-        full_name = f"{module}.{name}"
-        if full_name not in self.admitted:
-            raise _Refused(full_name)
-        return self.admitted[full_name]
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent references (tensors saved by torch) do not belong in this file")
+    return _restricted_load(path, what, {**TORCH_GLOBALS, **admitted}, allowed, torch_format=True)
 
 
 def load_small_pickle(path: str | Path, what: str, admitted: dict[str, type]) -> Any:
@@ -160,16 +167,7 @@ def load_small_pickle(path: str | Path, what: str, admitted: dict[str, type]) ->
     stand-ins ``admitted`` (full class name → stand-in); any other class is refused."""
     path = Path(path)
     _check_size(path, what, MAX_SMALL_PICKLE_BYTES)
-    try:
-        with open(path, "rb") as file:
-            return _RestrictedUnpickler(file, admitted).load()
-    except _Refused as e:
-        raise CheckpointImportError(
-            f"{path}: refused to load {e} from the pickle (only {', '.join(admitted)} and plain values are "
-            "allowed); nothing in the file ran"
-        ) from None
-    except Exception as e:  # noqa: BLE001  truncated or malformed pickles fail in many ways
-        raise CheckpointImportError(f"{path}: not a readable {what} ({_first_line(e)})") from None
+    return _restricted_load(path, what, admitted, f"{', '.join(admitted)} and plain values", torch_format=False)
 
 
 def attribute(obj: object, name: str, kind: type | tuple[type, ...], where: str) -> Any:
