@@ -178,8 +178,10 @@ def _significant_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, whitespace-folded text) of the lines that carry logic: not blank, not a
     comment, not an import, not lone punctuation, not inside a docstring."""
     source = path.read_text(encoding="utf-8")
-    docstrings = set()
+    docstrings = set()  # and imports, which may span lines
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            docstrings.update(range(node.lineno, node.end_lineno + 1))
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
@@ -187,8 +189,7 @@ def _significant_lines(path: Path) -> list[tuple[int, str]]:
     lines = []
     for number, line in enumerate(source.splitlines(), 1):
         text = " ".join(line.split())
-        if (not text or text.startswith("#") or number in docstrings or text.startswith(("import ", "from "))
-                or not any(c.isalnum() for c in text)):
+        if not text or text.startswith("#") or number in docstrings or not any(c.isalnum() for c in text):
             continue
         lines.append((number, text))
     return lines

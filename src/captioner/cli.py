@@ -1,4 +1,4 @@
-"""The ``captioner`` command line: caption, train, evaluate, models, data, serve."""
+"""The ``captioner`` command line: caption, train, evaluate, models, data, serve, export, import."""
 from __future__ import annotations
 
 import argparse
@@ -410,10 +410,41 @@ def add_export(sub) -> None:
     p.set_defaults(run=run)
 
 
+def add_import(sub) -> None:
+    p = sub.add_parser("import", help="bring in a model trained with other code (no code from its files runs)",
+                       description="Import a model trained with the seed's code (yunjey's pytorch-tutorial "
+                                   "image_captioning) or sgrvinod's Show, Attend and Tell tutorial as a captioner "
+                                   "model folder that captions as the original did. Pickles are read with stand-ins "
+                                   "for the classes their format needs; anything else in them is refused.")
+    formats = p.add_subparsers(dest="format", required=True)
+    seed = formats.add_parser("seed", help="EncoderCNN / DecoderRNN state dicts + build_vocab.py's vocab.pkl")
+    seed.add_argument("--encoder", required=True, help="the encoder's state dict (encoder-5-3000.pkl)")
+    seed.add_argument("--decoder", required=True, help="the decoder's state dict (decoder-5-3000.pkl)")
+    seed.add_argument("--vocab", required=True, help="the pickled vocabulary (vocab.pkl)")
+    seed.add_argument("--out", required=True, help="new folder for the model")
+    sat = formats.add_parser("show-attend-tell", help="a BEST_checkpoint_*.pth.tar + its WORDMAP_*.json")
+    sat.add_argument("--checkpoint", required=True, help="train.py's checkpoint (BEST_checkpoint_*.pth.tar)")
+    sat.add_argument("--word-map", required=True, help="the word map it was trained with (WORDMAP_*.json)")
+    sat.add_argument("--out", required=True, help="new folder for the model")
+
+    def run(args) -> int:
+        from .importers import import_seed, import_show_attend_tell
+
+        if args.format == "seed":
+            out, beam = import_seed(encoder=args.encoder, decoder=args.decoder, vocab=args.vocab, out=args.out), 1
+        else:
+            out, beam = import_show_attend_tell(checkpoint=args.checkpoint, word_map=args.word_map, out=args.out), 5
+        print(f"imported to {out}; caption as the original did with: "
+              f"captioner caption --model {out} --beam-size {beam} IMAGE")
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Image captioning: train, evaluate, caption, serve.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve, add_export):
+    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve, add_export, add_import):
         add(sub)
     return parser
 

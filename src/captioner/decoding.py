@@ -154,6 +154,10 @@ class DecodingConfig:
     # Per id, whether the token starts a word (a subword vocabulary); None: every token is a word.
     # No-repeat counts words, so a repeated word of several pieces is caught too.
     word_starts: Optional[tuple[bool, ...]] = None
+    # Beam search: a beam that emits <end> retires with its caption and the beam shrinks, the
+    # finished captions ranking before unfinished ones (the Show, Attend and Tell tutorial's
+    # search), instead of staying to compete for a slot with its score frozen.
+    retire_finished: bool = False
 
     def __post_init__(self):
         if not 1 <= self.max_length <= MAX_DECODE_LENGTH:
@@ -161,17 +165,47 @@ class DecodingConfig:
                                     f"got {self.max_length}")
 
 
-def decoding_config_of(vocab, max_length: int, language: Optional[str] = None, min_length: int = 1) -> DecodingConfig:
-    """The decoding ids and limits of a model with this vocabulary, captioning in ``language``:
-    ``<pad>``, ``<start>``, ``<unk>`` and every language token are never generated; the
-    language's token (a multilingual vocabulary's) is fed first; word boundaries of a subword
-    vocabulary let no-repeat count words. Raises for a language the vocabulary does not know."""
+@dataclass(frozen=True)
+class DecodingRules:
+    """What decoding may generate for a model, recorded in its config.json (``"decoding"``).
+
+    The defaults are captioner's own: ``<pad>``, ``<start>`` and ``<unk>`` are never
+    generated and a caption has at least one word (``min_length``); a beam that ends competes
+    on. A model imported from other code (``captioner.importers``) records that code's rules,
+    so it captions as it did there: the seed's greedy ``sample()`` bans nothing, and the Show,
+    Attend and Tell tutorial's beam search also retires finished beams (``retire_finished``,
+    see ``decoding.DecodingConfig``).
+    """
+
+    banned_tokens: tuple[str, ...] = ("<pad>", "<start>", "<unk>")
+    min_length: int = 1
+    retire_finished: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.banned_tokens, (list, tuple)) or not all(isinstance(t, str) for t in self.banned_tokens):
+            raise InvalidInputError(f"decoding.banned_tokens must be a list of tokens, got {self.banned_tokens!r}")
+        object.__setattr__(self, "banned_tokens", tuple(self.banned_tokens))
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or self.min_length < 0:
+            raise InvalidInputError(f"decoding.min_length must be a whole number of words, got {self.min_length!r}")
+        if not isinstance(self.retire_finished, bool):
+            raise InvalidInputError(f"decoding.retire_finished must be true or false, got {self.retire_finished!r}")
+
+
+
+def decoding_config_of(vocab, max_length: int, language: Optional[str] = None,
+                       rules: Optional[DecodingRules] = None) -> DecodingConfig:
+    """The decoding ids and limits of a model with this vocabulary, captioning in ``language``
+    under its ``rules``: the rules' banned tokens (captioner's: ``<pad>``, ``<start>``,
+    ``<unk>``) and every language token are never generated; the language's token (a
+    multilingual vocabulary's) is fed first; word boundaries of a subword vocabulary let
+    no-repeat count words. Raises for a language the vocabulary does not know."""
+    rules = rules or DecodingRules()
     language_token = vocab.language_token_id(language)
     starts = tuple(vocab.word_starts)
     return DecodingConfig(
         start_id=vocab.start_id, end_id=vocab.end_id, pad_id=vocab.pad_id,
-        banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id, *vocab.language_ids.values()),
-        max_length=max_length, min_length=min_length,
+        banned_ids=(*(vocab.stoi[t] for t in rules.banned_tokens), *vocab.language_ids.values()),
+        max_length=max_length, min_length=rules.min_length, retire_finished=rules.retire_finished,
         prefix_ids=() if language_token is None else (language_token,),
         word_starts=None if all(starts) else starts,
     )
@@ -275,9 +309,11 @@ def reorder_state(state: State, index, static=()) -> State:
 
 
 def _strip(ids: list[int], config: DecodingConfig) -> list[int]:
+    # Up to <end>: the <pad>s after it are filler. A <pad> before it was generated (only where
+    # <pad> is not banned: a model imported from code that allowed it) and stays, as there.
     out = []
     for i in ids:
-        if i == config.end_id or i == config.pad_id:
+        if i == config.end_id:
             break
         out.append(i)
     return out
@@ -473,6 +509,8 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
         candidate_lengths = xp.where(finished, lengths, lengths + 1)  # (batch*k,)
         raw = xp.reshape(scores, (-1, 1)) + log_probs  # (batch*k, vocab)
         ranked = raw / _length_penalty(xp, candidate_lengths, length_penalty)[:, None]
+        if config.retire_finished:  # a retired beam keeps its slot: only the live ones compete
+            ranked = xp.where(finished[:, None] & (masks.ended[None, :] == 0), xp.full_like(ranked, math.inf), ranked)
         _, top = engine.topk(xp.reshape(ranked, (batch, k * vocab)), k)  # (batch, k)
         source = xp.reshape(top // vocab + offsets, (-1,))  # the old beam each new beam extends, flat
         scores = xp.take_along_axis(xp.reshape(raw, (batch, k * vocab)), top, axis=1)
@@ -495,7 +533,11 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
         if (step + 1) % engine.check_every == 0 and xp.all(finished):
             break
     final = scores / xp.reshape(_length_penalty(xp, lengths, length_penalty), (batch, k))
-    order = engine.topk(final, n_best)[1].tolist()  # (batch, n_best)
+    if config.retire_finished:  # finished captions first, each group best first
+        ended, ranking = xp.reshape(finished, (batch, k)).tolist(), final.tolist()
+        order = [sorted(range(k), key=lambda j: (not ended[i][j], -ranking[i][j]))[:n_best] for i in range(batch)]
+    else:
+        order = engine.topk(final, n_best)[1].tolist()  # (batch, n_best)
     sequences, scores, final = sequences.tolist(), scores.tolist(), final.tolist()
     sequence_log_probs = sequence_log_probs.tolist()
     results = []
@@ -525,5 +567,5 @@ def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, opt
                        options.no_repeat_ngram_size)
 
 
-__all__ = ["DecodeOptions", "DecodingConfig", "Features", "Hypothesis", "StepDecoder", "beam_search", "decode",
+__all__ = ["DecodeOptions", "DecodingConfig", "DecodingRules", "Features", "Hypothesis", "StepDecoder", "beam_search", "decode",
            "decoding_config_of", "expand_state", "greedy", "reorder_state", "sample"]

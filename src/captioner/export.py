@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -347,7 +347,7 @@ def export_model(model: Captioner | str | Path | None, out: str | Path, *, quant
         raise ExportError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or leave it out)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} already exists and is not an empty folder; choose a new folder")
-    if model.preprocess.interpolation not in FILTERS:
+    if not model.preprocess.pillow_resize and model.preprocess.interpolation not in FILTERS:
         raise ExportError(
             f"preprocess.interpolation {model.preprocess.interpolation!r} is not reproduced by the torch-free runtime "
             f"(it resizes with {' or '.join(sorted(FILTERS))}); export a model trained with one of those"
@@ -405,7 +405,7 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "init_state": {"inputs": decoder.inputs, "outputs": [s.name for s in decoder.slots]},
         "step": {"inputs": decoder.step_inputs, "outputs": decoder.step_outputs},
         "state": decoder.describe(),
-        "decoding": _decoding_summary(model.decoding_config()),
+        "decoding": {**_decoding_summary(model.decoding_config()), "rules": asdict(model.decoding)},
         "confidence": CONFIDENCE_FILE if model.confidence is not None else None,
     }
     return files, manifest

@@ -17,11 +17,12 @@ from .confidence import CONFIDENCE_FILE, ConfidenceModel
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
-from .decoding import DecodeOptions, DecodingConfig, Hypothesis, decode, decoding_config_of
+from .decoding import DecodeOptions, DecodingConfig, DecodingRules, Hypothesis, decode, decoding_config_of
 from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
+from .registry import build_dataclass
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
 FORMAT_VERSION = 1
@@ -44,10 +45,15 @@ class Captioner(nn.Module):
         vocab: Vocabulary,
         preprocess: PreprocessConfig | None = None,
         max_length: int = 20,
+        decoding: DecodingRules | None = None,
     ):
         super().__init__()
         if max_length < 1:
             raise InvalidInputError(f"max_length must be at least 1 word, got {max_length}")
+        self.decoding = decoding or DecodingRules()
+        unknown = [token for token in self.decoding.banned_tokens if token not in vocab]
+        if unknown:
+            raise InvalidInputError(f"decoding.banned_tokens names tokens the vocabulary lacks: {', '.join(unknown)}")
         self.encoder = encoder
         self.decoder = decoder
         self.vocab = vocab
@@ -70,6 +76,7 @@ class Captioner(nn.Module):
         decoder_options: dict | None = None,
         preprocess: PreprocessConfig | None = None,
         max_length: int = 20,
+        decoding: DecodingRules | None = None,
     ) -> "Captioner":
         enc = create_encoder(encoder, **(encoder_options or {}))
         arguments, options = (decoder, len(vocab), enc.pooled_dim, enc.grid_dim), decoder_options or {}
@@ -88,7 +95,7 @@ class Captioner(nn.Module):
                 f"alone, more than the {available / 2**30:.1f} GiB of memory available; choose smaller sizes"
             )
         dec = create_decoder(*arguments, **options)
-        return cls(enc, dec, vocab, preprocess, max_length)
+        return cls(enc, dec, vocab, preprocess, max_length, decoding)
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +180,7 @@ class Captioner(nn.Module):
 
     def decoding_config(self, language: str | None = None) -> DecodingConfig:
         """The vocabulary ids and length limit decoding obeys for this model, in ``language``."""
-        return decoding_config_of(self.vocab, self.max_length, language)
+        return decoding_config_of(self.vocab, self.max_length, language, self.decoding)
 
     @contextmanager
     def _evaluating(self):
@@ -243,6 +250,7 @@ class Captioner(nn.Module):
             "preprocess": self.preprocess.to_dict(),
             "vocab_size": len(self.vocab),
             "max_length": self.max_length,
+            "decoding": asdict(self.decoding),
             "encoder_weights_saved": self._saves_encoder_weights(),
         }
 
@@ -327,6 +335,8 @@ class Captioner(nn.Module):
                 decoder_options=config["decoder"]["options"],
                 preprocess=PreprocessConfig(**config["preprocess"]),
                 max_length=config["max_length"],
+                # absent from models saved before per-model rules existed: captioner's own
+                decoding=build_dataclass(DecodingRules, config.get("decoding", {}), f"{CONFIG_FILE} decoding"),
             )
             state = load_file(str(directory / WEIGHTS_FILE))
         except SafetensorError as e:

@@ -127,6 +127,13 @@ class PreprocessConfig:
     ``crop_size`` (ImageNet practice); ``resize="squash"`` scales straight to
     ``crop_size``² (small square art such as emoji). ``interpolation`` is one of
     ``INTERPOLATIONS``.
+
+    ``pillow_resize=True`` resizes (and crops) the fully decoded PIL image with Pillow's own
+    ``Image.resize`` and scales by dividing by 255, as scripts built on Pillow and
+    ``ToTensor`` do (the models ``captioner import`` brings in were trained that way): their
+    pixels to the last bit, where torchvision's uint8 kernel differs by a level or two, the
+    reduced JPEG decoding of large photos by more, and multiplying by 1/255 in the last bit.
+    It decodes every pixel of a large photo, so it is slower there.
     """
 
     crop_size: int = 224
@@ -135,6 +142,7 @@ class PreprocessConfig:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pillow_resize: bool = False
 
     def __post_init__(self):
         if self.resize not in ("shorter", "squash"):
@@ -147,6 +155,8 @@ class PreprocessConfig:
             raise ImageConfigError(
                 f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}; got {self.interpolation!r}"
             )
+        if not isinstance(self.pillow_resize, bool):
+            raise ImageConfigError(f"preprocess.pillow_resize must be true or false, got {self.pillow_resize!r}")
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
 
@@ -155,7 +165,10 @@ class PreprocessConfig:
 
     def key(self) -> str:
         """A stable string naming this preprocessing (part of the feature-cache key)."""
-        return ",".join(f"{k}={v}" for k, v in sorted(self.to_dict().items()))
+        fields = self.to_dict()
+        if not self.pillow_resize:  # left out when off: caches made before the option keep their keys
+            del fields["pillow_resize"]
+        return ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
     def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(w, h) of an image of ``size`` after the resize, before the crop (as torchvision computes it)."""
@@ -188,7 +201,8 @@ def load_image(
     The header is checked against ``limits`` before any pixel is decoded; with
     ``preprocess``, the size after its resize is checked too, a JPEG is decoded at the
     smallest scale (1/2 … 1/8) whose shorter side still covers ``preprocess.needed_side()``,
-    and any image is then box-averaged by the largest whole factor that still covers it.
+    and any image is then box-averaged by the largest whole factor that still covers it
+    (neither with ``preprocess.pillow_resize``, which resizes from every decoded pixel).
     Only the first frame of an animated GIF or a multi-page TIFF is read. EXIF orientation
     is applied; 16-bit and float images are scaled by their range (``_to_8bit``);
     grayscale, CMYK, palette and alpha are converted, transparent pixels composited onto
@@ -240,7 +254,7 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
     # The checks use the size as stored; EXIF rotation only swaps the sides.
     limits.check(name, pil.size, preprocess)
     try:
-        if preprocess is not None:
+        if preprocess is not None and not preprocess.pillow_resize:
             # A square request: JPEG picks the largest scale (8, 4, 2) at which *both* sides
             # stay at least this long, so the shorter side never drops below what the resize needs.
             side = preprocess.needed_side()
@@ -256,7 +270,7 @@ def _shrink(pil: Image.Image, preprocess: Optional[PreprocessConfig]) -> Image.I
     ``preprocess.needed_side()`` — what JPEG's draft does, for every format. The resize then
     starts from a few times its output, not from a 6000-pixel photo (whose tensor copies cost
     ~3× its decoded size)."""
-    if preprocess is None:
+    if preprocess is None or preprocess.pillow_resize:  # Pillow resizes from every decoded pixel
         return pil
     factor = min(pil.width, pil.height) // preprocess.needed_side()
     return pil.reduce(factor) if factor >= 2 else pil
@@ -325,13 +339,17 @@ def center_crop(pixels, size: int):
 
 def normalize(pixels, config: PreprocessConfig):
     """uint8 (C, H, W) pixels → float32 scaled to [0, 1] and standardised by ``config.mean``/``std``
-    (torchvision's ``ToDtype(scale=True)`` then ``Normalize``, in the same float32 operations,
-    so both engines give the same bits)."""
+    (torchvision's ``ToDtype(scale=True)`` — or ``ToTensor``'s division with ``pillow_resize`` —
+    then ``Normalize``, in the same float32 operations, so both engines give the same bits)."""
     xp = array_namespace(pixels)
     where = array_device(pixels)
     mean = xp.asarray(np.asarray(config.mean, dtype=np.float32)[:, None, None], device=where)
     std = xp.asarray(np.asarray(config.std, dtype=np.float32)[:, None, None], device=where)
-    return (xp.astype(pixels, xp.float32) * xp.asarray(np.float32(1.0 / 255), device=where) - mean) / std
+    if config.pillow_resize:  # ToTensor divides by 255 (× 1/255 differs in the last bit for 126 values)
+        scaled = xp.astype(pixels, xp.float32) / xp.asarray(np.float32(255), device=where)
+    else:
+        scaled = xp.astype(pixels, xp.float32) * xp.asarray(np.float32(1.0 / 255), device=where)
+    return (scaled - mean) / std
 
 
 def preprocess_array(image: ImageSource, config: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
@@ -343,8 +361,22 @@ def preprocess_array(image: ImageSource, config: PreprocessConfig, limits: Image
 
     pil = load_image(image, config, limits, name=name)
     width, height = config.resized_size(pil.size)
-    pixels = resize(np.asarray(pil), height, width, config.interpolation)  # (H, W, 3) uint8
+    if config.pillow_resize:
+        pixels = resize_with_pillow(pil, width, height, config)
+    else:
+        pixels = resize(np.asarray(pil), height, width, config.interpolation)  # (H, W, 3) uint8
     return normalize(center_crop(pixels.transpose(2, 0, 1), config.crop_size), config)
+
+
+_PILLOW_FILTERS = {"nearest": Image.Resampling.NEAREST, "nearest-exact": Image.Resampling.NEAREST,
+                   "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                   "lanczos": Image.Resampling.LANCZOS}
+
+
+def resize_with_pillow(pil: Image.Image, width: int, height: int, config: PreprocessConfig) -> np.ndarray:
+    """``pillow_resize``: Pillow's own ``Image.resize`` (as torchvision's ``Resize`` does to a PIL
+    image) → (H, W, 3) uint8; the same for both engines."""
+    return np.asarray(pil.resize((width, height), _PILLOW_FILTERS[config.interpolation]))
 
 
 class ImageTransform:
@@ -370,11 +402,15 @@ class ImageTransform:
         self.augment = T.Compose([*crop, T.RandomHorizontalFlip()]) if train else None
 
     def __call__(self, image: ImageSource, name: Optional[str] = None) -> torch.Tensor:
+        import torch
         from torchvision.transforms.v2 import functional as F
 
         pil = load_image(image, self.config, self.limits, name=name)
         width, height = self.config.resized_size(pil.size)
-        pixels = F.resize(F.pil_to_tensor(pil), [height, width], self.interpolation, antialias=True)  # (3, H, W) uint8
+        if self.config.pillow_resize:
+            pixels = torch.from_numpy(resize_with_pillow(pil, width, height, self.config).transpose(2, 0, 1).copy())
+        else:
+            pixels = F.resize(F.pil_to_tensor(pil), [height, width], self.interpolation, antialias=True)  # (3, H, W) uint8
         pixels = self.augment(pixels) if self.train else center_crop(pixels, self.config.crop_size)
         return normalize(pixels, self.config)
 

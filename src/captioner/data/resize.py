@@ -5,7 +5,8 @@ separable, int16 weights at a per-axis fixed-point precision, horizontal pass fi
 pass rounded to uint8). ``resize`` below is that kernel in numpy, so the pixels match
 torchvision's bit for bit; PIL's own resize uses other fixed-point weights (on the example
 images: up to 2 levels off, on up to 5% of the values). Everything else about preprocessing
-(sizes, crop, normalisation) is written once in :mod:`captioner.data.images`.
+(sizes, crop, normalisation, and ``pillow_resize``'s Pillow path) is written once in
+:mod:`captioner.data.images`.
 """
 from __future__ import annotations
 

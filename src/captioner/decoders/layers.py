@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
+
 
 class FeatureProjection(nn.Sequential):
     """Image embedding of Show and Tell (Vinyals et al. 2015): Linear → BatchNorm1d(momentum 0.01)."""
@@ -34,15 +36,26 @@ class LSTMStack(nn.LSTM):
         return outputs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}
 
 
+# The nonlinearity between the summed projections and the score: Bahdanau's tanh, or the ReLU
+# of the Show, Attend and Tell PyTorch tutorial (sgrvinod), whose trained models need it.
+ATTENTION_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
 class AdditiveAttention(nn.Module):
     """Bahdanau-style soft attention over image regions (Xu et al. 2015, eq. 4-6).
 
     The region projection does not depend on the decoder state, so it is computed once per
-    image (``project_regions``) and reused at every step.
+    image (``project_regions``) and reused at every step. ``activation`` names one of
+    ``ATTENTION_ACTIVATIONS``.
     """
 
-    def __init__(self, region_dim: int, query_dim: int, attention_dim: int):
+    def __init__(self, region_dim: int, query_dim: int, attention_dim: int, activation: str = "tanh"):
         super().__init__()
+        if activation not in ATTENTION_ACTIVATIONS:
+            raise InvalidInputError(
+                f"attention activation must be one of {', '.join(ATTENTION_ACTIVATIONS)}, got {activation!r}"
+            )
+        self.activation = ATTENTION_ACTIVATIONS[activation]
         self.region_proj = nn.Linear(region_dim, attention_dim)
         self.query_proj = nn.Linear(query_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1)
@@ -53,7 +66,7 @@ class AdditiveAttention(nn.Module):
     def forward(self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor):
         """regions (batch, R, region_dim), projected (batch, R, attention), query (batch, query_dim)
         → context (batch, region_dim), weights (batch, R)."""
-        energy = torch.tanh(projected + self.query_proj(query)[:, None])  # (batch, R, attention)
+        energy = self.activation(projected + self.query_proj(query)[:, None])  # (batch, R, attention)
         weights = self.score(energy).squeeze(-1).softmax(dim=-1)  # (batch, R)
         context = torch.bmm(weights[:, None], regions).squeeze(1)  # (batch, region_dim)
         return context, weights

@@ -25,6 +25,7 @@ class ShowAttendTellConfig:
     dropout: float = 0.5  # on the LSTM output, before the vocabulary projection
     gate: bool = True  # sigmoid gating scalar beta_t on the context (paper section 4.2.1)
     doubly_stochastic_weight: float = 1.0  # lambda of the (1 - sum_t alpha)^2 penalty; 0 = off
+    attention_activation: str = "tanh"  # or "relu", as the PyTorch tutorial's Attention (its imported models)
 
 
 class ShowAttendTell(Decoder):
@@ -34,7 +35,8 @@ class ShowAttendTell(Decoder):
 
     def __init__(self, name, config: ShowAttendTellConfig, vocab_size, pooled_dim, grid_dim=None):
         super().__init__(name, config, vocab_size, pooled_dim, grid_dim)
-        self.attention = AdditiveAttention(grid_dim, config.hidden_dim, config.attention_dim)
+        self.attention = AdditiveAttention(grid_dim, config.hidden_dim, config.attention_dim,
+                                           config.attention_activation)
         self.embed = nn.Embedding(vocab_size, config.embed_dim)
         self.init_h = nn.Linear(grid_dim, config.hidden_dim)
         self.init_c = nn.Linear(grid_dim, config.hidden_dim)

@@ -1,9 +1,9 @@
 """A frozen encoder run by ONNX Runtime on the CPU, and the choice of engine (``runtime``).
 
 The encoder is exported once to ONNX (dynamic batch, fixed spatial size) and cached as
-``$CAPTIONER_CACHE/onnx/<encoder>-<weights digest>-op<opset>-<size>.onnx`` (default cache root
-``~/.cache/captioner``); later runs load the file without exporting again, and the grid's
-(h, w) travels in the file's metadata, so opening it runs no torch forward.
+``$CAPTIONER_CACHE/onnx/<encoder>-<weights digest>-<options digest>-op<opset>-<size>.onnx``
+(default cache root ``~/.cache/captioner``); later runs load the file without exporting again,
+and the grid's (h, w) travels in the file's metadata, so opening it runs no torch forward.
 
     encoder = OnnxEncoder(model.encoder, model.preprocess.crop_size)
     pooled, grid, grid_shape = encoder(pixels)   # as model.encoder(pixels)
@@ -17,8 +17,11 @@ Only a frozen encoder can be exported: fine-tuned stages would need gradients.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -154,7 +157,9 @@ class OnnxEncoder:
 
             encoder = copy.deepcopy(encoder).float().cpu()
         digest = weights_digest(encoder)
-        name = f"{encoder.name}-{digest[:20]}-op{OPSET}-{self.size}.onnx"
+        # The options too: one can change the graph while the weights stay (a ResNet's grid_size).
+        options = hashlib.sha256(json.dumps(asdict(encoder.config), sort_keys=True).encode()).hexdigest()[:8]
+        name = f"{encoder.name}-{digest[:20]}-{options}-op{OPSET}-{self.size}.onnx"
         self.path = Path(cache_dir or cache_root("onnx")) / name
         if not self.path.is_file():
             self._export(encoder)

@@ -7,17 +7,44 @@ import torch
 from torch import nn
 from torchvision import models
 
+from ..errors import InvalidInputError
 from .base import Encoder, EncoderConfig, load_torchvision_weights, register_encoder, torchvision_preprocess
 
 
 @dataclass
 class ResNetConfig(EncoderConfig):
     """ResNet options; ``trainable_blocks`` counts stem, layer1 .. layer4 from the top (0..5).
-    ``weights_file``: a local copy of the torchvision ``.pth`` file."""
+    ``weights_file``: a local copy of the torchvision ``.pth`` file. ``grid_size``: 0 keeps the
+    network's own region grid (7×7 at 224 pixels); N average-pools it to N×N regions, as the
+    Show, Attend and Tell tutorial's encoder does (``AdaptiveAvgPool2d((14, 14))``)."""
+
+    grid_size: int = 0
+
+
+def adaptive_average_pool(feature_map: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(feature_map, size)`` — the same windows (output cell i averages
+    inputs floor(i·in/size) .. ceil((i+1)·in/size) - 1) — as two products with averaging
+    matrices, so it also exports to ONNX when ``size`` does not divide the input (8 → 14 at 256 px)."""
+    height, width = feature_map.shape[-2:]
+    rows = _averaging_matrix(height, size, feature_map)  # (size, h)
+    columns = _averaging_matrix(width, size, feature_map)  # (size, w)
+    return rows @ feature_map @ columns.T  # (batch, channels, size, size)
+
+
+def _averaging_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    index = torch.arange(size)
+    start = (index * length) // size
+    end = ((index + 1) * length + size - 1) // size  # ceil
+    position = torch.arange(length)
+    inside = (position[None] >= start[:, None]) & (position[None] < end[:, None])  # (size, length)
+    return (inside / (end - start)[:, None]).to(like.device, like.dtype)
 
 
 class ResNetEncoder(Encoder):
     def __init__(self, name: str, config: ResNetConfig, builder, weights):
+        if isinstance(config.grid_size, bool) or not isinstance(config.grid_size, int) or config.grid_size < 0:
+            raise InvalidInputError(f"{name}: grid_size must be 0 (the network's own grid) or a number of regions "
+                                    f"a side, got {config.grid_size!r}")
         net = builder(weights=None)
         width = net.fc.in_features  # 2048: the last stage's channels, pooled and per region
         super().__init__(name, config, width, width, torchvision_preprocess(weights))
@@ -33,7 +60,10 @@ class ResNetEncoder(Encoder):
         x = images
         for stage in self.stages():
             x = stage(x)
-        return x.mean(dim=(2, 3)), x  # (batch, 2048), (batch, 2048, h, w): 7x7 at 224
+        pooled = x.mean(dim=(2, 3))  # (batch, 2048): from the network's own grid either way
+        if self.config.grid_size:
+            x = adaptive_average_pool(x, self.config.grid_size)
+        return pooled, x  # (batch, 2048), (batch, 2048, h, w): 7x7 at 224, or grid_size²
 
 
 def _resnet(builder, weights):

@@ -16,8 +16,11 @@ from ..captions import Caption, caption_in_batches, captions_from_results
 from ..confidence import ConfidenceModel
 from ..data.images import ImageInput, PreprocessConfig, preprocess_array
 from ..data.vocab import Vocabulary
-from ..decoding import DecodeOptions, DecodingConfig, Features, Hypothesis, State, decode, decoding_config_of
+from ..decoding import (
+    DecodeOptions, DecodingConfig, DecodingRules, Features, Hypothesis, State, decode, decoding_config_of,
+)
 from ..errors import InvalidInputError
+from ..registry import build_dataclass
 from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
@@ -101,6 +104,8 @@ class OnnxCaptioner:
         self._encoder = sessions["encoder"]
         self.decoder = _ExportedDecoder(self.manifest, sessions["init_state"], sessions["step"])
         self.max_length = int(self.manifest["decoding"]["max_length"])
+        # the model's decoding rules (exports made before they were recorded: captioner's own)
+        self.rules = build_dataclass(DecodingRules, self.manifest["decoding"].get("rules", {}), "manifest decoding rules")
         confidence_file = self.manifest.get("confidence")
         self.confidence = None if confidence_file is None else ConfidenceModel.load(
             self.directory, int(self.manifest["encoder"]["pooled_shape"][1]), confidence_file)
@@ -123,7 +128,7 @@ class OnnxCaptioner:
 
     def decoding_config(self, language: str | None = None) -> DecodingConfig:
         """The vocabulary ids and length limit decoding obeys for this model, in ``language``."""
-        return decoding_config_of(self.vocab, self.max_length, language, self.manifest["decoding"]["min_length"])
+        return decoding_config_of(self.vocab, self.max_length, language, self.rules)
 
     def generate(self, features: Features, options: DecodeOptions | None = None, generator=None,
                  **decode_options) -> list[list[Hypothesis]]:
