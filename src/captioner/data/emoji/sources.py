@@ -43,6 +43,7 @@ class IconifySet:
     package: str
     version: str
     style: str
+    spdx: str  # the licence the set's info.json names, checked when the set is read
     licence: str
     compact_names: bool = False
     numbered_drawings: bool = False
@@ -50,32 +51,31 @@ class IconifySet:
     misnamed: frozenset = frozenset()
 
 
+_CC_BY = ("CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are adaptations (rendered and "
+          "resized)")
+_FLUENT_MIT = "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"
+# Licences as the sets' info.json name them (checked 2026-12-04; :func:`check_iconify_licence`).
 ICONIFY_SETS = {
     "fluent-color": IconifySet("@iconify-json/fluent-emoji", "1.2.7", "Microsoft Fluent Emoji, colour with gradients",
-                               "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                               "MIT", _FLUENT_MIT),
     "fluent-flat": IconifySet("@iconify-json/fluent-emoji-flat", "1.2.6", "Microsoft Fluent Emoji, flat",
-                              "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                              "MIT", _FLUENT_MIT),
     "fluent-high-contrast": IconifySet("@iconify-json/fluent-emoji-high-contrast", "1.2.6",
-                                       "Microsoft Fluent Emoji, monochrome high contrast",
-                                       "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                                       "Microsoft Fluent Emoji, monochrome high contrast", "MIT", _FLUENT_MIT),
     "emojione-2": IconifySet("@iconify-json/emojione", "1.2.3", "EmojiOne 2 (Ranks.com / JoyPixels)",
-                             "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are "
-                             "adaptations (rendered and resized)"),
-    "emojione-1": IconifySet("@iconify-json/emojione-v1", "1.2.3", "EmojiOne 1 (Ranks.com)",
+                             "CC-BY-4.0", _CC_BY),
+    "emojione-1": IconifySet("@iconify-json/emojione-v1", "1.2.3", "EmojiOne 1 (Ranks.com)", "CC-BY-SA-4.0",
                              "CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); the PNGs here are "
                              "adaptations and are shared under the same licence"),
     "noto-v1": IconifySet("@iconify-json/noto-v1", "1.2.5", "Google Noto Emoji, the old (\"blob\" era) design",
+                          "Apache-2.0",
                           "Apache License 2.0 (https://github.com/googlefonts/noto-emoji/blob/main/svg/LICENSE)"),
-    # Licences as the sets' info.json give them (checked 2026-12-04).
     "emojione-monotone": IconifySet("@iconify-json/emojione-monotone", "1.2.1",
                                     "EmojiOne 2.2.7, monochrome (Emoji One; kept by the Emoji Two project)",
-                                    "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are "
-                                    "adaptations (rendered and resized)"),
+                                    "CC-BY-4.0", _CC_BY),
     "streamline": IconifySet("@iconify-json/streamline-emojis", "1.2.4", "Streamline Emojis (Webalys), flat outlined",
-                             "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are "
-                             "adaptations (rendered and resized)",
-                             numbered_drawings=True, country_flags=True),
-    "fxemoji": IconifySet("@iconify-json/fxemoji", "1.2.2", "Firefox OS Emoji (Mozilla)",
+                             "CC-BY-4.0", _CC_BY, numbered_drawings=True, country_flags=True),
+    "fxemoji": IconifySet("@iconify-json/fxemoji", "1.2.2", "Firefox OS Emoji (Mozilla)", "Apache-2.0",
                           "Apache License 2.0 (https://mozilla.github.io/fxemoji/LICENSE.md)",
                           compact_names=True, misnamed=frozenset({
                               # a face, named like the whole animal (the animals are "catside", ...)
@@ -458,6 +458,24 @@ def iconify_svg(icon: dict, width: float, height: float) -> str:
             f'viewBox="{" ".join(str(v) for v in box)}">{icon["body"]}</svg>')
 
 
+def check_iconify_licence(spec: IconifySet, folder: Path) -> None:
+    """The set's ``info.json`` (when the folder has one) must name the licence the set was checked under:
+    another version may have changed it, and its art must not be trained on unchecked."""
+    path = folder / "info.json"
+    if not path.is_file():
+        return
+    try:
+        licence = json.loads(path.read_text(encoding="utf-8")).get("license") or {}
+        spdx = licence.get("spdx") if isinstance(licence, dict) else None
+    except (ValueError, AttributeError) as e:
+        raise EmojiSourceError(f"{path}: not an Iconify info.json ({type(e).__name__}: {e})") from None
+    if spdx != spec.spdx:
+        raise EmojiSourceError(
+            f"{path}: license.spdx is {spdx!r}, but {spec.package}@{spec.version} was checked under {spec.spdx!r}; "
+            "check the new licence before building from it"
+        )
+
+
 def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counter,
                     mapping: Counter, unmapped: list) -> list[Item]:
     """An Iconify JSON set: each icon's code points from the set's ``chars.json`` when it has one, else from
@@ -465,6 +483,7 @@ def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counte
     CLDR or Unicode name without separators for ``compact_names`` sets (:func:`compact_index`). Unmappable
     icons are counted in ``mapping["unmapped"]`` and their names appended to ``unmapped``."""
     spec = ICONIFY_SETS[source]
+    check_iconify_licence(spec, folder)
     slugs = table.slug_index()
     compact_names = compact_index(table) if spec.compact_names else {}
     data = json.loads((folder / "icons.json").read_text(encoding="utf-8"))
