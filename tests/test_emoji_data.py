@@ -487,7 +487,7 @@ MORE_ARTISTS = {"streamline": STREAMLINE, "emojione-monotone": EMOJIONE_MONOTONE
 MORE_EMOJI_TEST = FIXTURES / "emoji-test-more-artists.txt"
 
 
-def more_artists_table() -> "emoji_data.NameTable":
+def more_artists_table() -> emoji_data.NameTable:
     table = emoji_data.NameTable()
     for cps, name in read_emoji_test(MORE_EMOJI_TEST)[0]:
         table.add(cps, name, "emoji-test.txt")

@@ -44,12 +44,12 @@ from .build import DEFAULT_IMAGE_SIZE, UNNAMED_FILE, build_emoji_dataset, format
 from .cldr import CLDR_PACKAGES, CLDR_VERSION, cldr_names, locale_chain, resolve_cldr
 from .names import NameTable, emoji_key, hex_string, map_icon_name, normalize_name, parse_codepoints, slugify, tokenize
 from .sources import (
-    ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
+    ARTIST_FAMILIES, ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
 )
 from .splits import ARTIST_SPLIT, SPLITS, assign_splits, split_images
 
 __all__ = [
-    "CLDR_PACKAGES", "CLDR_VERSION", "UNNAMED_FILE", "cldr_names", "locale_chain", "resolve_cldr",
+    "ARTIST_FAMILIES", "CLDR_PACKAGES", "CLDR_VERSION", "UNNAMED_FILE", "cldr_names", "locale_chain", "resolve_cldr",
     "ARTIST_SPLIT", "DEFAULT_IMAGE_SIZE", "ICONIFY_SETS", "NOTO_FONT_CANDIDATES", "SOURCES", "SPLITS", "UNAVAILABLE",
     "EmojiSourceError", "NameTable", "assign_splits", "build_emoji_dataset", "emoji_key", "fetch_npm_source", "map_icon_name",
     "format_summary", "hex_string", "normalize_name", "parse_codepoints", "resolve_sources", "slugify",

@@ -209,7 +209,7 @@ def compact(name: str) -> str:
 _NAMED_BLOCKS = ((0x00A0, 0x33FF), (0x1F000, 0x1FBFF))
 
 
-def compact_index(table: "NameTable") -> dict[str, tuple[int, ...]]:
+def compact_index(table: NameTable) -> dict[str, tuple[int, ...]]:
     """Compact spelling (:func:`compact`) → emoji key, of every name in ``table`` and of the Unicode
     character name of every code point in the emoji blocks (``BLACK DIAMOND SUIT`` is ♦ "diamond suit").
 
