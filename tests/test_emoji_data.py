@@ -6,6 +6,7 @@ font is installed (`apt-get install -y fonts-noto-color-emoji`).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections import defaultdict
@@ -17,8 +18,10 @@ from PIL import Image
 from captioner import cli
 from captioner.cache import cache_root
 from captioner.data import emoji as emoji_data
+from captioner.data.emoji.names import compact_index, read_emoji_test
 from captioner.data.sources import read_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "emoji"
 GOOGLE = FIXTURES / "google"
 OPENMOJI = FIXTURES / "openmoji"
@@ -474,3 +477,125 @@ def test_cli_languages(tmp_path, capsys):
     assert cli.main(["data", "emoji", "--out", str(out), "--sources", "google", "--google-dir", str(GOOGLE),
                      "--languages", "de,klingon!", "--cldr-dir", str(CLDR)]) == 2
     assert "--languages: 'klingon!' is not a language code" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- artists of issue 22
+# Real icons (cut-down copies of the npm sets, licences in fixtures/emoji/README.md) and the emoji-test.txt
+# lines of what they draw.
+STREAMLINE, EMOJIONE_MONOTONE, FXEMOJI = FIXTURES / "streamline", FIXTURES / "emojione-monotone", FIXTURES / "fxemoji"
+MORE_ARTISTS = {"streamline": STREAMLINE, "emojione-monotone": EMOJIONE_MONOTONE, "fxemoji": FXEMOJI}
+MORE_EMOJI_TEST = FIXTURES / "emoji-test-more-artists.txt"
+
+
+def more_artists_table() -> emoji_data.NameTable:
+    table = emoji_data.NameTable()
+    for cps, name in read_emoji_test(MORE_EMOJI_TEST)[0]:
+        table.add(cps, name, "emoji-test.txt")
+    return table
+
+
+@pytest.fixture(scope="module")
+def built_more(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emoji-more") / "dataset"
+    summary = build(out, tuple(MORE_ARTISTS), source_dirs=MORE_ARTISTS, emoji_test=MORE_EMOJI_TEST)
+    return out, summary, load(out)
+
+
+@needs_cairosvg
+def test_new_artists_map_their_names_to_cldr_and_count_the_rest(built_more):
+    out, summary, dataset = built_more
+    by_artist = defaultdict(dict)
+    for im in dataset["images"]:
+        by_artist[im["artist"]][im["emoji"]] = im["sentences"][0]["raw"]
+    # Streamline: slugs; "baby-1" is the default-coloured baby, "baby-2" a skin tone it does not name (not used);
+    # a country alone is its flag, "turkey" too (the flag is drawn, not 🦃).
+    assert by_artist["streamline"] == {"1F476": "baby", "1F525": "fire", "1F1EB-1F1F7": "flag: france",
+                                       "1F1F9-1F1F7": "flag: turkey"}
+    assert summary["mapping"]["streamline"] == {"country name as its flag": 2, "slug": 1,
+                                                "slug of the first numbered drawing": 1, "unmapped": 1}
+    assert summary["skipped"]["streamline"] == {"numbered drawing after the first": 1}
+    # EmojiOne monotone: slugs, a plain alias ("bear" for "bear-face"), "flag-for-" with "and" for CLDR's "&",
+    # and EmojiOne's flags that are not countries.
+    assert by_artist["emojione-monotone"] == {"1F436": "dog face", "1F43B": "bear", "1F3F3-FE0F": "white flag",
+                                              "1F1F9-1F1F9": "flag: trinidad & tobago"}
+    assert summary["mapping"]["emojione-monotone"] == {"respelled slug": 2, "slug": 2, "unmapped": 1}
+    # Firefox OS: names without separators, CLDR's ("admissiontickets") or Unicode's ("blackdiamondsuit",
+    # "housebuilding"); "cat" draws a cat face, so the name that matches 🐈 is not used.
+    assert by_artist["fxemoji"] == {"1F39F-FE0F": "admission tickets", "2666-FE0F": "diamond suit", "1F3E0": "house"}
+    assert summary["mapping"]["fxemoji"] == {"compact name": 3, "unmapped": 1}
+    assert summary["skipped"]["fxemoji"] == {"named like another emoji than drawn (checked by eye)": 1}
+    assert json.loads((out / "unmapped.json").read_text(encoding="utf-8")) == {
+        "emojione-monotone": ["letter-a"], "fxemoji": ["2hearts"], "streamline": ["amazed-face"]}
+    text = (out / "SOURCES.md").read_text(encoding="utf-8")
+    assert "@iconify-json/streamline-emojis@1.2.4" in text and "@iconify-json/fxemoji@1.2.2" in text
+    assert "@iconify-json/emojione-monotone@1.2.1" in text and "CC BY 4.0" in text and "Apache License 2.0" in text
+    assert "EmojiOne: `emojione-2`, `emojione-1`, `emojione-monotone`" in text
+    with Image.open(out / "images" / "fxemoji" / "2666-fe0f.png") as image:  # its own 512-unit viewBox, drawn
+        assert image.size == (32, 32) and image.getpixel((16, 16)) != (255, 255, 255)
+
+
+def test_compact_names_map_only_when_one_character_has_them():
+    index = compact_index(more_artists_table())
+    assert index["admissiontickets"] == (0x1F39F,)  # CLDR's name (Unicode's too)
+    assert index["blackdiamondsuit"] == index["diamondsuit"] == (0x2666,)  # Unicode's name, CLDR's name
+    assert index["housebuilding"] == (0x1F3E0,)
+    assert index["beamingfacewithsmilingeyes"] == (0x1F601,)
+    # CLDR's name of 😄 is Unicode's of 😁; CLDR's "house" 🏠 is Unicode's U+2302 ⌂ (no emoji): neither guessed.
+    assert "grinningfacewithsmilingeyes" not in index and "house" not in index
+    assert emoji_data.map_icon_name("admissiontickets", more_artists_table().slug_index()) is None  # not a slug
+
+
+def test_numbered_drawings_and_country_flags_only_where_a_set_names_so():
+    slugs = more_artists_table().slug_index()
+    baby, turkey, flag_tr = (0x1F476,), (0x1F983,), (0x1F1F9, 0x1F1F7)
+    assert emoji_data.map_icon_name("baby-1", slugs) is None
+    assert emoji_data.map_icon_name("baby-1", slugs, numbered=True) == (baby, "slug of the first numbered drawing")
+    assert emoji_data.map_icon_name("baby-2", slugs, numbered=True) is None
+    assert emoji_data.map_icon_name("turkey", slugs) == (turkey, "slug")
+    assert emoji_data.map_icon_name("turkey", slugs, country_flags=True) == (flag_tr, "country name as its flag")
+    assert emoji_data.map_icon_name("flag-for-trinidad-and-tobago", slugs) == ((0x1F1F9, 0x1F1F9), "respelled slug")
+    assert emoji_data.map_icon_name("flag-for-white-flag", slugs) == ((0x1F3F3,), "respelled slug")
+
+
+def test_a_set_whose_licence_changed_is_refused(tmp_path):
+    changed = tmp_path / "fxemoji"
+    shutil.copytree(FXEMOJI, changed)
+    info = json.loads((changed / "info.json").read_text(encoding="utf-8"))
+    info["license"] = {"title": "Proprietary", "spdx": "LicenseRef-Proprietary"}
+    (changed / "info.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(emoji_data.EmojiSourceError, match=r"info.json: license.spdx is 'LicenseRef-Proprietary'"):
+        build(tmp_path / "out", ("fxemoji",), source_dirs={"fxemoji": changed}, emoji_test=MORE_EMOJI_TEST)
+    (changed / "info.json").write_text("[1, 2", encoding="utf-8")
+    with pytest.raises(emoji_data.EmojiSourceError, match=r"info.json: not an Iconify info.json"):
+        build(tmp_path / "out", ("fxemoji",), source_dirs={"fxemoji": changed}, emoji_test=MORE_EMOJI_TEST)
+
+
+def _resplit():
+    spec = importlib.util.spec_from_file_location("resplit_emoji", ROOT / "scripts" / "resplit_emoji.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@needs_cairosvg
+def test_resplit_of_a_multilingual_dataset_is_what_the_builder_writes(tmp_path, capsys):
+    """Held out by resplit_emoji.py == held out by the builder, with German captions first in each image."""
+    sources = ("google", "emojione-2", *MORE_ARTISTS)
+    dirs = {"emojione-2": ICONIFY, **MORE_ARTISTS}
+    options = dict(source_dirs=dirs, languages="de,en", cldr_dir=CLDR, split_by="image", test_fraction=0.2)
+    build(tmp_path / "all", sources, **options)
+    assert any(im["sentences"][0]["language"] == "de" for im in load(tmp_path / "all")["images"])
+    capsys.readouterr()
+    assert _resplit()([str(tmp_path / "all" / "dataset.json"), "emojione", "--holdout-artist", "emojione-monotone",
+                       "--split-by", "image", "--test-fraction", "0.2"]) == 0
+    assert "part of EmojiOne; emojione-2 still train" in capsys.readouterr().err
+    build(tmp_path / "held", sources, holdout_artists=("emojione-monotone",), **options)
+    assert "part of EmojiOne; emojione-2 still train" in capsys.readouterr().err
+    resplit = json.loads((tmp_path / "all" / "dataset-emojione.json").read_text(encoding="utf-8"))
+    assert resplit == load(tmp_path / "held")
+    assert {im["split"] for im in resplit["images"] if im["artist"] == "emojione-monotone"} == {"test-artist"}
+
+    build(tmp_path / "german", ("google",), languages="de", cldr_dir=CLDR)
+    with pytest.raises(SystemExit):
+        _resplit()([str(tmp_path / "german" / "dataset.json"), "x", "--holdout-artist", "google"])
+    assert "has no English caption" in capsys.readouterr().err

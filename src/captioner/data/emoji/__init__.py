@@ -9,9 +9,16 @@ split format, each image with its ``artist``), ``DIR/images/<artist>/<codepoints
   names from ``emoji-test.txt`` (Debian ``unicode-data``), font OFL-1.1 (the same art as ``google``);
 - ``openmoji``: colour SVGs from npm ``openmoji@17.0.0`` rendered with ``cairosvg``, CC BY-SA 4.0;
 - ``fluent-color``, ``fluent-flat``, ``fluent-high-contrast`` (MIT), ``emojione-2`` (CC BY 4.0),
-  ``emojione-1`` (CC BY-SA 4.0), ``noto-v1`` (Apache-2.0): Iconify JSON sets from npm ``@iconify-json/*``
-  whose icon names are slugs of CLDR names, mapped back through the sets' ``chars.json`` or the slugs of
-  the known names; icons that do not map are counted and listed.
+  ``emojione-1`` (CC BY-SA 4.0), ``noto-v1`` (Apache-2.0), ``emojione-monotone`` (CC BY 4.0),
+  ``streamline`` (CC BY 4.0): Iconify JSON sets from npm ``@iconify-json/*`` whose icon names are slugs of
+  CLDR names, mapped back through the sets' ``chars.json`` or the slugs of the known names;
+- ``fxemoji`` (Firefox OS emoji, Apache-2.0): an Iconify set named by CLDR or Unicode names without
+  separators (``admissiontickets``), mapped only where that spelling names exactly one character.
+
+  Icons that do not map are counted and listed; each set's quirks (numbered drawings, flags named by
+  country, names that match another emoji than drawn) were checked on contact sheets
+  (:class:`~.sources.IconifySet`). Sibling styles of one design are listed in
+  :data:`~.sources.ARTIST_FAMILIES`, to be held out together.
 
 Twemoji (every packaging), Apple's and Facebook's art are refused: they are reserved for external
 held-out evaluations. Blobmoji is not buildable offline (``@svgmoji/blob`` ships no images).
@@ -37,12 +44,12 @@ from .build import DEFAULT_IMAGE_SIZE, UNNAMED_FILE, build_emoji_dataset, format
 from .cldr import CLDR_PACKAGES, CLDR_VERSION, cldr_names, locale_chain, resolve_cldr
 from .names import NameTable, emoji_key, hex_string, map_icon_name, normalize_name, parse_codepoints, slugify, tokenize
 from .sources import (
-    ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
+    ARTIST_FAMILIES, ICONIFY_SETS, NOTO_FONT_CANDIDATES, SOURCES, UNAVAILABLE, EmojiSourceError, fetch_npm_source, resolve_sources,
 )
 from .splits import ARTIST_SPLIT, SPLITS, assign_splits, split_images
 
 __all__ = [
-    "CLDR_PACKAGES", "CLDR_VERSION", "UNNAMED_FILE", "cldr_names", "locale_chain", "resolve_cldr",
+    "ARTIST_FAMILIES", "CLDR_PACKAGES", "CLDR_VERSION", "UNNAMED_FILE", "cldr_names", "locale_chain", "resolve_cldr",
     "ARTIST_SPLIT", "DEFAULT_IMAGE_SIZE", "ICONIFY_SETS", "NOTO_FONT_CANDIDATES", "SOURCES", "SPLITS", "UNAVAILABLE",
     "EmojiSourceError", "NameTable", "assign_splits", "build_emoji_dataset", "emoji_key", "fetch_npm_source", "map_icon_name",
     "format_summary", "hex_string", "normalize_name", "parse_codepoints", "resolve_sources", "slugify",

@@ -19,8 +19,9 @@ from .names import (
 )
 from .rendering import default_jobs, run_jobs
 from .sources import (
-    ICONIFY_SETS, LICENSES, NOTO_FONT_SIZE, NPM_PACKAGES, SOURCES, EmojiSourceError, Item, check_source_names, collect_google,
-    collect_iconify, collect_noto, collect_openmoji, openmoji_entries, package_version, resolve_sources,
+    ARTIST_FAMILIES, ICONIFY_SETS, LICENSES, NOTO_FONT_SIZE, NPM_PACKAGES, SOURCES, EmojiSourceError, Item,
+    check_source_names, collect_google, collect_iconify, collect_noto, collect_openmoji, openmoji_entries,
+    package_version, partial_families, resolve_sources,
 )
 from .splits import ARTIST_SPLIT, SPLITS, split_images
 
@@ -106,6 +107,9 @@ def build_emoji_dataset(
     available = [s for s in sources if s not in found.missing]
     if not available:
         raise EmojiSourceError("no emoji source available:\n" + "\n".join(f"  {m}" for m in found.missing.values()))
+    for family, left in partial_families(holdout, available).items():
+        print(f"warning: holding out part of {family}; {', '.join(left)} still train on the same design "
+              "(add --holdout-artist for each, or the held-out estimate leaks)", file=sys.stderr, flush=True)
 
     # Names: emoji-test.txt, then OpenMoji annotations, then the emoji package.
     table = NameTable()
@@ -358,7 +362,9 @@ def sources_markdown(summary: dict) -> str:
         "- Not used: the Twemoji set (`emoji-datasource-twitter`, `twemoji`, `@iconify-json/twemoji`, "
         "`@svgmoji/twemoji`, the fonts) and Apple's and Facebook's art, reserved for external held-out "
         "evaluation; Blobmoji (npm `@svgmoji/blob` ships no images).",
-        "- `google` and `noto` are the same artwork (Google's Noto Emoji): hold both out together.",
+        "- One design drawn several ways, to hold out together (else the estimate leaks): "
+        + "; ".join(f"{family}: {', '.join(f'`{m}`' for m in members)}" for family, members in ARTIST_FAMILIES.items())
+        + ".",
         "",
         "## Splits",
         "",

@@ -143,7 +143,14 @@ def _spellings(name: str):
     if "blonde" in name:  # Fluent: "man-blonde-hair"; CLDR: "man: blond hair"
         yield name.replace("blonde", "blond")
     if name.startswith("flag-for-"):  # EmojiOne: "flag-for-france", Noto v1: "flag-for-flag-france"
-        yield "flag-" + name[len("flag-for-"):].removeprefix("flag-")
+        country = name[len("flag-for-"):].removeprefix("flag-")
+        yield "flag-" + country
+        # CLDR writes "&" in country names, which slugs drop: "flag: Trinidad & Tobago".
+        if "-and-" in country:
+            yield "flag-" + country.replace("-and-", "-")
+        # EmojiOne files the flags that are not countries with them: "flag-for-white-flag" is "white flag".
+        if country.endswith(("-flag", "-flags")):
+            yield country
 
 
 def _with_skin_tone(name: str):
@@ -159,10 +166,27 @@ def _with_skin_tone(name: str):
             return
 
 
-def map_icon_name(name: str, slugs: dict) -> tuple[tuple[int, ...], str] | None:
+_NUMBERED_RE = re.compile(r"(.+)-([0-9]+)")
+
+
+def numbered_drawing(name: str) -> tuple[str, int] | None:
+    """``"baby-2"`` → ``("baby", 2)``: sets that draw one emoji several times number the drawings."""
+    m = _NUMBERED_RE.fullmatch(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def map_icon_name(name: str, slugs: dict, *, numbered: bool = False,
+                  country_flags: bool = False) -> tuple[tuple[int, ...], str] | None:
     """An icon's slug name → ``(emoji key, how)`` through :meth:`NameTable.slug_index`: the slug of a
     known name (also respelled: EmojiOne's ``flag-for-``, Fluent's ``blonde``), else with Fluent's short
-    skin-tone suffix; None when nothing matches."""
+    skin-tone suffix; None when nothing matches.
+
+    For sets that name that way (each checked on a contact sheet): ``numbered``, the first of several
+    numbered drawings is the emoji itself (Streamline's ``baby-1`` is "baby" in the default yellow; its
+    ``baby-2`` and ``baby-3`` are skin tones it does not name, left to the caller); ``country_flags``, a
+    country's name alone is its flag (Streamline's ``france``; its ``turkey`` is the flag, not 🦃)."""
+    if country_flags and f"flag-{name}" in slugs:
+        return slugs[f"flag-{name}"], "country name as its flag"
     for spelling in _spellings(name):
         if spelling in slugs:
             return slugs[spelling], "slug" if spelling == name else "respelled slug"
@@ -170,7 +194,42 @@ def map_icon_name(name: str, slugs: dict) -> tuple[tuple[int, ...], str] | None:
         for candidate in _with_skin_tone(spelling):
             if candidate in slugs:
                 return slugs[candidate], "slug + skin-tone suffix"
+    if numbered and (drawing := numbered_drawing(name)) and drawing[1] == 1 and drawing[0] in slugs:
+        return slugs[drawing[0]], "slug of the first numbered drawing"
     return None
+
+
+def compact(name: str) -> str:
+    """A name without separators, as Firefox OS emoji spell theirs: ``"admission tickets"`` →
+    ``"admissiontickets"``."""
+    return slugify(name).replace("-", "")
+
+
+# Blocks holding every single-code-point emoji (and the symbols around them, whose names may collide).
+_NAMED_BLOCKS = ((0x00A0, 0x33FF), (0x1F000, 0x1FBFF))
+
+
+def compact_index(table: NameTable) -> dict[str, tuple[int, ...]]:
+    """Compact spelling (:func:`compact`) → emoji key, of every name in ``table`` and of the Unicode
+    character name of every code point in the emoji blocks (``BLACK DIAMOND SUIT`` is ♦ "diamond suit").
+
+    A spelling that two characters share maps to nothing, even when one of them is not an emoji:
+    ``grinningfacewithsmilingeyes`` is CLDR's name of 😄 and Unicode's of 😁; ``house`` is 🏠 to CLDR
+    and U+2302 ⌂ to Unicode. (Unicode names are Python's ``unicodedata``: emoji newer than its Unicode
+    version have only their CLDR name here.)"""
+    found: dict[str, tuple[int, ...] | None] = {}
+
+    def add(spelling: str, key: tuple[int, ...]) -> None:
+        found[spelling] = None if spelling in found and found[spelling] != key else key
+
+    for cps, name in table.spellings:
+        add(compact(name), emoji_key(cps))
+    for first, last in _NAMED_BLOCKS:
+        for c in range(first, last + 1):
+            name = unicodedata.name(chr(c), "")
+            if name:
+                add(compact(name), (c,))
+    return {spelling: key for spelling, key in found.items() if key is not None and key in table.entries}
 
 
 def read_emoji_test(path: Path) -> tuple[list[tuple[tuple[int, ...], str]], str]:

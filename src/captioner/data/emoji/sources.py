@@ -20,7 +20,10 @@ from typing import Callable, Iterable
 
 from ...cache import cache_root
 from ...errors import CaptionerError
-from .names import COMPONENT_KEYS, SKIN_TONES, NameTable, emoji_key, hex_string, map_icon_name, parse_codepoints
+from .names import (
+    COMPONENT_KEYS, SKIN_TONES, NameTable, compact_index, emoji_key, hex_string, map_icon_name, numbered_drawing,
+    parse_codepoints,
+)
 
 
 class EmojiSourceError(CaptionerError, RuntimeError):
@@ -29,30 +32,67 @@ class EmojiSourceError(CaptionerError, RuntimeError):
 
 @dataclass(frozen=True)
 class IconifySet:
-    """One ``@iconify-json/*`` emoji set: an artist's SVG bodies in ``icons.json``, named by CLDR slug."""
+    """One ``@iconify-json/*`` emoji set: an artist's SVG bodies in ``icons.json``, named by CLDR slug
+    (``dog-face``) or, ``compact_names``, by CLDR or Unicode name without separators (``dogface``).
+
+    How each set spells its names was checked on contact sheets of its mapped icons:
+    ``numbered_drawings`` and ``country_flags`` are :func:`~.names.map_icon_name`'s options;
+    ``misnamed`` lists icon names that match the name of another emoji than the one drawn (Firefox OS
+    names a face ``cat`` and the whole animal ``catside``), which are not used."""
 
     package: str
     version: str
     style: str
+    spdx: str  # the licence the set's info.json names, checked when the set is read
     licence: str
+    compact_names: bool = False
+    numbered_drawings: bool = False
+    country_flags: bool = False
+    misnamed: frozenset = frozenset()
 
 
+_CC_BY = ("CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are adaptations (rendered and "
+          "resized)")
+_FLUENT_MIT = "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"
+# Licences as the sets' info.json name them (checked 2026-12-04; :func:`check_iconify_licence`).
 ICONIFY_SETS = {
     "fluent-color": IconifySet("@iconify-json/fluent-emoji", "1.2.7", "Microsoft Fluent Emoji, colour with gradients",
-                               "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                               "MIT", _FLUENT_MIT),
     "fluent-flat": IconifySet("@iconify-json/fluent-emoji-flat", "1.2.6", "Microsoft Fluent Emoji, flat",
-                              "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                              "MIT", _FLUENT_MIT),
     "fluent-high-contrast": IconifySet("@iconify-json/fluent-emoji-high-contrast", "1.2.6",
-                                       "Microsoft Fluent Emoji, monochrome high contrast",
-                                       "MIT License (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE)"),
+                                       "Microsoft Fluent Emoji, monochrome high contrast", "MIT", _FLUENT_MIT),
     "emojione-2": IconifySet("@iconify-json/emojione", "1.2.3", "EmojiOne 2 (Ranks.com / JoyPixels)",
-                             "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the PNGs here are "
-                             "adaptations (rendered and resized)"),
-    "emojione-1": IconifySet("@iconify-json/emojione-v1", "1.2.3", "EmojiOne 1 (Ranks.com)",
+                             "CC-BY-4.0", _CC_BY),
+    "emojione-1": IconifySet("@iconify-json/emojione-v1", "1.2.3", "EmojiOne 1 (Ranks.com)", "CC-BY-SA-4.0",
                              "CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); the PNGs here are "
                              "adaptations and are shared under the same licence"),
     "noto-v1": IconifySet("@iconify-json/noto-v1", "1.2.5", "Google Noto Emoji, the old (\"blob\" era) design",
+                          "Apache-2.0",
                           "Apache License 2.0 (https://github.com/googlefonts/noto-emoji/blob/main/svg/LICENSE)"),
+    "emojione-monotone": IconifySet("@iconify-json/emojione-monotone", "1.2.1",
+                                    "EmojiOne 2.2.7, monochrome (Emoji One; kept by the Emoji Two project)",
+                                    "CC-BY-4.0", _CC_BY),
+    "streamline": IconifySet("@iconify-json/streamline-emojis", "1.2.4", "Streamline Emojis (Webalys), flat outlined",
+                             "CC-BY-4.0", _CC_BY, numbered_drawings=True, country_flags=True),
+    "fxemoji": IconifySet("@iconify-json/fxemoji", "1.2.2", "Firefox OS Emoji (Mozilla)", "Apache-2.0",
+                          "Apache License 2.0 (https://mozilla.github.io/fxemoji/LICENSE.md)",
+                          compact_names=True, misnamed=frozenset({
+                              # a face, named like the whole animal (the animals are "catside", ...)
+                              "cat", "dog", "mouse", "pig", "tiger",
+                              "kiss",  # a kissing face, not 💏 "kiss"
+                              "sunglasses",  # 😎, not 🕶 (that is "darksunglasses")
+                              "construction",  # 🏗 building construction, not 🚧 (that is "constructionsign")
+                              "window",  # a computer's window (U+1F5D4), not 🪟
+                          })),
+}
+
+# Artists whose drawings are one design (the same art, or its flat and monochrome renderings): a
+# leave-artists-out estimate holds a family out whole, or its other members leak the held-out drawings.
+ARTIST_FAMILIES = {
+    "Google's Noto Emoji": ("google", "noto"),
+    "Microsoft Fluent": ("fluent-color", "fluent-flat", "fluent-high-contrast"),
+    "EmojiOne": ("emojione-2", "emojione-1", "emojione-monotone"),
 }
 
 GOOGLE_PACKAGE, GOOGLE_VERSION = "emoji-datasource-google", "16.0.0"
@@ -108,6 +148,17 @@ LICENSES = {
     **{name: f"npm `{s.package}@{s.version}` ({s.style}), SVGs rendered with cairosvg: {s.licence}."
        for name, s in ICONIFY_SETS.items()},
 }
+
+
+def partial_families(holdout: Iterable[str], artists: Iterable[str]) -> dict[str, list[str]]:
+    """Family → its members among ``artists`` left in training while others of it are held out."""
+    held, present = set(holdout), set(artists)
+    partial = {}
+    for family, members in ARTIST_FAMILIES.items():
+        left = [m for m in members if m in present and m not in held]
+        if left and any(m in held for m in members):
+            partial[family] = left
+    return partial
 
 
 def check_source_names(sources: Iterable[str]) -> list[str]:
@@ -407,12 +458,34 @@ def iconify_svg(icon: dict, width: float, height: float) -> str:
             f'viewBox="{" ".join(str(v) for v in box)}">{icon["body"]}</svg>')
 
 
+def check_iconify_licence(spec: IconifySet, folder: Path) -> None:
+    """The set's ``info.json`` (when the folder has one) must name the licence the set was checked under:
+    another version may have changed it, and its art must not be trained on unchecked."""
+    path = folder / "info.json"
+    if not path.is_file():
+        return
+    try:
+        licence = json.loads(path.read_text(encoding="utf-8")).get("license") or {}
+        spdx = licence.get("spdx") if isinstance(licence, dict) else None
+    except (ValueError, AttributeError) as e:
+        raise EmojiSourceError(f"{path}: not an Iconify info.json ({type(e).__name__}: {e})") from None
+    if spdx != spec.spdx:
+        raise EmojiSourceError(
+            f"{path}: license.spdx is {spdx!r}, but {spec.package}@{spec.version} was checked under {spec.spdx!r}; "
+            "check the new licence before building from it"
+        )
+
+
 def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counter,
                     mapping: Counter, unmapped: list) -> list[Item]:
     """An Iconify JSON set: each icon's code points from the set's ``chars.json`` when it has one, else from
-    its name (or a plain alias of it) read as the slug of a CLDR name (:func:`map_icon_name`). Unmappable
+    its name (or a plain alias of it) read as the slug of a CLDR name (:func:`map_icon_name`), or as a
+    CLDR or Unicode name without separators for ``compact_names`` sets (:func:`compact_index`). Unmappable
     icons are counted in ``mapping["unmapped"]`` and their names appended to ``unmapped``."""
+    spec = ICONIFY_SETS[source]
+    check_iconify_licence(spec, folder)
     slugs = table.slug_index()
+    compact_names = compact_index(table) if spec.compact_names else {}
     data = json.loads((folder / "icons.json").read_text(encoding="utf-8"))
     width, height = data.get("width", 16), data.get("height", 16)
     by_chars: dict[str, tuple[int, ...]] = {}
@@ -428,14 +501,25 @@ def collect_iconify(source: str, folder: Path, table: NameTable, skipped: Counte
     items = []
     # Visible icons first, so a hidden (deprecated) duplicate of the same emoji is the one dropped.
     for name, icon in sorted(data["icons"].items(), key=lambda kv: (bool(kv[1].get("hidden")), kv[0])):
+        if name in spec.misnamed:
+            skipped["named like another emoji than drawn (checked by eye)"] += 1
+            continue
         hit = None
         for candidate in (name, *other_names.get(name, ())):
             if candidate in by_chars:
                 hit = (by_chars[candidate], "chars.json")
+            elif spec.compact_names:
+                hit = (compact_names[candidate], "compact name") if candidate in compact_names else None
             else:
-                hit = map_icon_name(candidate, slugs)
+                hit = map_icon_name(candidate, slugs, numbered=spec.numbered_drawings,
+                                    country_flags=spec.country_flags)
             if hit is not None:
                 break
+        drawing = numbered_drawing(name) if spec.numbered_drawings else None
+        if hit is None and drawing is not None and drawing[1] > 1:
+            # A later drawing: another skin tone the set does not name, or a variant of the first.
+            skipped["numbered drawing after the first"] += 1
+            continue
         if hit is None:
             mapping["unmapped"] += 1
             unmapped.append(name)
