@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from captioner import Captioner
+from captioner import Captioner, CaptionerError
 from captioner.batch import caption_files
 from captioner.confidence import (
-    CONFIDENCE_FILE, ConfidenceFileError, ConfidenceModel, mean_word_probability, save_run_confidence,
+    CONFIDENCE_FILE, ConfidenceFileError, ConfidenceModel, mean_word_probability,
 )
 from captioner.decoders import Features, create_decoder
 from captioner.decoding import DecodingConfig, beam_search, greedy
@@ -56,44 +56,52 @@ def test_mean_word_probability_leaves_out_end():
 
 
 # --- the confidence model on features with a known distribution ---------------------------
-def _fitted(dim: int = 16) -> ConfidenceModel:
-    g = torch.Generator().manual_seed(0)
-    train = torch.randn(2000, dim, generator=g) * 2 + 1
-    held_out = torch.randn(400, dim, generator=g) * 2 + 1
-    words = torch.rand(400, generator=g).mul(0.5).add(0.5).tolist()
-    return ConfidenceModel.fit(train.split(256), held_out, words, threshold=0.05, domain="test blobs")
+def _fitted(dim: int = 16) -> tuple[ConfidenceModel, np.random.Generator]:
+    """Held-out captions that are right more often the more probable their words are."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(2000, dim)) * 2 + 1
+    held_out = rng.normal(size=(400, dim)) * 2 + 1
+    words = rng.uniform(0.5, 1.0, 400)
+    right = rng.random(400) < words - 0.3  # P(right) = words - 0.3: 0.2 … 0.7
+    values = {"word_probability": words, "margin": rng.normal(size=400)}
+    model = ConfidenceModel.fit(np.array_split(train, 8), held_out, values, right, "exact match", threshold=0.05,
+                                domain="test blobs")
+    return model, rng
 
 
-def test_confidence_is_a_calibrated_percentile():
-    model = _fitted()
-    g = torch.Generator().manual_seed(1)
-    fresh = torch.randn(4000, 16, generator=g) * 2 + 1  # new images like the held-out ones
-    words = torch.rand(4000, generator=g).mul(0.5).add(0.5).tolist()
-    confidence = model.confidence(fresh, words)
-    assert 0 < confidence.min() and confidence.max() <= 1
-    # calibrated: a share ~t of in-domain images falls below t
-    for t in (0.05, 0.25, 0.5):
-        assert (confidence < t).mean() == pytest.approx(t, abs=0.03)
-    shifted = fresh[:200] + 6  # far from the training features, even with certain words
-    far = model.confidence(shifted, [1.0] * 200)
-    assert all(model.is_low(c) for c in far.tolist())
-    assert far.max() == pytest.approx(1 / (len(model.held_out_scores) + 1))
+def test_confidence_is_a_calibrated_probability_and_the_flag_a_familiarity_percentile():
+    model, rng = _fitted()
+    fresh = rng.normal(size=(4000, 16)) * 2 + 1  # new images like the held-out ones
+    words = rng.uniform(0.5, 1.0, 4000)
+    right = rng.random(4000) < words - 0.3
+    confidence = model.confidence({"word_probability": words, "margin": rng.normal(size=4000),
+                                   "familiarity": model.familiarity(fresh)})
+    assert 0 < confidence.min() and confidence.max() < 1
+    for low, high in ((0.2, 0.35), (0.35, 0.5), (0.5, 0.7)):  # calibrated: right as often as it says
+        inside = (confidence >= low) & (confidence < high)
+        assert right[inside].mean() == pytest.approx(confidence[inside].mean(), abs=0.06)
+    familiarity = model.familiarity(fresh)
+    flagged = np.mean([model.is_low(0.5, f) for f in familiarity])
+    assert flagged == pytest.approx(0.05, abs=0.02)  # the threshold: a share of in-domain images
+    far = model.familiarity(fresh[:200] + 6)  # far from the training features, whatever the words
+    assert all(model.is_low(0.99, f) for f in far)
 
 
 def test_less_probable_words_lower_the_confidence():
-    model = _fitted()
-    features = torch.randn(1, 16, generator=torch.Generator().manual_seed(2)) * 2 + 1  # a typical image
-    assert model.confidence(features, [0.55]).item() < model.confidence(features, [0.95]).item()
+    model, _ = _fitted()
+    typical = {"familiarity": [-1.0], "margin": [0.0]}
+    assert model.confidence({**typical, "word_probability": [0.55]})[0] < \
+           model.confidence({**typical, "word_probability": [0.95]})[0]
 
 
 def test_confidence_file_round_trip_and_errors(tmp_path):
-    model = _fitted()
+    model, rng = _fitted()
     path = model.save(tmp_path)
     assert path.name == CONFIDENCE_FILE and path.stat().st_size < 20_000
     again = ConfidenceModel.load(tmp_path, pooled_dim=16)
-    assert again.threshold == 0.05 and again.domain == "test blobs"
-    features = torch.randn(8, 16)
-    assert np.array_equal(again.confidence(features, [0.7] * 8), model.confidence(features, [0.7] * 8))
+    assert again.threshold == 0.05 and again.domain == "test blobs" and again.target == "exact match"
+    values = {"word_probability": [0.7] * 8, "margin": [0.1] * 8, "familiarity": model.familiarity(rng.normal(size=(8, 16)))}
+    assert np.array_equal(again.confidence(values), model.confidence(values))
     assert ConfidenceModel.load(tmp_path / "elsewhere", pooled_dim=16) is None
     with pytest.raises(ConfidenceFileError, match=f"{CONFIDENCE_FILE}.*do not fit.*1280"):
         ConfidenceModel.load(tmp_path, pooled_dim=1280)
@@ -104,7 +112,7 @@ def test_confidence_file_round_trip_and_errors(tmp_path):
 
 def test_too_few_held_out_images_is_an_error():
     with pytest.raises(ValueError, match="at least 20 held-out images"):
-        ConfidenceModel.fit([torch.randn(50, 4)], torch.randn(5, 4), [0.5] * 5)
+        ConfidenceModel.fit([np.ones((50, 4))], np.ones((5, 4)), {"word_probability": [0.5] * 5}, [True] * 5, "")
 
 
 # --- the bundled model -------------------------------------------------------------------
@@ -170,15 +178,16 @@ def test_save_pretrained_keeps_the_confidence_and_drops_a_stale_one(bundled, tmp
     assert Captioner.from_pretrained(tmp_path / "copy").caption(EMOJI[0]).confidence is None
 
 
-def test_a_trained_model_gets_its_confidence(trained_show_tell, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_show_tell, run)
-    (run / CONFIDENCE_FILE).unlink(missing_ok=True)
+def test_a_trained_model_gets_its_datastore_and_confidence(tiny_one_caption, tmp_path):
+    """captioner train ends by writing the best model's datastore and, with 20+ val images, the
+    confidence fitted on them (the tiny set's 31 images: 20 of them held out)."""
+    from conftest import train_tiny
+
+    run = train_tiny(tiny_one_caption, tmp_path / "run", epochs=3, extra=["--val-fraction", "0.65"])
     model = Captioner.from_pretrained(run)
-    images = sorted(str(p) for p in TINY_IMAGES.glob("*.jpg"))
-    assert "not fitted" in save_run_confidence(model, run, images, len(images) - 5)  # 5 val images are too few
-    held_out = images * 2  # the tiny set is small: its images stand in for a val split of 20+
-    message = save_run_confidence(model, run, images + held_out, len(images))
-    assert CONFIDENCE_FILE in message
-    caption = Captioner.from_pretrained(run).caption(images[0])
-    assert 0 < caption.confidence <= 1 and caption.low_confidence in (True, False)
+    assert model.datastore is not None and model.confidence is not None and model.confidence.needs_datastore
+    caption = model.caption(sorted(TINY_IMAGES.glob("*.jpg"))[0])
+    assert 0 < caption.confidence < 1 and caption.low_confidence in (True, False)
+    (run / "datastore.safetensors").unlink()
+    with pytest.raises(CaptionerError, match="reads the model's datastore"):
+        Captioner.from_pretrained(run)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
-from .confidence import mean_word_probability
 from .decoding import DecodeOptions, Features, Hypothesis
 
 
@@ -81,25 +80,65 @@ class Caption:
         return result
 
 
+def mean_word_probability(token_log_probs: Sequence[float], words: int) -> float:
+    """Mean probability of a caption's ``words`` first chosen tokens (its words, not ``<end>``)."""
+    chosen = token_log_probs[: max(words, 1)]  # an empty caption: its <end> alone
+    if not chosen:
+        return 0.0
+    return sum(math.exp(lp) for lp in chosen if lp > -math.inf) / len(chosen)
+
+
 def captions_from_results(results: Sequence[Sequence[Hypothesis]], vocab, features: Features,
-                          confidence=None, language: Optional[str] = None) -> list[Caption]:
-    """One :class:`Caption` per image from decoding's n-best lists (best first): the words
-    (in ``language``), scores and attention of its best hypothesis and, when the model has a
-    ``confidence`` (:class:`captioner.confidence.ConfidenceModel`), how far to trust it."""
-    confidences: list[Optional[float]] = [None] * len(results)
-    if confidence is not None:
-        word_probabilities = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
-        confidences = confidence.confidence(features.pooled, word_probabilities).tolist()
+                          language: Optional[str] = None) -> list[Caption]:
+    """One :class:`Caption` per image from its n-best list (best first): the words (in
+    ``language``), scores and attention of its best hypothesis; confidence is set by
+    :func:`caption_features`."""
     return [
         Caption.from_hypotheses(
             hypotheses, vocab, language,
             attention=hypotheses[0].attention,
             grid_shape=features.grid_shape if hypotheses[0].attention is not None else None,
-            confidence=value,
-            low_confidence=None if value is None else confidence.is_low(value),
         )
-        for hypotheses, value in zip(results, confidences)
+        for hypotheses in results
     ]
+
+
+def caption_signals(model: "CaptionModel", features: Features,
+                    options: DecodeOptions) -> tuple[list[Caption], dict[str, list[float]]]:
+    """Captions of encoded images and what the confidence reads of each: decode (the beam's
+    whole n-best), rerank with the model's datastore when it has one and ``options.retrieval``
+    (:func:`captioner.retrieval.rerank`), keep ``options.n_best``. The signals: word probability,
+    margin to the second candidate and, with a datastore, consensus, agreement and similarity."""
+    store = model.datastore if options.retrieval else None
+    wide = options if options.sample else DecodeOptions.of(options, n_best=options.beam_size)
+    results = model.generate(features, wide)
+    values: dict[str, list[float]] = {}
+    if store is not None:
+        from .retrieval import rerank
+
+        reranked = rerank(model, features, results, options.language, store.rerank)
+        results = [r.hypotheses for r in reranked]
+        values = {"consensus": [r.consensus for r in reranked], "agreement": [r.agreement for r in reranked],
+                  "similarity": [r.similarity for r in reranked], "margin": [r.margin for r in reranked]}
+    else:
+        values["margin"] = [h[0].score - h[1].score if len(h) > 1 else 0.0 for h in results]
+    values["word_probability"] = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
+    captions = captions_from_results([h[: options.n_best] for h in results], model.vocab, features, options.language)
+    return captions, values
+
+
+def caption_features(model: "CaptionModel", features: Features, options: DecodeOptions) -> list[Caption]:
+    """What both engines do with encoded images: :func:`caption_signals`, then each caption's
+    confidence and flag from the model's :class:`~captioner.confidence.ConfidenceModel` (when it
+    has one, and the signals it needs were measured)."""
+    captions, values = caption_signals(model, features, options)
+    scorer = model.confidence
+    if scorer is not None and all(s == "familiarity" or s in values for s in scorer.signals):
+        familiarity = scorer.familiarity(features.pooled)
+        for caption, value, known in zip(captions, scorer.confidence({**values, "familiarity": familiarity}),
+                                         familiarity):
+            caption.confidence, caption.low_confidence = float(value), scorer.is_low(float(value), float(known))
+    return captions
 
 
 ImageInput = Union[str, Path, Any]  # a path, or a PIL image
@@ -128,6 +167,7 @@ class CaptionModel(Protocol):
     preprocess: Any  # captioner.data.images.PreprocessConfig
     max_length: int
     confidence: Any  # a ConfidenceModel, or None
+    datastore: Any  # a captioner.retrieval.Datastore, or None
 
     @classmethod
     def from_pretrained(cls, directory=None, **kwargs) -> "CaptionModel": ...
@@ -145,3 +185,6 @@ class CaptionModel(Protocol):
 
     def generate(self, features: Features, options: DecodeOptions | None = None,
                  **decode) -> list[list[Hypothesis]]: ...
+
+    def score_captions(self, features: Features, captions: Sequence[Sequence[Sequence[int]]],
+                       language: Optional[str] = None) -> list[list[Hypothesis]]: ...

@@ -47,6 +47,8 @@ def _add_decoding(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sample", action="store_true", help="draw captions from the model instead of searching")
     group.add_argument("--temperature", type=float, default=defaults.temperature, help="--sample: sharpness")
     group.add_argument("--top-k", type=int, default=defaults.top_k, help="--sample: from the k likeliest words (0 = all)")
+    group.add_argument("--no-retrieval", dest="retrieval", action="store_false",
+                       help="do not rerank with the model's datastore (when it has one)")
     group.add_argument("--language", default=defaults.language,
                        help="a multilingual model's caption language, e.g. de or ja (default: its first)")
 
@@ -56,7 +58,8 @@ def _decode_options(args):
 
     return DecodeOptions(beam_size=args.beam_size, n_best=args.n_best, length_penalty=args.length_penalty,
                          no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
-                         sample=args.sample, temperature=args.temperature, top_k=args.top_k, language=args.language)
+                         sample=args.sample, temperature=args.temperature, top_k=args.top_k, language=args.language,
+                         retrieval=args.retrieval)
 
 
 # --- caption -----------------------------------------------------------------------
@@ -436,6 +439,35 @@ def add_import(sub) -> None:
             out, beam = import_show_attend_tell(checkpoint=args.checkpoint, word_map=args.word_map, out=args.out), 5
         print(f"imported to {out}; caption as the original did with: "
               f"captioner caption --model {out} --beam-size {beam} IMAGE")
+
+
+def add_datastore(sub) -> None:
+    from .retrieval import DEFAULT_DIMS, DEFAULT_NEIGHBOURS
+
+    p = sub.add_parser("datastore", help="a model's datastore of captioned images (retrieval, reranking, confidence)")
+    actions = p.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="make the model's datastore from a captions file's split")
+    add = actions.add_parser("add", help="add your own captioned images to the model's datastore (no retraining)")
+    for action in (build, add):
+        action.add_argument("--model", required=True, help="the model folder the datastore goes into")
+        action.add_argument("--data", required=True, help="captions file of any supported format")
+        action.add_argument("--images", help="image root (default: the captions file's folder)")
+        action.add_argument("--format", help="captions format (default: detected)")
+        action.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--split", default="train", help="the split to store (default %(default)s)")
+    build.add_argument("--tune-split", default="val", help="the split that tunes the reranking (default %(default)s)")
+    build.add_argument("--dims", type=int, default=DEFAULT_DIMS, help="key dimensions (default %(default)s)")
+    build.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS,
+                       help="nearest images that vote when reranking (default %(default)s)")
+
+    def run(args) -> int:
+        from .datastore import datastore_command
+
+        extra = {} if args.action == "add" else dict(split=args.split, tune_split=args.tune_split, dims=args.dims,
+                                                     neighbours=args.neighbours)
+        path = datastore_command(args.action, args.model, args.data, args.images, args.format,
+                                 batch_size=args.batch_size, log=lambda m: print(m, file=sys.stderr), **extra)
+        print(path)
         return 0
 
     p.set_defaults(run=run)
@@ -444,7 +476,8 @@ def add_import(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Image captioning: train, evaluate, caption, serve.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve, add_export, add_import):
+    for add in (add_caption, add_train, add_evaluate, add_models, add_data, add_serve, add_export, add_import,
+                add_datastore):
         add(sub)
     return parser
 

@@ -21,7 +21,7 @@ import functools
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
 from array_api_compat import array_namespace, device as array_device, is_torch_array
@@ -69,7 +69,8 @@ class DecodeOptions:
     ``sample=True`` draws one caption per image from the model's distribution instead
     (``temperature``, ``top_k``: 0 = the whole vocabulary). ``language``: which of a
     multilingual model's languages to caption in (``None``: its first; a model of one
-    language needs none).
+    language needs none). ``retrieval``: rerank with the model's datastore when it has one
+    (:mod:`captioner.retrieval`).
     """
 
     beam_size: int = 3
@@ -81,6 +82,7 @@ class DecodeOptions:
     temperature: float = 1.0
     top_k: int = 0
     language: Optional[str] = None
+    retrieval: bool = True
 
     def __post_init__(self):
         for name in ("beam_size", "n_best", "no_repeat_ngram_size", "top_k"):
@@ -105,8 +107,9 @@ class DecodeOptions:
                 raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
         if self.temperature <= 0:
             raise InvalidInputError(f"temperature must be positive, got {self.temperature}")
-        if not isinstance(self.sample, bool):
-            raise InvalidInputError(f"sample must be true or false, got {self.sample!r}")
+        for name in ("sample", "retrieval"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.sample and self.n_best > 1:
             raise InvalidInputError("sampling draws one caption per image: n_best must be 1")
         if self.language is not None and not isinstance(self.language, str):
@@ -209,6 +212,13 @@ def decoding_config_of(vocab, max_length: int, language: Optional[str] = None,
         prefix_ids=() if language_token is None else (language_token,),
         word_starts=None if all(starts) else starts,
     )
+
+
+def host_array(values) -> np.ndarray:
+    """Features (a torch tensor on any device, or a numpy array) as a float32 numpy array."""
+    if hasattr(values, "detach"):  # torch: leave the graph and the device
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
 
 
 # --- the engine-specific operations --------------------------------------------------------
@@ -553,6 +563,43 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
     return results
 
 
+@_without_gradients
+def score_captions(decoder: StepDecoder, features: Features, config: DecodingConfig,
+                   captions: Sequence[Sequence[Sequence[int]]]) -> list[list[Hypothesis]]:
+    """How likely the model finds given captions: ``captions[i]`` are word-id lists (no markers)
+    for image ``i``; each comes back as a :class:`Hypothesis` with the log-probability of its words
+    and ``<end>``, teacher-forced through ``init_state`` / ``step`` under the search's rules (a
+    banned id, such as ``<unk>``, or an empty caption scores -inf). Captions longer than
+    ``config.max_length`` cannot be generated and score -inf too."""
+    engine = _Engine(features.pooled)
+    xp = engine.xp
+    flat = [(i, list(c)) for i, image_captions in enumerate(captions) for c in image_captions]
+    results: list[list[Hypothesis]] = [[] for _ in captions]
+    if not flat:
+        return results
+    image = engine.constant(np.asarray([i for i, _ in flat], dtype=np.int64))
+    state = _map_state(decoder.init_state(features), lambda a: array_namespace(a).take(a, image, axis=0))
+    state, tokens = _feed_prefix(decoder, state, engine, len(flat), config)
+    steps = min(max(len(c) for _, c in flat) + 1, config.max_length + 1)
+    targets = np.full((len(flat), steps), config.pad_id, dtype=np.int64)
+    for row, (_, caption) in enumerate(flat):
+        ids = caption[: steps - 1] + [config.end_id]
+        targets[row, : len(ids)] = ids
+    targets = engine.constant(targets)
+    masks = _Masks(engine, config, decoder.vocab_size)
+    chosen = []
+    for step in range(steps):
+        log_probs, state = decoder.step(tokens, state)
+        tokens = targets[:, step]
+        chosen.append(xp.take_along_axis(masks.prepare(log_probs, step), tokens[:, None], axis=1)[:, 0])
+    chosen = xp.stack(chosen, axis=1).tolist()  # (captions, steps)
+    for row, (i, caption) in enumerate(flat):
+        used = chosen[row][: len(caption) + 1]  # the words and <end>
+        total = sum(used) if len(caption) <= config.max_length else -math.inf
+        results[i].append(Hypothesis(caption, total, total, None, used))
+    return results
+
+
 def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, options: DecodeOptions,
            generator=None) -> list[list[Hypothesis]]:
     """Decode as ``options`` say: greedy, beam search or sampling; ``options.max_length``
@@ -567,5 +614,5 @@ def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, opt
                        options.no_repeat_ngram_size)
 
 
-__all__ = ["DecodeOptions", "DecodingConfig", "DecodingRules", "Features", "Hypothesis", "StepDecoder", "beam_search", "decode",
-           "decoding_config_of", "expand_state", "greedy", "reorder_state", "sample"]
+__all__ = ["DecodeOptions", "DecodingConfig", "DecodingRules", "Features", "Hypothesis", "StepDecoder", "beam_search",
+           "decode", "decoding_config_of", "expand_state", "greedy", "reorder_state", "sample", "score_captions"]

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cache import weights_digest
 from .confidence import CONFIDENCE_FILE
+from .retrieval import DATASTORE_FILE
 from .decoders import Decoder, Features
 from .encoders.onnx_runtime import INPUT, INSTALL_HINT, OPSET, OUTPUTS, export_onnx
 from .errors import CaptionerError
@@ -389,6 +391,7 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "opset": OPSET,
         "encoder": {
             "name": model.encoder.name,
+            "weights_digest": weights_digest(model.encoder),  # what a datastore checks it was built with
             "inputs": [INPUT],
             "outputs": list(OUTPUTS),
             "pixels_shape": ["batch", 3, size, size],
@@ -407,6 +410,7 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "state": decoder.describe(),
         "decoding": {**_decoding_summary(model.decoding_config()), "rules": asdict(model.decoding)},
         "confidence": CONFIDENCE_FILE if model.confidence is not None else None,
+        "datastore": DATASTORE_FILE if model.datastore is not None else None,
     }
     return files, manifest
 
@@ -428,8 +432,9 @@ def _write_folder(out: Path, files: dict[str, bytes], manifest: dict, quantize: 
         if quantize == "int8":
             _quantize_int8(staging)
         model.vocab.save(staging / VOCAB_FILE)
-        if model.confidence is not None:
-            model.confidence.save(staging)
+        for part in (model.confidence, model.datastore):
+            if part is not None:
+                part.save(staging)
         atomic_write_text(staging / PREPROCESS_FILE, json.dumps(model.preprocess.to_dict(), indent=2))
         atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2))
         for path in staging.iterdir():

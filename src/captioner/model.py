@@ -11,13 +11,16 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .captions import Caption, caption_in_batches, captions_from_results
+from .captions import Caption, caption_features, caption_in_batches
 from .version import __version__
 from .confidence import CONFIDENCE_FILE, ConfidenceModel
+from .retrieval import DATASTORE_FILE, Datastore, EncoderIdentity
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
-from .decoding import DecodeOptions, DecodingConfig, DecodingRules, Hypothesis, decode, decoding_config_of
+from .decoding import (
+    DecodeOptions, DecodingConfig, DecodingRules, Hypothesis, decode, decoding_config_of, score_captions,
+)
 from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
@@ -65,6 +68,7 @@ class Captioner(nn.Module):
         self._onnx_weights = None  # and their (data_ptr, version)
         self._auto_fell_back = False  # auto tried ONNX Runtime here and could not use it
         self.confidence: Optional[ConfidenceModel] = None  # from confidence.safetensors, if any
+        self.datastore: Optional[Datastore] = None  # from datastore.safetensors, if any
 
     @classmethod
     def build(
@@ -205,6 +209,21 @@ class Captioner(nn.Module):
         with self._evaluating():
             return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
+    @torch.inference_mode()
+    def score_captions(self, features: Features, captions, language: str | None = None) -> list[list[Hypothesis]]:
+        """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced
+        (:func:`captioner.decoding.score_captions`), in eval mode."""
+        device = self.device
+        features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
+        with self._evaluating():
+            return score_captions(self.decoder, features, self.decoding_config(language), captions)
+
+    def encoder_identity(self) -> EncoderIdentity:
+        """What makes this model's pooled features comparable to another's (a datastore checks it)."""
+        from .cache import weights_digest
+
+        return EncoderIdentity(self.encoder.name, weights_digest(self.encoder), self.preprocess.key())
+
     # --- captioning -----------------------------------------------------------------
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images (paths, bytes or PIL images) → one batch of pixels (batch, 3, crop, crop) on the model's device."""
@@ -235,9 +254,7 @@ class Captioner(nn.Module):
         """Caption a batch of already preprocessed images (batch, 3, H, W)."""
         options = DecodeOptions.of(options, **decode_options)
         with self._evaluating():
-            features = self.encode(pixels.to(self.device, non_blocking=True))
-            results = self.generate(features, options)
-        return captions_from_results(results, self.vocab, features, self.confidence, options.language)
+            return caption_features(self, self.encode(pixels.to(self.device, non_blocking=True)), options)
 
     # --- persistence ----------------------------------------------------------------
     def describe(self) -> dict:
@@ -267,9 +284,9 @@ class Captioner(nn.Module):
     def save_pretrained(
         self, directory: str | Path, extra_files: dict[str, str] | None = None, weights_dtype: torch.dtype | None = None
     ) -> Path:
-        """Write config.json, vocab.json, model.safetensors and, when the model has confidence
-        statistics, confidence.safetensors (each atomically; a stale confidence file of earlier
-        weights is removed).
+        """Write config.json, vocab.json, model.safetensors and, when the model has them, its
+        confidence statistics and datastore (each file atomically; a stale confidence or datastore
+        file of earlier weights is removed).
 
         ``weights_dtype=torch.float16`` halves the file (the bundled model); weights are
         cast back to the model's dtype on load.
@@ -285,19 +302,21 @@ class Captioner(nn.Module):
         self.vocab.save(directory / VOCAB_FILE)
         for name, text in (extra_files or {}).items():
             atomic_write_text(directory / name, text)
-        if self.confidence is not None:
-            self.confidence.save(directory)
-        else:
-            (directory / CONFIDENCE_FILE).unlink(missing_ok=True)
+        for part, name in ((self.confidence, CONFIDENCE_FILE), (self.datastore, DATASTORE_FILE)):
+            if part is not None:
+                part.save(directory)
+            else:
+                (directory / name).unlink(missing_ok=True)  # a stale one of earlier weights
         # config.json last: a directory with a config is a complete model.
         atomic_write_text(directory / CONFIG_FILE, json.dumps(self.describe(), indent=2))
         return directory
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path | None = None, device: str | torch.device = "cpu"
+        cls, directory: str | Path | None = None, device: str | torch.device = "cpu", with_datastore: bool = True
     ) -> "Captioner":
-        """Rebuild a model from its directory alone; no argument = the bundled model."""
+        """Rebuild a model from its directory alone; no argument = the bundled model.
+        ``with_datastore=False`` leaves its datastore unread (to build a new one over it)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -345,6 +364,12 @@ class Captioner(nn.Module):
             raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
         model._load_weights(state, directory)
         model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim)
+        if with_datastore and (directory / DATASTORE_FILE).is_file():
+            model.datastore = Datastore.load(directory, model.encoder_identity())
+        if with_datastore and model.confidence is not None and model.confidence.needs_datastore \
+                and model.datastore is None:
+            raise ModelDirectoryError(f"{directory}/{CONFIDENCE_FILE} reads the model's datastore, and "
+                                      f"{DATASTORE_FILE} is missing: restore it, or delete {CONFIDENCE_FILE}")
         return model.to(device).eval()
 
     def _load_weights(self, state: dict[str, torch.Tensor], directory: Path) -> None:

@@ -10,6 +10,7 @@
     DIR/preprocess.json     the model's preprocessing (its config.json ``preprocess`` block)
     DIR/confidence.safetensors  the model's confidence statistics, when it has them
                             (the manifest's ``confidence`` names the file, or is null)
+    DIR/datastore.safetensors   the model's datastore, when it has one (``datastore``)
 
 The state is the decoder's ``init_state`` dict flattened in a fixed order: a tensor value is
 one graph value named after its key, a list value one per item (``state.h``,
@@ -71,8 +72,8 @@ def read_manifest(directory: str | Path) -> dict:
     missing = sorted(REQUIRED_KEYS - set(manifest))
     if missing:
         raise ExportedModelError(f"{path}: incomplete manifest (no {', '.join(missing)}); export the model again")
-    confidence = [manifest["confidence"]] if manifest.get("confidence") else []
-    for name in [*manifest["graphs"].values(), VOCAB_FILE, PREPROCESS_FILE, *confidence]:
+    extras = [manifest[key] for key in ("confidence", "datastore") if manifest.get(key)]
+    for name in [*manifest["graphs"].values(), VOCAB_FILE, PREPROCESS_FILE, *extras]:
         if not (directory / name).is_file():
             raise ExportedModelError(f"{directory}: {name} is missing; export the model again")
     return manifest

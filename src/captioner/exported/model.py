@@ -12,15 +12,17 @@ from typing import Sequence
 
 import numpy as np
 
-from ..captions import Caption, caption_in_batches, captions_from_results
+from ..captions import Caption, caption_features, caption_in_batches
 from ..confidence import ConfidenceModel
 from ..data.images import ImageInput, PreprocessConfig, preprocess_array
 from ..data.vocab import Vocabulary
 from ..decoding import (
     DecodeOptions, DecodingConfig, DecodingRules, Features, Hypothesis, State, decode, decoding_config_of,
+    score_captions,
 )
 from ..errors import InvalidInputError
 from ..registry import build_dataclass
+from ..retrieval import Datastore, EncoderIdentity
 from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
@@ -109,6 +111,8 @@ class OnnxCaptioner:
         confidence_file = self.manifest.get("confidence")
         self.confidence = None if confidence_file is None else ConfidenceModel.load(
             self.directory, int(self.manifest["encoder"]["pooled_shape"][1]), confidence_file)
+        self.datastore = Datastore.load(self.directory, self.encoder_identity()) if self.manifest.get("datastore") \
+            else None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, threads: int | None = None) -> "OnnxCaptioner":
@@ -136,6 +140,15 @@ class OnnxCaptioner:
         options = DecodeOptions.of(options, **decode_options)
         return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
+    def score_captions(self, features: Features, captions, language: str | None = None) -> list[list[Hypothesis]]:
+        """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced."""
+        return score_captions(self.decoder, features, self.decoding_config(language), captions)
+
+    def encoder_identity(self) -> EncoderIdentity:
+        """The exported encoder's name and weights digest (recorded at export) and preprocessing."""
+        encoder = self.manifest["encoder"]
+        return EncoderIdentity(encoder["name"], encoder.get("weights_digest", ""), self.preprocess.key())
+
     def preprocess_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images (paths, bytes or PIL images) → one batch of pixels (batch, 3, crop, crop) float32."""
         return np.stack([preprocess_array(image, self.preprocess) for image in images])
@@ -153,6 +166,4 @@ class OnnxCaptioner:
         """Caption a batch of already preprocessed images (batch, 3, crop, crop) float32 (a numpy
         array, or anything ``numpy.asarray`` takes, such as a CPU torch tensor)."""
         options = DecodeOptions.of(options, **decode_options)
-        features = self.encode(np.asarray(pixels, dtype=np.float32))
-        return captions_from_results(self.generate(features, options), self.vocab, features, self.confidence,
-                                     options.language)
+        return caption_features(self, self.encode(np.asarray(pixels, dtype=np.float32)), options)

@@ -113,6 +113,16 @@ class SelfCriticalConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """The datastore written beside the trained model (captioner.retrieval): its training images'
+    features and captions, the reranking tuned on the val images, the confidence's signals."""
+
+    datastore: bool = True  # false: no datastore (the confidence then reads the model alone)
+    dims: int = 128  # the keys' dimensions (principal axes of the training features)
+    neighbours: int = 15  # how many nearest images vote when reranking
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,6 +130,7 @@ class TrainConfig:
     objective: str = "cross-entropy"  # what training minimises: a name from captioner.objectives.list_objectives()
     init_from: str = ""  # a model directory to start from: its weights, vocabulary and preprocessing
     scst: SelfCriticalConfig = field(default_factory=SelfCriticalConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     out: str = ""
     epochs: int = 5
     batch_size: int = 128

@@ -18,7 +18,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist_utils
 from ..cache import cache_root
-from ..confidence import save_run_confidence
 from ..data.augment import AugmentConfig
 from ..data.batches import FeatureBatches, ImageTargets, PixelBatches
 from ..data.feature_cache import FeatureCache
@@ -35,6 +34,7 @@ from ..model import CONFIG_FILE, Captioner
 from ..objectives import Objective, create_objective
 from .batchnorm import sync_batchnorm
 from .config import TrainConfig, save_config
+from .finish import finish_model
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
 from .state import Progress, RunFolder, save_training_state, start_run
@@ -299,9 +299,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
                     plot_curves(progress.history, run.curves_file)
                 if dist_utils.broadcast_flag(stop, info):
                     break
-        if info.is_main and progress.best_epoch > 0:  # the best model: feature statistics, val calibration
-            say(save_run_confidence(Captioner.from_pretrained(run.out, device), run.out, paths,
-                                    len(train_examples), cache))
+        if info.is_main and progress.best_epoch > 0:  # the best model: its datastore and confidence
+            finish_model(run.out, device, train_examples, val_examples, config, cache, say)
         say(f"done: best model (epoch {progress.best_epoch}) in {run.out}; last in {run.last}")
         return run.out
     finally:

@@ -1,0 +1,133 @@
+"""Making a model's datastore (:mod:`captioner.retrieval`): from a dataset's images and
+captions, at the end of training or with ``captioner datastore build``; adding a user's own
+captioned images (``captioner datastore add``); tuning the reranking on validation images."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .captions import caption_signals
+from .decoding import DecodeOptions, host_array
+from .retrieval import DATASTORE_FILE, DEFAULT_DIMS, DEFAULT_NEIGHBOURS, Datastore, DatastoreError, RerankConfig
+
+
+# --- building from a dataset, tuning on validation images ---------------------------------
+def example_captions(example, default_language: str) -> dict[str, list[str]]:
+    """An example's captions by language (``{"en": [...], "de": [...]}``)."""
+    out: dict[str, list[str]] = {}
+    for caption, language in zip(example.captions, example.caption_languages(default_language)):
+        out.setdefault(language, []).append(caption)
+    return out
+
+
+def build_datastore(model, examples: Sequence, features, dims: int = DEFAULT_DIMS,
+                    rerank: Optional[RerankConfig] = None) -> Datastore:
+    """A datastore of ``examples`` (their captions) and ``features`` (batches of their encoded
+    images, in order) for ``model``; examples with the same captions share one caption group."""
+    pooled = np.concatenate([host_array(f.pooled) for f in features])
+    if len(pooled) != len(examples):
+        raise DatastoreError(f"{len(pooled)} features for {len(examples)} examples")
+    default = model.vocab.default_language
+    group_of: dict[str, int] = {}
+    groups, captions = [], []
+    for example in examples:
+        entry = example_captions(example, default)
+        key = json.dumps(entry, sort_keys=True, ensure_ascii=False)
+        if key not in group_of:
+            group_of[key] = len(captions)
+            captions.append(entry)
+        groups.append(group_of[key])
+    return Datastore.build(pooled, captions, model.encoder_identity(), dims, groups, rerank)
+
+
+RERANK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def tune_rerank(model, features: Sequence, references: Sequence[Sequence[str]], language: Optional[str] = None,
+                weights: Sequence[float] = RERANK_WEIGHTS, log=lambda message: None) -> dict:
+    """Choose ``model.datastore.rerank`` on validation images (``features``: batches of them,
+    ``references``: each image's captions in ``language``): every weight, with and without the
+    neighbours' captions as candidates, and without reranking at all; the best CIDEr-D wins and
+    is set on the datastore. Returns every setting's CIDEr-D and exact match."""
+    from .metrics.cider import compute_cider_d
+
+    store = model.datastore
+    tokenize = lambda text: " ".join(model.vocab.tokenize(text, language))  # noqa: E731
+    refs = {i: [tokenize(r) for r in image_refs] for i, image_refs in enumerate(references)}
+    trials = [None] + [RerankConfig(store.rerank.neighbours, w, n) for n in (False, True) for w in weights
+                       if w or n]
+    results, best = {}, (-math.inf, None)
+    for config in trials:
+        options = DecodeOptions(language=language, retrieval=config is not None)
+        if config is not None:
+            store.rerank = config
+        texts = [c.text for f in features for c in caption_signals(model, f, options)[0]]
+        cider, _ = compute_cider_d({i: tokenize(t) for i, t in enumerate(texts)}, refs)
+        exact = float(np.mean([tokenize(t) in refs[i] for i, t in enumerate(texts)]))
+        name = "no reranking" if config is None else json.dumps(config.to_dict())
+        results[name] = {"CIDEr": cider, "exact_match": exact}
+        log(f"rerank {name}: CIDEr-D {cider:.3f}, exact {exact:.1%}")
+        if cider > best[0]:
+            best = (cider, config)
+    store.rerank = best[1] or RerankConfig(store.rerank.neighbours, 0.0, False)  # keeps the beam's order
+    return results
+
+
+# --- the datastore command --------------------------------------------------------------
+def _dataset_features(model, data, images, format, split: Optional[str], batch_size: int):
+    """The examples of a captions file (of ``split``, or all) and batches of their features."""
+    from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
+
+    examples = read_dataset(data, images, format)
+    if split is not None:
+        examples = split_examples(examples, split)
+    if not examples:
+        raise DatasetError(f"{data} has no {split or ''} examples to put in a datastore".replace("  ", " "))
+    problems = validate_examples(examples)
+    if problems:
+        raise DatasetError(f"{data} has problems:\n{problems.report()}")
+    paths = [e.image_ref for e in examples]
+    return examples, [model.encode_images(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+
+
+def datastore_command(action: str, model_dir, data, images=None, format=None, split: Optional[str] = "train",
+                      dims: int = DEFAULT_DIMS, neighbours: int = DEFAULT_NEIGHBOURS, tune_split: Optional[str] = "val",
+                      batch_size: int = 32, log=print) -> Path:
+    """``captioner datastore build|add``: a model folder's datastore made from a captions file's
+    ``split`` (reranking tuned on its ``tune_split`` when it has one), or the file's images added
+    to it (every example, each its own caption group; no retraining). Returns the file written."""
+    from .model import Captioner
+
+    model = Captioner.from_pretrained(model_dir, with_datastore=action == "add")
+    if action == "add":
+        if model.datastore is None:
+            raise DatastoreError(f"{model_dir} has no {DATASTORE_FILE} to add to; make one with "
+                                 "`captioner datastore build`")
+        examples, features = _dataset_features(model, data, images, format, None, batch_size)
+        default = model.vocab.default_language
+        model.datastore.add(np.concatenate([host_array(f.pooled) for f in features]),
+                            [example_captions(e, default) for e in examples])
+        log(f"added {len(examples)} images: {len(model.datastore)} in the datastore")
+        return model.datastore.save(model_dir)
+    examples, features = _dataset_features(model, data, images, format, split, batch_size)
+    model.datastore = build_datastore(model, examples, features, dims, RerankConfig(neighbours=neighbours))
+    log(f"datastore of {len(examples)} images ({split or 'every split'} of {data})")
+    if tune_split is not None:
+        from .data.sources import read_dataset, split_examples
+
+        held_out = split_examples(read_dataset(data, images, format), tune_split)
+        if held_out:
+            language = model.vocab.default_language
+            refs = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
+                    for e in held_out]
+            paths = [e.image_ref for e in held_out]
+            tune_rerank(model, [model.encode_images(paths[i : i + batch_size])
+                                for i in range(0, len(paths), batch_size)], refs, language, log=log)
+    return model.datastore.save(model_dir)
+
+
+__all__ = ["build_datastore", "datastore_command", "example_captions", "tune_rerank"]

@@ -1,0 +1,48 @@
+"""The end of a run: the best model gets what captioning reads beside its weights — the
+datastore of its training images (reranking tuned on the val images) and the confidence fitted
+on them (``captioner.retrieval``, ``captioner.confidence``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..confidence import MIN_HELD_OUT, features_from_cache, features_from_images, fit_confidence
+from ..decoding import DecodeOptions
+from ..model import Captioner
+from ..datastore import build_datastore, tune_rerank
+from ..retrieval import RerankConfig
+from .config import TrainConfig
+
+
+def finish_model(out: Path, device, train_examples: list, val_examples: list, config: TrainConfig, cache=None,
+                 log: Callable[[str], None] = print) -> None:
+    """Write the datastore (unless ``config.retrieval.datastore`` is off) and the confidence
+    into the model folder ``out``. The cache rows are the training images, then the val images."""
+    model = Captioner.from_pretrained(out, device)
+    paths = [e.image_ref for e in train_examples + val_examples]
+    train_count = len(train_examples)
+
+    def features(rows: range):
+        if cache is not None:
+            return features_from_cache(cache, rows)
+        return features_from_images(model, paths[rows.start : rows.stop])
+
+    val_rows = range(train_count, len(paths))
+    language = model.vocab.default_language
+    references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
+                  for e in val_examples]
+    if config.retrieval.datastore:
+        model.datastore = build_datastore(model, train_examples, features(range(train_count)), config.retrieval.dims,
+                                          RerankConfig(neighbours=config.retrieval.neighbours))
+        if len(val_examples) >= MIN_HELD_OUT:
+            tune_rerank(model, list(features(val_rows)), references, language, log=log)
+        path = model.datastore.save(out)
+        log(f"datastore: {path} ({len(model.datastore)} images; rerank {model.datastore.rerank.to_dict()})")
+    if len(val_examples) < MIN_HELD_OUT:
+        log(f"confidence: not fitted ({len(val_examples)} val images; its calibration needs at least {MIN_HELD_OUT})")
+        return
+    model.confidence = fit_confidence(model, features(range(train_count)), features(val_rows), references,
+                                      DecodeOptions(language=language))
+    path = model.confidence.save(out)
+    log(f"confidence: {path} (predicts {model.confidence.target} on {len(val_examples)} val images; flags the "
+        f"{model.confidence.threshold:.0%} least familiar)")

@@ -1,0 +1,170 @@
+"""The datastore beside a model: build, add, load and search; consensus reranking; the
+teacher-forced scores it ranks with; confidence fitted to say which captions are right."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioner import Captioner, DecodeOptions
+from captioner.confidence import ConfidenceModel
+from captioner.decoding import Features, beam_search, score_captions
+from captioner.retrieval import (
+    DATASTORE_FILE, Datastore, DatastoreError, EncoderIdentity, RerankConfig, consensus, rerank,
+)
+
+from conftest import TINY
+
+IDENTITY = EncoderIdentity("toy", "digest", "crop_size=8")
+
+
+def _store(rows: int = 40, dim: int = 16, seed: int = 0) -> tuple[Datastore, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pooled = rng.normal(size=(rows, dim)).astype(np.float32)
+    captions = [{"en": [f"thing {i % 10}"]} for i in range(rows)]
+    return Datastore.build(pooled, captions, IDENTITY, dims=8), pooled
+
+
+def test_build_add_save_load_round_trip(tmp_path):
+    store, pooled = _store()
+    nearest = store.search(pooled[:5], k=3)
+    assert nearest.rows[:, 0].tolist() == [0, 1, 2, 3, 4]  # each image finds itself first
+    assert np.all(np.diff(nearest.similarity, axis=1) <= 1e-6)  # nearest first
+    more = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    store.add(more, [{"en": ["my own drawing"], "de": ["meine Zeichnung"]}] * 3)
+    assert len(store) == 43 and store.search(more[:1], k=1).rows[0, 0] == 40
+    path = store.save(tmp_path)
+    assert path.name == DATASTORE_FILE and sorted(p.name for p in tmp_path.iterdir()) == [DATASTORE_FILE]
+    again = Datastore.load(tmp_path, IDENTITY)
+    np.testing.assert_array_equal(again.keys, store.keys)
+    assert again.captions == store.captions and again.rerank == store.rerank
+    assert again.neighbour_captions(again.search(more[:1], k=1), "de") == [[("meine Zeichnung", pytest.approx(1.0, abs=1e-2))]]
+
+
+@pytest.mark.parametrize("other, what", [
+    (EncoderIdentity("resnet50", "digest", "crop_size=8"), "encoder"),
+    (EncoderIdentity("toy", "other-weights", "crop_size=8"), "encoder weights"),
+    (EncoderIdentity("toy", "digest", "crop_size=224"), "preprocessing"),
+])
+def test_a_datastore_of_another_encoder_or_preprocessing_is_refused(tmp_path, other, what):
+    _store()[0].save(tmp_path)
+    with pytest.raises(DatastoreError, match=f"built with another encoder or preprocessing \\({what} "):
+        Datastore.load(tmp_path, other)
+
+
+def test_a_damaged_datastore_is_one_clear_error(tmp_path):
+    path = _store()[0].save(tmp_path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DatastoreError, match="corrupt or truncated"):
+        Datastore.load(tmp_path)
+    assert Datastore.load(tmp_path / "nowhere") is None
+
+
+def test_consensus_weighs_the_neighbours_captions_by_similarity():
+    from captioner.metrics.cider import CiderD
+
+    refs = ["a red apple", "a red apple", "a green pear"]
+    scorer = CiderD.from_corpus([[r] for r in refs] + [["a blue car"]])
+    close, far = consensus([["a red apple", "a green pear"]], [refs], [[0.9, 0.8, 0.1]], scorer, str.split)[0]
+    assert close > far
+    flipped = consensus([["a red apple", "a green pear"]], [refs], [[0.1, 0.1, 0.9]], scorer, str.split)[0]
+    assert flipped[1] > flipped[0]
+
+
+# --- with a real trained model ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(trained_show_tell):
+    return Captioner.from_pretrained(trained_show_tell)
+
+
+def test_training_writes_a_datastore_of_its_training_images(model, tiny_one_caption):
+    assert model.datastore is not None and len(model.datastore) == 31
+    assert model.datastore.identity == model.encoder_identity()
+
+
+def test_teacher_forced_scores_equal_the_searchs_own(model):
+    features = model.encode_images(sorted((TINY / "images").glob("*.png"))[:3])
+    config = model.decoding_config()
+    found = beam_search(model.decoder, features, config, 3, 2)
+    scored = score_captions(model.decoder, features, config, [[h.tokens for h in image] for image in found])
+    for image_found, image_scored in zip(found, scored):
+        for h, s in zip(image_found, image_scored):
+            assert s.log_prob == pytest.approx(h.log_prob, abs=1e-4)
+            assert s.token_log_probs == pytest.approx(h.token_log_probs, abs=1e-4)
+    unknown = score_captions(model.decoder, features, config, [[[model.vocab.unk_id]], [], []])
+    assert unknown[0][0].log_prob == -np.inf and unknown[1:] == [[], []]
+
+
+def test_reranking_picks_the_caption_the_neighbours_agree_on(model, tmp_path):
+    """A datastore whose images of an apple are all captioned "slice of pizza": the neighbours'
+    consensus overrules the decoder's own best caption once it weighs enough."""
+    apple = TINY / "images" / "emoji_1f34e.png"
+    features = model.encode_images([apple])
+    own = model.caption(apple, retrieval=False).text
+    rng = np.random.default_rng(0)
+    pooled = features.pooled.numpy()
+    near = np.repeat(pooled, 4, axis=0) + rng.normal(scale=0.01, size=(4, pooled.shape[1]))
+    far = pooled + rng.normal(scale=5.0, size=(20, pooled.shape[1]))  # other captions, for the n-grams' rarity
+    others = [{"en": [c]} for c in ("cat face", "dog face", "a clock on a wall", "rocket", "red apple tree")] * 4
+    store = Datastore.build(np.concatenate([near, far]).astype(np.float32),
+                            [{"en": ["slice of pizza"]}] * 4 + others, model.encoder_identity(), dims=8)
+    model.datastore, saved = store, model.datastore
+    try:
+        results = model.generate(features, DecodeOptions(n_best=3))
+        weak = rerank(model, features, results, None, RerankConfig(neighbours=4, weight=0.0, neighbour_captions=True))
+        strong = rerank(model, features, results, None, RerankConfig(neighbours=4, weight=5.0))
+        kept = rerank(model, features, results, None, RerankConfig(neighbours=4, weight=0.0, neighbour_captions=False))
+    finally:
+        model.datastore = saved
+    text = lambda r: model.vocab.decode(r.hypotheses[0].tokens)  # noqa: E731
+    assert own != "slice of pizza" and text(strong[0]) == "slice of pizza"
+    assert strong[0].agreement == 1.0 and strong[0].consensus > 5
+    assert text(kept[0]) == own and text(weak[0]) != "slice of pizza"
+
+
+def test_datastore_commands_build_and_add_without_retraining(trained_show_tell, tmp_path):
+    run = tmp_path / "model"
+    shutil.copytree(trained_show_tell, run, ignore=shutil.ignore_patterns("checkpoints", "last"))
+    built = subprocess.run([sys.executable, "-m", "captioner", "datastore", "build", "--model", str(run), "--data",
+                            str(TINY / "captions.csv")], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    mine = tmp_path / "mine.csv"
+    mine.write_text(f"image,caption\n{TINY / 'images' / 'emoji_1f34e.png'},my very own apple\n", encoding="utf-8")
+    added = subprocess.run([sys.executable, "-m", "captioner", "datastore", "add", "--model", str(run), "--data",
+                            str(mine)], capture_output=True, text=True, timeout=600)
+    assert added.returncode == 0, added.stderr
+    model = Captioner.from_pretrained(run)
+    assert len(model.datastore) == 32
+    assert model.datastore.captions[-1] == {"en": ["my very own apple"]}
+    wrong = subprocess.run([sys.executable, "-m", "captioner", "datastore", "add", "--model", str(tmp_path / "none"),
+                            "--data", str(mine)], capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+
+
+# --- confidence that knows which captions are right --------------------------------------------
+def test_confidence_ranks_right_captions_above_wrong_ones():
+    """Held-out captions whose rightness is known: agreement with the neighbours and word
+    probability say which are right; the fitted confidence orders fresh ones the same way."""
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        right = rng.random(n) < 0.4
+        values = {"agreement": np.where(right, rng.uniform(0.3, 1.0, n), rng.uniform(0.0, 0.5, n)),
+                  "word_probability": np.where(right, rng.uniform(0.5, 1.0, n), rng.uniform(0.2, 0.8, n)),
+                  "margin": rng.normal(size=n), "consensus": rng.normal(size=n), "similarity": rng.normal(size=n)}
+        return rng.normal(size=(n, 8)).astype(np.float32), values, right
+
+    train = [rng.normal(size=(500, 8)).astype(np.float32)]
+    pooled, values, right = batch(600)
+    model = ConfidenceModel.fit(train, pooled, values, right, "exact match")
+    pooled, values, right = batch(2000)
+    confidence = model.confidence({**values, "familiarity": model.familiarity(pooled)})
+    auroc = (confidence[right][:, None] > confidence[~right][None, :]).mean()
+    assert auroc > 0.85
+    assert 0.3 < confidence[right].mean() and confidence[~right].mean() < 0.3  # a probability, not a rank
+    photo = model.familiarity(pooled[:1] + 50)[0]
+    assert model.is_low(0.9, photo) and not model.is_low(0.9, model.familiarity(pooled[:1])[0])
