@@ -3,6 +3,7 @@ from . import efficientnet, resnet, timm_encoder, vgg  # noqa: F401  (registers 
 from .base import (
     ENCODERS,
     Encoder,
+    EncoderActivations,
     EncoderConfig,
     EncoderOutput,
     PretrainedWeightsUnavailable,
@@ -14,6 +15,7 @@ from .base import (
 __all__ = [
     "ENCODERS",
     "Encoder",
+    "EncoderActivations",
     "EncoderConfig",
     "EncoderOutput",
     "PretrainedWeightsUnavailable",

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -18,12 +18,16 @@ from ..data.images import PreprocessConfig
 from ..errors import CaptionerError, InvalidInputError
 from ..registry import Registry
 
+if TYPE_CHECKING:
+    from .split import EncoderSplit
+
 
 @dataclass
 class EncoderConfig:
     """Options every encoder takes.
 
-    ``pretrained``: load ImageNet weights (an error names the fix when they cannot be had).
+    ``pretrained``: load ImageNet weights (an error names the fix when they cannot be had);
+    false in a fine-tuned model's folder, whose own encoder weights replace them (``freeze``).
     ``trainable_blocks``: unfreeze the last N stages for fine-tuning (0 = frozen encoder).
     ``weights_file``: a local copy of the pretrained weights, used instead of a download.
     """
@@ -37,6 +41,14 @@ class EncoderOutput(NamedTuple):
     pooled: torch.Tensor  # (batch, pooled_dim)
     grid: torch.Tensor  # (batch, regions, grid_dim), regions = h * w in row-major order
     grid_shape: Optional[tuple[int, int]] = None  # (h, w) of the region grid
+
+
+class EncoderActivations(NamedTuple):
+    """A batch of what the frozen bottom of an encoder cut before ``stage`` outputs (read from an
+    activation cache): what a model's forward runs the encoder's top stages on."""
+
+    values: torch.Tensor  # (batch, channels, h, w) for a CNN
+    stage: int  # the stage the top starts at
 
 
 class PretrainedWeightsUnavailable(CaptionerError, RuntimeError):
@@ -67,8 +79,30 @@ class Encoder(nn.Module):
         """images (batch, 3, H, W) → (pooled (batch, pooled_dim), feature map (batch, grid_dim, h, w))."""
         raise NotImplementedError
 
+    def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of ``features`` that ``split`` traces: images → (pooled, output), with no Python
+        control flow on tensor values; ``feature_map`` makes the map of ``output``. Families whose
+        ``features`` reads shapes (timm's token grids) override both."""
+        return self.features(images)
+
+    def feature_map(self, output: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """``network``'s output for images of ``image_size`` (h, w) → (batch, grid_dim, h, w)."""
+        return output
+
+    def split(self, image_size: int, stage: int | None = None) -> "EncoderSplit":
+        """This encoder cut before ``stage`` (default: the first trainable one) into a frozen bottom
+        (pixels → activations, cached once) and a top (activations → this encoder's output), for
+        inputs of ``image_size`` pixels a side; ``EncoderSplitError`` says why where it cannot be
+        (see :mod:`captioner.encoders.split`)."""
+        from .split import split_encoder
+
+        return split_encoder(self, image_size, stage)
+
     def forward(self, images: torch.Tensor) -> EncoderOutput:
-        pooled, feature_map = self.features(images)
+        return self.output(*self.features(images))
+
+    def output(self, pooled: torch.Tensor, feature_map: torch.Tensor) -> EncoderOutput:
+        """``features``' (pooled, feature map) as the ``EncoderOutput``: the map as a grid of regions."""
         grid = feature_map.flatten(2).transpose(1, 2)  # (batch, regions, grid_dim)
         return EncoderOutput(pooled, grid, (int(feature_map.shape[2]), int(feature_map.shape[3])))
 
@@ -103,12 +137,27 @@ class Encoder(nn.Module):
             for parameter in module.parameters(recurse=False):
                 parameter.requires_grad_(True)
 
+    def freeze(self) -> "Encoder":
+        """Freeze every stage for inference after fine-tuning. The weights stay as trained; the
+        config says ``trainable_blocks`` 0 and ``pretrained`` false, so a saved model keeps these
+        weights (they are no longer the pretrained source's) and is rebuilt from them without
+        the source, and captioning may run the encoder in ONNX Runtime (a frozen encoder's)."""
+        self.config = replace(self.config, trainable_blocks=0, pretrained=False)
+        self.apply_trainable_blocks()
+        return self.train(self.training)
+
     def train(self, mode: bool = True):
-        # Frozen stages keep their BatchNorm statistics: they run in eval mode always.
+        # Frozen stages run in eval mode always. The trainable stages' BatchNorm layers do too:
+        # they keep the ImageNet statistics and learn only their scale and shift, because a
+        # caption batch is no sample of images (length-bucketed, so one batch holds flags,
+        # another skin-tone variants; small on a CPU) and its statistics would make training
+        # differ from captioning. A fine-tuned encoder is then one function of each image,
+        # whatever the batch: the cached-activation and pixel paths train the same model.
         super().train(False)
         if mode:
             for module in self._trainable_modules():
-                module.training = True
+                if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.training = True
         return self
 
 

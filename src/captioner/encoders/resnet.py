@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
 from torchvision import models
 
@@ -29,6 +30,11 @@ def adaptive_average_pool(feature_map: torch.Tensor, size: int) -> torch.Tensor:
     rows = _averaging_matrix(height, size, feature_map)  # (size, h)
     columns = _averaging_matrix(width, size, feature_map)  # (size, w)
     return rows @ feature_map @ columns.T  # (batch, channels, size, size)
+
+
+# Traced whole when an encoder is split (captioner.encoders.split): its matrices are built from
+# the map's size with Python integers, which a trace cannot follow.
+torch.fx.wrap("adaptive_average_pool")
 
 
 def _averaging_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:

@@ -182,20 +182,24 @@ class TimmEncoder(Encoder):
             return tuple(patch_embed.dynamic_feat_size((height, width)))
         return tuple(patch_embed.grid_size)
 
-    def features(self, images: torch.Tensor):
+    def network(self, images: torch.Tensor):
         x = self.model.forward_features(images)
-        pooled = self.model.forward_head(x, pre_logits=True)  # (batch, pooled_dim)
+        return self.model.forward_head(x, pre_logits=True), x  # (batch, pooled_dim), timm's own layout
+
+    def feature_map(self, x: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         if x.dim() == 3:  # ViT-like tokens (batch, prefix + h*w, dim): drop class/register tokens
-            h, w = self._token_grid(*images.shape[-2:])
+            h, w = self._token_grid(*image_size)
             patches = x[:, getattr(self.model, "num_prefix_tokens", 0) :]
             if patches.shape[1] != h * w:
                 raise ValueError(f"{self.name}: {patches.shape[1]} patch tokens do not fill its {h}x{w} patch grid")
-            feature_map = patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
-        elif x.dim() == 4:
-            feature_map = x.permute(0, 3, 1, 2) if self.output_fmt == "NHWC" else x
-        else:
-            raise ValueError(f"{self.name}: forward_features gave a {tuple(x.shape)} tensor, not a map or tokens")
-        return pooled, feature_map  # (batch, grid_dim, h, w)
+            return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2) if self.output_fmt == "NHWC" else x
+        raise ValueError(f"{self.name}: forward_features gave a {tuple(x.shape)} tensor, not a map or tokens")
+
+    def features(self, images: torch.Tensor):
+        pooled, x = self.network(images)
+        return pooled, self.feature_map(x, tuple(images.shape[-2:]))  # (batch, grid_dim, h, w)
 
 
 ENCODERS.register_route(PREFIXES, "timm:<model name>", TimmEncoderConfig, TimmEncoder)
