@@ -22,7 +22,8 @@ from .decoding import (
     DecodeOptions, DecodingConfig, DecodingRules, Hypothesis, decode, decoding_config_of, score_captions,
 )
 from .device import available_memory
-from .encoders import Encoder, create_encoder
+from .encoders import Encoder, EncoderActivations, create_encoder
+from .encoders.split import EncoderSplit
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
 from .registry import build_dataclass
@@ -69,6 +70,8 @@ class Captioner(nn.Module):
         self._auto_fell_back = False  # auto tried ONNX Runtime here and could not use it
         self.confidence: Optional[ConfidenceModel] = None  # from confidence.safetensors, if any
         self.datastore: Optional[Datastore] = None  # from datastore.safetensors, if any
+        self._split: Optional[EncoderSplit] = None  # the encoder cut for cached activations: see encoder_split()
+        self._split_key = None
 
     @classmethod
     def build(
@@ -105,19 +108,39 @@ class Captioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
 
-    def forward(self, inputs: Features | torch.Tensor, tokens: torch.Tensor):
-        """Teacher-forced scores; ``inputs`` are cached features or preprocessed pixels."""
-        features = self.encode(inputs) if isinstance(inputs, torch.Tensor) else inputs
-        return self.decoder(features, tokens)
+    def forward(self, inputs: Features | torch.Tensor | EncoderActivations, tokens: torch.Tensor):
+        """Teacher-forced scores; ``inputs`` are cached features, preprocessed pixels or the cached
+        activations of the encoder's frozen stages (``features_of``)."""
+        return self.decoder(self.features_of(inputs), tokens)
 
     # --- features -------------------------------------------------------------------
+    def features_of(self, inputs: Features | torch.Tensor | EncoderActivations) -> Features:
+        """What the decoder reads for a training batch's ``inputs``: cached features as they are,
+        pixels through the encoder, a split encoder's cached activations through its top."""
+        if isinstance(inputs, torch.Tensor):
+            return self.encode(inputs)
+        if isinstance(inputs, EncoderActivations):
+            return self._decoder_features(self.encoder_split(inputs.stage).top(inputs.values))
+        return inputs
+
     def encode(self, images: torch.Tensor) -> Features:
         """Preprocessed images (batch, 3, H, W) → the features the decoder needs, from the
         engine ``runtime`` picks (see :meth:`use_runtime`)."""
-        out = self._runtime_encoder(images)(images)
+        return self._decoder_features(self._runtime_encoder(images)(images))
+
+    def _decoder_features(self, out) -> Features:
         if not self.decoder.needs_grid:
             return Features(out.pooled)
         return Features(out.pooled, out.grid, out.grid_shape)
+
+    def encoder_split(self, stage: int) -> EncoderSplit:
+        """The encoder cut before ``stage`` for this model's input size (``Encoder.split``), made
+        once and again only when the stage, input size, device or dtype changes."""
+        parameter = next(self.encoder.parameters())
+        key = (stage, self.preprocess.crop_size, parameter.device, parameter.dtype)
+        if self._split is None or self._split_key != key:
+            self._split, self._split_key = self.encoder.split(self.preprocess.crop_size, stage), key
+        return self._split
 
     def use_runtime(self, runtime: str = "auto") -> "Captioner":
         """Which engine runs the frozen encoder from now on: ``"torch"``, ``"onnx"`` or ``"auto"``.

@@ -61,7 +61,7 @@ class Objective:
         raise NotImplementedError
 
     def __call__(self, model, inputs: Features | torch.Tensor, targets) -> ObjectiveResult:
-        """One batch: ``inputs`` (features or pixels) and ``targets`` as the run's batches yield them."""
+        """One batch: ``inputs`` (features, pixels or cached activations) and ``targets`` as the run's batches yield them."""
         raise NotImplementedError
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
@@ -251,7 +251,7 @@ class SelfCritical(Objective):
     def draw(self, captioner, inputs: Features | torch.Tensor) -> Draws:
         """K samples per image (multinomial at ``temperature``, the model's decoding limits) and,
         for the greedy baseline, the greedy captions."""
-        features = captioner.encode(inputs) if isinstance(inputs, torch.Tensor) else inputs
+        features = captioner.features_of(inputs)
         config = captioner.decoding_config()
         drawn = sample(captioner.decoder, _repeat(features, self.samples), config, temperature=self.temperature)
         k = self.samples
@@ -322,11 +322,11 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def _repeat(inputs: Features | torch.Tensor, times: int):
-    """Each image's features (or pixels) ``times`` times in a row (image-major)."""
+def _repeat(inputs, times: int):
+    """Each image's features (or pixels, or cached activations) ``times`` times in a row (image-major)."""
     if isinstance(inputs, torch.Tensor):
         return inputs.repeat_interleave(times, 0)
-    return Features(*(t.repeat_interleave(times, 0) if t is not None else None for t in inputs))
+    return type(inputs)(*(t.repeat_interleave(times, 0) if isinstance(t, torch.Tensor) else t for t in inputs))
 
 
 @contextmanager

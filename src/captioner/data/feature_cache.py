@@ -49,7 +49,11 @@ def _is_complete(folder: Path, n: int) -> bool:
 
 class FeatureCache:
     """``pooled`` (N, pooled_dim) and optionally ``grid`` (N, regions, grid_dim) as fp16 memmaps;
-    ``grid_shape`` is the grid's (h, w) (from meta.json; None for caches written before it was kept)."""
+    ``grid_shape`` is the grid's (h, w) (from meta.json; None for caches written before it was kept).
+
+    What is stored is what the frozen part of the encoder outputs: ``_extractor`` says what runs
+    over the pixels, ``_outputs`` which arrays its output fills. ``ActivationCache``
+    (``captioner.data.activation_cache``) stores the frozen bottom of a split encoder instead."""
 
     def __init__(self, root: str | Path, encoder, preprocess: PreprocessConfig, paths: list[str], with_grid: bool,
                  augment: AugmentConfig | None = None):
@@ -132,32 +136,22 @@ class FeatureCache:
         rank, world = shard
         device = torch.device(device)
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
-        from ..encoders.onnx_runtime import runtime_encoder
-        from ..encoders.precision import plan_extraction
-
-        encoder = self.encoder.to(device).eval()
         missing = n - sum(stop - start for start, stop in _done_chunks(self.folder))
-        onnx_encoder = runtime_encoder(runtime, encoder, self.preprocess.crop_size, device, images=missing)
-        if precision is None or onnx_encoder is not None:
-            precision = plan_extraction(encoder, device, missing, self._probe, batch_size,
-                                        runtime="onnx" if onnx_encoder is not None else "torch")
+        encoder, precision = self._extractor(device, runtime, missing, batch_size, precision)
         mode = precision.mode
-        encoder = onnx_encoder or mode.prepare(encoder)
         with torch.inference_mode(), mode.running(device.type):
             probe = encoder(torch.zeros(1, 3, self.preprocess.crop_size, self.preprocess.crop_size, device=device))
-        shapes = {"pooled.npy": (n, probe.pooled.shape[1])}
-        if self.with_grid:
-            shapes["grid.npy"] = (n, *probe.grid.shape[1:])
+        shapes = {f"{name}.npy": (n, *value.shape[1:]) for name, value in self._outputs(probe).items()}
+        grid_shape = getattr(probe, "grid_shape", None)
         if rank == 0:  # one process creates the files; the others open them after the barrier
             arrays = {name: self._memmap(name, shape) for name, shape in shapes.items()}
             atomic_write_text(self.meta_path, json.dumps(
                 {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes,
-                 "grid_shape": list(probe.grid_shape) if probe.grid_shape else None, "precision": precision.to_dict()}))
+                 "grid_shape": list(grid_shape) if grid_shape else None, "precision": precision.to_dict()}))
         if barrier is not None:
             barrier()
         if rank != 0:
             arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
-        pooled, grid = arrays["pooled.npy"], arrays.get("grid.npy")
         chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
                   if i % world == rank and start not in done_chunks]
         use_cuda = device.type == "cuda"
@@ -178,17 +172,32 @@ class FeatureCache:
                 pixels = mode.inputs(pixels.to(device, non_blocking=True))
                 with torch.inference_mode(), mode.running(device.type):
                     out = encoder(pixels)
-                pooled[row : row + len(pixels)] = out.pooled.float().cpu().numpy()
-                if grid is not None:
-                    grid[row : row + len(pixels)] = out.grid.float().cpu().numpy()
+                for name, value in self._outputs(out).items():
+                    arrays[f"{name}.npy"][row : row + len(pixels)] = value.float().cpu().numpy()
                 row += len(pixels)
                 bar.update(len(pixels))
-            pooled.flush()
-            if grid is not None:
-                grid.flush()
+            for array in arrays.values():
+                array.flush()
             self._mark_done(start, stop)
         bar.close()
         return self.open() if world == 1 else self
+
+    def _extractor(self, device: torch.device, runtime: str, missing: int, batch_size: int, precision):
+        """What extraction runs over the pixels, and the ``ExtractionChoice`` it runs in: the
+        encoder (prepared for the chosen mode) or its ONNX Runtime twin."""
+        from ..encoders.onnx_runtime import runtime_encoder
+        from ..encoders.precision import plan_extraction
+
+        encoder = self.encoder.to(device).eval()
+        onnx_encoder = runtime_encoder(runtime, encoder, self.preprocess.crop_size, device, images=missing)
+        if precision is None or onnx_encoder is not None:
+            precision = plan_extraction(encoder, device, missing, self._probe, batch_size,
+                                        runtime="onnx" if onnx_encoder is not None else "torch")
+        return onnx_encoder or precision.mode.prepare(encoder), precision
+
+    def _outputs(self, out) -> dict[str, torch.Tensor]:
+        """The arrays a batch of the extractor's output fills, by file name (without ``.npy``)."""
+        return {"pooled": out.pooled, **({"grid": out.grid} if self.with_grid else {})}
 
     def _rows(self, start: int, stop: int):
         """The preprocessed pixels of rows [start, stop): ``(pixels, index)`` items."""
@@ -246,15 +255,17 @@ class FeatureCache:
 
     def rows(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features for these rows as float32 tensors (reads only those rows from disk)."""
-        order = np.argsort(indices)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        sorted_rows = np.asarray(indices)[order]  # sorted reads are sequential on disk
-        pooled = torch.from_numpy(np.asarray(self.pooled[sorted_rows])[inverse]).float()
-        grid = None
-        if self.grid is not None:
-            grid = torch.from_numpy(np.asarray(self.grid[sorted_rows])[inverse]).float()
-        return pooled, grid
+        pooled = read_rows(self.pooled, indices)
+        return pooled, read_rows(self.grid, indices) if self.grid is not None else None
 
 
-__all__ = ["FeatureCache", "ImageReadError"]
+def read_rows(array: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+    """Rows ``indices`` of a memmap as a float32 tensor, in that order, read in sorted order
+    (sequential on disk)."""
+    order = np.argsort(indices)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return torch.from_numpy(np.asarray(array[np.asarray(indices)[order]])[inverse]).float()
+
+
+__all__ = ["FeatureCache", "ImageReadError", "read_rows"]

@@ -387,19 +387,17 @@ class ImageTransform:
     Given a file, it decodes through ``load_image`` with this preprocessing, so a JPEG is
     decoded only as large as the resize needs; given a decoded PIL image, it checks the
     limits and converts it. Either way an image over ``limits`` raises ``ImageReadError``
-    before the resize allocates anything. ``train=True`` crops at random (``resize:
-    shorter``) and mirrors half the images: the ImageNet training augmentation.
+    before the resize allocates anything. Training augments images before this
+    (:func:`captioner.data.augment.augment_image`: no mirror images, which change an emoji's
+    name), so there is one transform for training and captioning.
     """
 
-    def __init__(self, config: PreprocessConfig, train: bool = False, limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
+    def __init__(self, config: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
         from torchvision.transforms import v2 as T
 
         self.config = config
         self.limits = limits
-        self.train = train
         self.interpolation = T.InterpolationMode(config.interpolation)
-        crop = [T.RandomCrop(config.crop_size)] if config.resize == "shorter" else []
-        self.augment = T.Compose([*crop, T.RandomHorizontalFlip()]) if train else None
 
     def __call__(self, image: ImageSource, name: Optional[str] = None) -> torch.Tensor:
         import torch
@@ -411,19 +409,12 @@ class ImageTransform:
             pixels = torch.from_numpy(resize_with_pillow(pil, width, height, self.config).transpose(2, 0, 1).copy())
         else:
             pixels = F.resize(F.pil_to_tensor(pil), [height, width], self.interpolation, antialias=True)  # (3, H, W) uint8
-        pixels = self.augment(pixels) if self.train else center_crop(pixels, self.config.crop_size)
-        return normalize(pixels, self.config)
+        return normalize(center_crop(pixels, self.config.crop_size), self.config)
 
 
-def build_transform(
-    config: PreprocessConfig, train: bool = False, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
-) -> ImageTransform:
-    """The preprocessing of ``config`` as one callable: image (path or PIL) → (3, crop, crop) tensor.
-
-    ``train=True`` adds the ImageNet training augmentation (random crop + horizontal flip); it is only
-    used when the encoder reads pixels during training (fine-tuning).
-    """
-    return ImageTransform(config, train=train, limits=limits)
+def build_transform(config: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> ImageTransform:
+    """The preprocessing of ``config`` as one callable: image (path or PIL) → (3, crop, crop) tensor."""
+    return ImageTransform(config, limits=limits)
 
 
 def preprocess(

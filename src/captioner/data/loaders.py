@@ -126,18 +126,29 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 class PixelPairs(Dataset):
-    """(pixels, pair index) for training a fine-tuned encoder from images."""
+    """(pixels, pair index) for training a fine-tuned encoder from images: item ``(i, view)`` is
+    pair ``i``'s image (``view`` 0) or its augmented view ``view`` (1..K), the image the views
+    cache of a frozen encoder holds there: ``augment_image`` with seed ``(view - 1) × images +
+    position`` (``images``: the dataset's image count, ``positions``: each path's place in the
+    dataset). Never a mirror image."""
 
-    def __init__(self, paths: list[str], pairs: CaptionPairs, preprocess: PreprocessConfig, train: bool):
+    def __init__(self, paths: list[str], pairs: CaptionPairs, preprocess: PreprocessConfig,
+                 augment: AugmentConfig | None = None, images: int = 0, positions: np.ndarray | None = None):
         self.paths = paths
         self.pairs = pairs
-        self.transform = build_transform(preprocess, train=train)
+        self.transform = build_transform(preprocess)
+        self.augment, self.images, self.positions = augment, images, positions
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int):
-        return self.transform(self.paths[self.pairs.image_rows[i]]), i
+    def __getitem__(self, item: tuple[int, int]):
+        i, view = item
+        row = self.pairs.image_rows[i]
+        if view == 0:
+            return self.transform(self.paths[row]), i
+        seed = (view - 1) * self.images + int(self.positions[row])
+        return self.transform(augment_image(load_image(self.paths[row]), self.augment, seed=seed)), i
 
 
 class ImageRows(Dataset):

@@ -313,7 +313,7 @@ class ShardPairStream:
 
     def __init__(self, refs: Sequence[str], image_rows: np.ndarray, preprocess: PreprocessConfig, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, buffer_size: int = 1000):
-        self.transform = build_transform(preprocess, train=True)
+        self.transform = build_transform(preprocess)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.buffer_size = buffer_size
         self.epoch = 0

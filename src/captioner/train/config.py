@@ -33,10 +33,13 @@ class DataConfig:
     vocabulary: str = "word"  # word | bpe | unigram (subword pieces trained on the captions, tokenizer.json)
     vocab_size: int = 4000  # bpe / unigram: pieces, marker tokens included
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
-    augment_views: int = 0  # frozen encoder: extract this many augmented views of each training image; each
-    # epoch, each pair reads one of its image's views or the clean image, uniformly (captioner.data.augment)
+    augment_views: int = 0  # this many augmented views of each image (cached once; made from pixels when the
+    # encoder reads pixels); each epoch, each pair reads one of its image's views or the clean image,
+    # uniformly (captioner.data.augment: no mirror images)
     augment: dict = field(default_factory=dict)  # AugmentConfig overrides: scale, rotate, background, outline, blur, jpeg …
     cache_grid: bool = False  # keep the grid even if this decoder does not need it (attention runs can share)
+    cache_activations: bool = True  # fine-tuned encoder: cache its frozen stages' output once and train the top
+    # stages on it (captioner.data.activation_cache); false, or an encoder that cannot be cut, reads pixels
     runtime: str = "auto"  # engine extracting features: auto (ONNX Runtime on the CPU when installed) | torch | onnx
     onnx: bool = False  # the old spelling of runtime: onnx
     num_workers: int = 0
@@ -81,7 +84,8 @@ class DataConfig:
 class ModelConfig:
     encoder: str = "resnet152"
     pretrained: bool = True
-    trainable_blocks: int = 0  # > 0: fine-tune the last N encoder stages (reads pixels)
+    trainable_blocks: int = 0  # > 0: fine-tune the last N encoder stages (data.cache_activations); frozen again
+    # for inference at the end of the run
     encoder_options: dict = field(default_factory=dict)  # more of the encoder's config, e.g. weights_file, model_options
     decoder: str = "show-tell"
     decoder_options: dict = field(default_factory=dict)

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as dist_utils
 from ..cache import cache_root
 from ..data.augment import AugmentConfig
-from ..data.batches import FeatureBatches, ImageTargets, PixelBatches
+from ..data.activation_cache import ActivationCache, TopFeatures
+from ..data.batches import ActivationBatches, FeatureBatches, ImageTargets, PixelBatches
 from ..data.feature_cache import FeatureCache
 from ..data.images import PreprocessConfig
 from ..data.loaders import BucketBatchSampler, CaptionPairs
@@ -29,6 +30,7 @@ from ..data.sources import (
 from ..data.vocab import END, Vocabulary, vocabulary_for
 from ..device import resolve_device
 from ..distributed import DistInfo
+from ..encoders.split import EncoderSplitError
 from ..errors import InvalidInputError
 from ..model import CONFIG_FILE, Captioner
 from ..objectives import Objective, create_objective
@@ -237,14 +239,16 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
             pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
-        batches, cache = make_batches(config, model, paths, pairs, sampler, info, device, examples)
+        batches, cache = make_batches(config, model, paths, pairs, sampler, info, device, examples, say)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
             f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
             f"{model.encoder.name} → {model.decoder.name} on {device}"
             + (f" × {info.world_size} processes" if info.enabled else ""))
 
         if info.enabled:
-            sync_batchnorm(model, device)  # BatchNorm statistics over the global batch
+            # BatchNorm statistics over the global batch: the decoder's (the encoder's BatchNorm layers,
+            # trainable or not, keep their ImageNet statistics: Encoder.train)
+            sync_batchnorm(model.decoder, device)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.enabled else model
         optimizer = make_optimizer(model, config)
@@ -310,29 +314,41 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
 
 
 def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs: CaptionPairs,
-                 sampler: BucketBatchSampler, info: DistInfo, device: torch.device, examples=()):
-    """The training batches and the feature cache (``None`` when training reads pixels).
+                 sampler: BucketBatchSampler, info: DistInfo, device: torch.device, examples=(), log=print):
+    """The training batches, and what validation reads features from (``None``: pixels).
 
     A frozen encoder's features are extracted once into the cache (each machine's ranks share
-    the work) and read from there, for the val images too; a trainable one reads pixels.
-    ``paths``: the cache rows (training images, then validation images); ``examples``: the whole
-    dataset, whose images get augmented views (``data.augment_views``) in one cache any re-split
-    of the same dataset reuses (held-out artists, another validation split).
+    the work) and read from there, for the val images too. A fine-tuned encoder is cut before
+    its first trainable stage: the frozen stages' output is extracted once into an activation
+    cache, and the model runs its top stages on it (``data.cache_activations``; an encoder that
+    cannot be cut, or ``false``, reads pixels every step). ``paths``: the cache rows (training
+    images, then validation images); ``examples``: the whole dataset, whose images get augmented
+    views (``data.augment_views``) in one cache any re-split of the same dataset reuses
+    (held-out artists, another validation split); pixel batches make the same views.
     """
+    count = config.data.augment_views
+    augment = AugmentConfig.from_dict(config.data.augment) if count else None
+    dataset_paths = [e.image_ref for e in examples]
+    position = {ref: i for i, ref in enumerate(dataset_paths)}
+    positions = np.array([position[ref] for ref in paths], dtype=np.int64) if count else None
+    split = None
     if not model.encoder.frozen:
-        if config.data.augment_views:
-            raise InvalidInputError(f"data.augment_views extracts augmented views for a frozen encoder; with "
-                                    f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
         if config.data.runtime == "onnx":
             raise InvalidInputError("--runtime onnx (data.runtime) extracts a frozen encoder's features; with "
-                                    f"trainable_blocks={config.model.trainable_blocks} training reads pixels: drop it")
-        return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
-                            config.data.shuffle_buffer), None
+                                    f"trainable_blocks={config.model.trainable_blocks} the frozen stages run in torch: "
+                                    "drop it")
+        split = encoder_split_for(config, model, log)
+        if split is None:
+            return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
+                                config.data.shuffle_buffer, augment, count, len(dataset_paths), positions), None
+
     def extracted(cache_paths: list[str], augment: AugmentConfig | None = None) -> FeatureCache:
-        cache = FeatureCache(
-            config.data.feature_cache or cache_root("features"), model.encoder, model.preprocess, cache_paths,
-            with_grid=model.decoder.needs_grid or config.data.cache_grid, augment=augment,
-        )
+        root = config.data.feature_cache or cache_root("features")
+        if split is not None:
+            cache = ActivationCache(root, model.encoder, split, model.preprocess, cache_paths, augment=augment)
+        else:
+            cache = FeatureCache(root, model.encoder, model.preprocess, cache_paths,
+                                 with_grid=model.decoder.needs_grid or config.data.cache_grid, augment=augment)
         cache.build(device, progress=config.progress and info.is_main, num_workers=config.data.num_workers,
                     runtime=config.data.runtime, shard=(info.local_rank, info.local_world_size),
                     barrier=lambda: dist_utils.barrier(info))
@@ -340,14 +356,24 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
         return cache.open()
 
     cache = extracted(paths)
-    count = config.data.augment_views
-    if count == 0:
-        return FeatureBatches(cache, pairs, sampler, device), cache
-    dataset_paths = [e.image_ref for e in examples]
-    position = {ref: i for i, ref in enumerate(dataset_paths)}
-    views = extracted(dataset_paths * count, AugmentConfig.from_dict(config.data.augment))
-    positions = np.array([position[ref] for ref in paths], dtype=np.int64)
+    views = extracted(dataset_paths * count, augment) if count else None
+    if split is not None:
+        return (ActivationBatches(cache, pairs, sampler, device, split.stage, views, count, positions),
+                TopFeatures(cache, model))
     return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
+
+
+def encoder_split_for(config: TrainConfig, model: Captioner, log=print):
+    """The fine-tuned encoder cut before its first trainable stage, whose frozen stages' output
+    training caches; ``None`` (read pixels) when ``data.cache_activations`` is off or the encoder
+    cannot be cut there (said once, with the reason)."""
+    if not config.data.cache_activations:
+        return None
+    try:
+        return model.encoder_split(len(model.encoder.stage_members()) - model.encoder.config.trainable_blocks)
+    except EncoderSplitError as e:
+        log(f"training reads pixels every step: {e}")
+        return None
 
 
 def save_cider_df(out: Path, train_examples, vocab: Vocabulary) -> None:

@@ -1,0 +1,99 @@
+"""What a fine-tuned encoder's frozen stages output, extracted once into memory-mapped fp16 files.
+
+Fine-tuning the last stages of an encoder on pixels runs the whole encoder every step, though
+the stages below the first trainable one never change. With the encoder split there
+(:meth:`captioner.encoders.Encoder.split`), this cache holds the bottom's output for every
+image — the clean images and their augmented views, as the feature cache does for a frozen
+encoder — and a training step runs only the top stages and the decoder on rows of it.
+
+It is a ``FeatureCache`` that stores one array, ``activations`` (N, *the bottom's output
+shape*), keyed by the encoder, the digest of the bottom's weights (the top's change as it
+trains; they do not change what is stored), the cut, the preprocessing, the image list and
+the augmentation. The bottom runs in fp32 under torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache import weights_digest
+from ..errors import InvalidInputError
+from .augment import AugmentConfig
+from .feature_cache import FeatureCache, read_rows
+from .images import PreprocessConfig
+
+
+class ActivationCache(FeatureCache):
+    """``activations`` (N, ...) as an fp16 memmap: ``split.bottom`` of each image's pixels
+    (``split``: the encoder cut before its first trainable stage, for ``preprocess.crop_size``)."""
+
+    def __init__(self, root: str | Path, encoder, split, preprocess: PreprocessConfig, paths: list[str],
+                 augment: AugmentConfig | None = None):
+        self.split = split
+        super().__init__(root, encoder, preprocess, paths, with_grid=False, augment=augment)
+        self.activations: np.ndarray | None = None
+
+    def _folder(self, root, digest: str, with_grid: bool) -> Path:
+        key_source = json.dumps(
+            {
+                "encoder": self.encoder.name,
+                "options": asdict(self.encoder.config),
+                "bottom_weights": weights_digest(self.split.bottom_module),
+                "cut": self.split.key(),
+                "preprocess": self.preprocess.key(),
+                "images": self.paths,
+                **({"augment": self.augment.to_dict()} if self.augment is not None else {}),
+            },
+            sort_keys=True,
+        )
+        name = f"{self.encoder.name}-stage{self.split.stage}"
+        return Path(root) / f"{name}-{hashlib.sha256(key_source.encode()).hexdigest()[:20]}"
+
+    def _extractor(self, device: torch.device, runtime: str, missing: int, batch_size: int, precision):
+        from ..encoders.precision import FP32, ExtractionChoice, device_description
+
+        if runtime == "onnx":
+            raise InvalidInputError("ONNX Runtime extracts a frozen encoder's features; a fine-tuned encoder's "
+                                    "frozen stages run in torch: use runtime auto or torch")
+        bottom = self.split.bottom_module.to(device).eval()
+        return bottom, ExtractionChoice(FP32, device_description(device), reason="a split encoder's bottom runs in fp32")
+
+    def _outputs(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"activations": out}
+
+    def open(self) -> "ActivationCache":
+        if not self.is_complete():
+            raise RuntimeError(f"activation cache {self.folder} is incomplete; build it first")
+        self.activations = np.load(self.folder / "activations.npy", mmap_mode="r")
+        return self
+
+    def rows(self, indices: np.ndarray) -> torch.Tensor:
+        """The activations of these rows as a float32 tensor (reads only those rows from disk)."""
+        return read_rows(self.activations, indices)
+
+
+class TopFeatures:
+    """Rows of an ``ActivationCache`` as a ``FeatureCache``'s rows — ``(pooled, grid)`` and
+    ``grid_shape`` — computed by ``model``'s encoder cut where the cache was, without gradients:
+    what validation, the datastore and the confidence read on the cached-activation path.
+    The model's current weights are used (each epoch's, or the best model's)."""
+
+    def __init__(self, cache: ActivationCache, model):
+        self.cache = cache
+        self.model = model
+        self.grid_shape: tuple[int, int] | None = None
+
+    def rows(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.model.encoder_split(self.cache.split.stage)
+        with torch.no_grad():
+            out = split.top(self.cache.rows(indices).to(self.model.device))
+        self.grid_shape = out.grid_shape
+        return out.pooled, out.grid
+
+
+__all__ = ["ActivationCache", "TopFeatures"]
