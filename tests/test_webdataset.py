@@ -174,10 +174,12 @@ def test_ranks_stream_their_own_shards_through_a_shuffle_buffer(tiny_shards):
     assert ordered != sorted(ordered)
 
 
-def test_fine_tuning_reads_pixels_from_shards(tiny_shards, tmp_path):
+@pytest.mark.parametrize("cache_activations", ["true", "false"])  # the frozen stages' output cached, or pixels
+def test_fine_tuning_trains_from_shards(tiny_shards, tmp_path, cache_activations):
     run = train_tiny(tiny_shards, tmp_path / "ft", epochs=1, extra=[
         "--trainable-blocks", "1", "--no-pretrained", "--val-fraction", "0.2",
-        "--set", "model.preprocess={crop_size: 32, resize_size: 32}"])
+        "--set", "model.preprocess={crop_size: 32, resize_size: 32}",
+        "--set", f"data.cache_activations={cache_activations}"])
     record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert np.isfinite(record["train_loss"]) and "CIDEr" in record  # validation read its images from shards
 

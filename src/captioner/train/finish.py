@@ -1,13 +1,18 @@
-"""The end of a run: the best model gets what captioning reads beside its weights — the
-datastore of its training images (reranking tuned on the val images) and the confidence fitted
-on them (``captioner.retrieval``, ``captioner.confidence``)."""
+"""The end of a run: the best model's fine-tuned encoder is frozen again for inference, and the
+model gets what captioning reads beside its weights — the datastore of its training images
+(reranking tuned on the val images) and the confidence fitted on them (``captioner.retrieval``,
+``captioner.confidence``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from ..confidence import MIN_HELD_OUT, features_from_cache, features_from_images, fit_confidence
-from ..decoding import DecodeOptions
+import torch
+
+from ..data.activation_cache import TopFeatures
+from ..confidence import MIN_HELD_OUT, features_from_cache, fit_confidence
+from ..decoding import DecodeOptions, Features
+from ..evaluate import iter_val_features
 from ..model import Captioner
 from ..datastore import build_datastore, tune_rerank
 from ..retrieval import RerankConfig
@@ -16,18 +21,26 @@ from .config import TrainConfig
 
 def finish_model(out: Path, device, train_examples: list, val_examples: list, config: TrainConfig, cache=None,
                  log: Callable[[str], None] = print) -> None:
-    """Write the datastore (unless ``config.retrieval.datastore`` is off) and the confidence
-    into the model folder ``out``. The cache rows are the training images, then the val images."""
+    """Freeze a fine-tuned encoder (``Encoder.freeze``: captioning then runs it as a frozen one,
+    in ONNX Runtime on the CPU), and write the datastore (unless ``config.retrieval.datastore``
+    is off) and the confidence into the model folder ``out``. The cache rows are the training
+    images, then the val images; an activation cache's are read through the best model's top."""
     model = Captioner.from_pretrained(out, device)
-    paths = [e.image_ref for e in train_examples + val_examples]
+    if not model.encoder.frozen:
+        model.encoder.freeze()
+        model.save_pretrained(out)
+        log(f"encoder frozen for inference (trainable_blocks 0): its fine-tuned weights are in {out / 'model.safetensors'}")
+    if isinstance(cache, TopFeatures):
+        cache = TopFeatures(cache.cache, model)
+    examples = train_examples + val_examples
     train_count = len(train_examples)
 
     def features(rows: range):
         if cache is not None:
             return features_from_cache(cache, rows)
-        return features_from_images(model, paths[rows.start : rows.stop])
+        return _encoded(model, examples[rows.start : rows.stop], device)
 
-    val_rows = range(train_count, len(paths))
+    val_rows = range(train_count, len(examples))
     language = model.vocab.default_language
     references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
                   for e in val_examples]
@@ -46,3 +59,10 @@ def finish_model(out: Path, device, train_examples: list, val_examples: list, co
     path = model.confidence.save(out)
     log(f"confidence: {path} (predicts {model.confidence.target} on {len(val_examples)} val images; flags the "
         f"{model.confidence.threshold:.0%} least familiar)")
+
+
+@torch.no_grad()
+def _encoded(model: Captioner, examples: list, device) -> Iterator[Features]:
+    """The examples' features from their images, files or shard samples (``iter_val_features``)."""
+    for _, features in iter_val_features(model, examples, list(range(len(examples))), None, 32, device):
+        yield features
