@@ -167,3 +167,16 @@ def test_activation_cache_key_names_the_cut_and_the_frozen_weights(tmp_path):
     assert folder(one) != first
     two = create_encoder("efficientnet_lite0", pretrained=False, trainable_blocks=2)
     assert folder(two) != folder(create_encoder("efficientnet_lite0", pretrained=False, trainable_blocks=1))
+
+
+def test_onnx_runtime_extracts_the_activations_torch_does(tmp_path):
+    """runtime auto/onnx runs the frozen stages in ONNX Runtime: the same cache key (either engine's
+    cache serves the other) and the same activations within the cache's fp16 rounding."""
+    encoder = create_encoder("efficientnet_lite0", trainable_blocks=2)
+    split, paths = encoder.split(96), [str(p) for p in TINY_IMAGES]
+    by_torch = ActivationCache(tmp_path / "torch", encoder, split, SMALL, paths).build(progress=False, runtime="torch")
+    by_onnx = ActivationCache(tmp_path / "onnx", encoder, split, SMALL, paths).build(progress=False, runtime="onnx")
+    assert by_onnx.folder.name == by_torch.folder.name
+    rows = np.arange(len(paths))
+    torch.testing.assert_close(by_onnx.rows(rows), by_torch.rows(rows), rtol=1e-2, atol=1e-2)
+    assert not any(m.training for m in split.bottom_module.modules())  # the export left them in eval mode

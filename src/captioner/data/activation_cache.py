@@ -9,7 +9,9 @@ encoder — and a training step runs only the top stages and the decoder on rows
 It is a ``FeatureCache`` that stores one array, ``activations`` (N, *the bottom's output
 shape*), keyed by the encoder, the digest of the bottom's weights (the top's change as it
 trains; they do not change what is stored), the cut, the preprocessing, the image list and
-the augmentation. The bottom runs in fp32 under torch.
+the augmentation. The bottom runs in fp32: in ONNX Runtime on the CPU (``runtime`` auto or
+onnx, as the feature cache's encoder; 3.5× torch eager for EfficientNet-Lite0's bottom at 160 px
+on one thread), else in torch.
 """
 from __future__ import annotations
 
@@ -55,13 +57,18 @@ class ActivationCache(FeatureCache):
         return Path(root) / f"{name}-{hashlib.sha256(key_source.encode()).hexdigest()[:20]}"
 
     def _extractor(self, device: torch.device, runtime: str, missing: int, batch_size: int, precision):
+        from ..encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES, check_runtime, onnxruntime_available
         from ..encoders.precision import FP32, ExtractionChoice, device_description
 
-        if runtime == "onnx":
-            raise InvalidInputError("ONNX Runtime extracts a frozen encoder's features; a fine-tuned encoder's "
-                                    "frozen stages run in torch: use runtime auto or torch")
         bottom = self.split.bottom_module.to(device).eval()
-        return bottom, ExtractionChoice(FP32, device_description(device), reason="a split encoder's bottom runs in fp32")
+        where = device_description(device)
+        if check_runtime(runtime) == "onnx" and device.type != "cpu":
+            raise InvalidInputError(f"ONNX Runtime runs on the CPU, not on {device}: use runtime torch or auto")
+        if runtime == "onnx" or (runtime == "auto" and device.type == "cpu" and missing >= AUTO_ONNX_MIN_IMAGES
+                                 and onnxruntime_available()):
+            return OnnxBottom(bottom, self.preprocess.crop_size), ExtractionChoice(
+                FP32, where, reason="ONNX Runtime runs the frozen stages (fp32)")
+        return bottom, ExtractionChoice(FP32, where, reason="torch runs the frozen stages (fp32)")
 
     def _outputs(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"activations": out}
@@ -75,6 +82,35 @@ class ActivationCache(FeatureCache):
     def rows(self, indices: np.ndarray) -> torch.Tensor:
         """The activations of these rows as a float32 tensor (reads only those rows from disk)."""
         return read_rows(self.activations, indices)
+
+
+class OnnxBottom:
+    """A split encoder's frozen bottom exported to ONNX and run by ONNX Runtime on the CPU, called
+    like it: pixels (batch, 3, size, size) → activations. Exported on construction (a few seconds,
+    once per extraction; the cache is the lasting result)."""
+
+    def __init__(self, bottom: torch.nn.Module, size: int):
+        import io
+        import warnings
+
+        from ..encoders.onnx_runtime import OPSET, _import_onnxruntime, _session_options
+
+        ort = _import_onnxruntime()
+        buffer = io.BytesIO()
+        bottom.eval()  # the exporter restores the mode it found, recursively, into the shared encoder modules
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter says it is legacy
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(bottom, (torch.zeros(1, 3, size, size),), buffer, input_names=["pixels"],
+                              output_names=["activations"], dynamic_axes={"pixels": {0: "batch"},
+                                                                          "activations": {0: "batch"}},
+                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        self.session = ort.InferenceSession(buffer.getvalue(), _session_options(ort, torch.get_num_threads()),
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        (activations,) = self.session.run(["activations"], {"pixels": pixels.detach().float().contiguous().numpy()})
+        return torch.from_numpy(activations)
 
 
 class TopFeatures:
@@ -96,4 +132,4 @@ class TopFeatures:
         return out.pooled, out.grid
 
 
-__all__ = ["ActivationCache", "TopFeatures"]
+__all__ = ["ActivationCache", "OnnxBottom", "TopFeatures"]

@@ -333,12 +333,12 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
     positions = np.array([position[ref] for ref in paths], dtype=np.int64) if count else None
     split = None
     if not model.encoder.frozen:
-        if config.data.runtime == "onnx":
-            raise InvalidInputError("--runtime onnx (data.runtime) extracts a frozen encoder's features; with "
-                                    f"trainable_blocks={config.model.trainable_blocks} the frozen stages run in torch: "
-                                    "drop it")
         split = encoder_split_for(config, model, log)
         if split is None:
+            if config.data.runtime == "onnx":
+                raise InvalidInputError("--runtime onnx (data.runtime) runs what is frozen of the encoder, extracted "
+                                        f"once; with trainable_blocks={config.model.trainable_blocks} and no activation "
+                                        "cache, training reads pixels through the whole encoder: drop it")
             return PixelBatches(paths, pairs, model.preprocess, sampler, device, config.data.num_workers,
                                 config.data.shuffle_buffer, augment, count, len(dataset_paths), positions), None
 
