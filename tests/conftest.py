@@ -65,3 +65,13 @@ def train_tiny(data: Path, out: Path, decoder: str = "show-tell", epochs: int = 
 @pytest.fixture(scope="session")
 def trained_show_tell(tiny_one_caption, tmp_path_factory) -> Path:
     return train_tiny(tiny_one_caption, tmp_path_factory.mktemp("show-tell"))
+
+
+@pytest.fixture(scope="session")
+def bundled_export(tmp_path_factory):
+    """The bundled model and its export (``captioner export``), made once per session."""
+    from captioner import Captioner
+    from captioner.export import export_model
+
+    model = Captioner.from_pretrained()
+    return model, export_model(model, tmp_path_factory.mktemp("bundled") / "onnx")

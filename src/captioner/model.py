@@ -3,6 +3,7 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from .device import available_memory
 from .encoders import Encoder, create_encoder
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
+from .untrusted import ModelFolder
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
 FORMAT_VERSION = 1
@@ -253,8 +255,10 @@ class Captioner(nn.Module):
         }
 
     def _saves_encoder_weights(self) -> bool:
-        # Frozen pretrained weights are rebuilt from their source; anything else is saved.
-        return not (self.encoder.config.pretrained and self.encoder.frozen)
+        # Frozen pretrained weights are rebuilt from their source; anything else is saved — weights
+        # read from a user's weights_file too, so the folder never names a file outside itself.
+        config = self.encoder.config
+        return not (config.pretrained and self.encoder.frozen) or config.weights_file is not None
 
     def state_to_save(self) -> dict[str, torch.Tensor]:
         state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
@@ -295,7 +299,14 @@ class Captioner(nn.Module):
     def from_pretrained(
         cls, directory: str | Path | None = None, device: str | torch.device = "cpu"
     ) -> "Captioner":
-        """Rebuild a model from its directory alone; no argument = the bundled model."""
+        """Rebuild a model from its directory alone; no argument = the bundled model.
+
+        The directory is untrusted input (:mod:`captioner.untrusted`): its files must lie
+        inside it, its JSON and vocabulary are size-checked before they are parsed, its numbers
+        checked against the limits, and the shapes config.json describes against the
+        safetensors header before any weight is allocated. Anything wrong raises one
+        ``ModelDirectoryError`` naming the file and the field.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -303,18 +314,17 @@ class Captioner(nn.Module):
         if not directory.is_dir():
             raise ModelDirectoryError(f"model directory not found: {directory}")
         for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
+            if not os.path.lexists(directory / name):
                 raise ModelDirectoryError(
                     f"{directory} is not a complete captioner model: {name} is missing "
                     f"(a model directory holds {CONFIG_FILE}, {VOCAB_FILE} and {WEIGHTS_FILE})"
                 )
-        try:
-            config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                raise ValueError(f"{CONFIG_FILE} holds a JSON {type(config).__name__}, not an object")
-            vocab = Vocabulary.load(directory / VOCAB_FILE)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, UTF-8 and shape errors
-            raise ModelDirectoryError(f"{directory}: unreadable config.json or vocab.json ({e})") from None
+        folder = ModelFolder(directory, ModelDirectoryError)
+        config = folder.read_json(CONFIG_FILE)
+        if not isinstance(config, dict):
+            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: holds a JSON {type(config).__name__}, "
+                                      "not an object")
+        vocab = folder.vocabulary(VOCAB_FILE)
         if config.get("format_version") != FORMAT_VERSION:
             raise ModelDirectoryError(
                 f"{directory}: model format {config.get('format_version')!r} is not supported by this "
@@ -322,30 +332,40 @@ class Captioner(nn.Module):
             )
         if config.get("vocab_size") != len(vocab):
             raise ModelDirectoryError(
-                f"{directory}: vocab.json has {len(vocab)} words but config.json says {config['vocab_size']}"
+                f"{directory}: vocab.json has {len(vocab)} words but config.json says {config.get('vocab_size')!r}"
             )
+        parts = _checked_parts(folder, config)
+        weights = folder.path(WEIGHTS_FILE)
         try:
+            header = _weight_shapes(weights)
+            encoder_options = _encoder_options(folder, parts)
+            _check_shapes(folder, parts, encoder_options, len(vocab), header)  # on the meta device: no memory yet
             model = cls.build(
-                config["encoder"]["name"],
-                config["decoder"]["name"],
+                parts["encoder"]["name"],
+                parts["decoder"]["name"],
                 vocab,
-                encoder_options=config["encoder"]["options"],
-                decoder_options=config["decoder"]["options"],
-                preprocess=PreprocessConfig(**config["preprocess"]),
-                max_length=config["max_length"],
+                encoder_options=encoder_options,
+                decoder_options=parts["decoder"]["options"],
+                preprocess=folder.preprocess(config.get("preprocess"), CONFIG_FILE, "preprocess."),
+                max_length=folder.check_lengths(CONFIG_FILE, "", config.get("max_length")),
             )
-            state = load_file(str(directory / WEIGHTS_FILE))
+            state = load_file(str(weights))
+        except ModelDirectoryError:
+            raise
         except SafetensorError as e:
             raise ModelDirectoryError(f"{directory}/{WEIGHTS_FILE} is corrupt or truncated ({e})") from None
         except (KeyError, TypeError, ValueError) as e:
             raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
-        model._load_weights(state, directory)
+        model._load_weights(state, directory, with_encoder=parts["encoder"]["saved"])
+        confidence = folder.path(CONFIDENCE_FILE, required=False)
+        if confidence is not None:
+            folder.check_size(confidence, folder.limits.max_confidence_bytes, "max_confidence_bytes")
         model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim)
         return model.to(device).eval()
 
-    def _load_weights(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+    def _load_weights(self, state: dict[str, torch.Tensor], directory: Path, with_encoder: bool) -> None:
         parts = {"decoder": self.decoder}
-        if self._saves_encoder_weights():
+        if with_encoder:  # as the folder says (config.json's encoder_weights_saved)
             parts["encoder"] = self.encoder
         for prefix, module in parts.items():
             sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
@@ -356,3 +376,88 @@ class Captioner(nn.Module):
                 raise ModelDirectoryError(
                     f"{directory}/{WEIGHTS_FILE} does not match config.json ({' '.join(first)})"
                 ) from None
+
+
+
+# timm.create_model arguments that name files or download sources: a model folder may not set
+# them (its encoder's weights come from its own model.safetensors or the encoder's known source).
+_SOURCE_OPTIONS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+
+
+def _checked_parts(folder: ModelFolder, config: dict) -> dict[str, dict]:
+    """config.json's ``encoder`` and ``decoder`` as ``{"name": str, "options": dict}`` (the
+    encoder's also ``"saved"``: its weights are in model.safetensors), with no encoder option
+    that points at a file or a download source."""
+    parts = {}
+    for part in ("encoder", "decoder"):
+        entry = config.get(part)
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("options", {}), dict)):
+            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: {part} must be {{name: string, options: "
+                                      f"object}}, got {entry!r}")
+        parts[part] = {"name": entry["name"], "options": entry.get("options", {})}
+    saved = config.get("encoder_weights_saved", False)
+    if not isinstance(saved, bool):
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder_weights_saved must be true or false, "
+                                  f"got {saved!r}")
+    parts["encoder"]["saved"] = saved
+    model_options = parts["encoder"]["options"].get("model_options") or {}
+    named = sorted(_SOURCE_OPTIONS & set(model_options)) if isinstance(model_options, dict) else []
+    if named:
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder.options.model_options.{named[0]} names a "
+                                  f"file or a download source; a model folder may not (its weights belong in "
+                                  f"{WEIGHTS_FILE})")
+    return parts
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def _encoder_options(folder: ModelFolder, parts: dict) -> dict:
+    """The encoder's options as far as the folder can be trusted with them: an encoder whose
+    weights are in model.safetensors is built without reading any other file (randomly
+    initialised, then loaded); otherwise its ``weights_file`` must lie inside the folder."""
+    options = dict(parts["encoder"]["options"])
+    if parts["encoder"]["saved"]:
+        return {**options, "pretrained": False, "weights_file": None}
+    if options.get("weights_file") is not None:
+        options["weights_file"] = str(folder.path(options["weights_file"],
+                                                  (CONFIG_FILE, "encoder.options.weights_file")))
+    return options
+
+
+def _check_shapes(folder: ModelFolder, parts: dict, encoder_options: dict, vocab_size: int,
+                  header: dict[str, tuple[int, ...]]) -> None:
+    """Build encoder and decoder on the meta device (no memory) and hold every size config.json
+    gives them against the weights file: the decoder's tensors (and the encoder's, when saved)
+    must be exactly the file's; an encoder rebuilt from its source must fit in memory."""
+    probe_options = {**encoder_options, "pretrained": False, "weights_file": None}
+    try:
+        with torch.device("meta"):
+            encoder = create_encoder(parts["encoder"]["name"], **probe_options)
+            decoder = create_decoder(parts["decoder"]["name"], vocab_size, encoder.pooled_dim, encoder.grid_dim,
+                                     **parts["decoder"]["options"])
+    except CaptionerError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:  # the options' fault: nothing else runs on meta
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: the encoder or decoder options cannot be built "
+                                  f"({' '.join(str(e).split())[:300]})") from None
+    modules = {"decoder": decoder, **({"encoder": encoder} if parts["encoder"]["saved"] else {})}
+    expected = {f"{prefix}.{name}": tuple(tensor.shape) for prefix, module in modules.items()
+                for name, tensor in module.state_dict().items()}
+    for name in sorted(set(expected) | set(header)):  # the file holds exactly these: nothing more is read
+        if expected.get(name) != header.get(name):
+            made = "nothing" if name not in expected else f"shape {expected[name]}"
+            held = "nothing" if name not in header else f"shape {header[name]}"
+            raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {name} it "
+                                      f"holds {held}, config.json makes {made}")
+    if not parts["encoder"]["saved"]:
+        needed = sum(t.numel() * t.element_size() for t in encoder.state_dict().values())
+        if needed > available_memory():
+            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder {parts['encoder']['name']!r} with "
+                                      f"these options needs {needed / 2**30:.1f} GiB, more than the memory available")
