@@ -41,8 +41,12 @@ class CaptionRecord:
 
     def to_dict(self) -> dict:
         """``{"image", "caption", "score", "alternatives"}`` or ``{"image", "error"}`` — for a
-        shard sample ``{"key", "shard", ...}`` in place of ``"image"``: valid JSON values."""
-        name = {"image": self.image} if self.key is None else {"key": self.key, "shard": self.shard}
+        shard sample ``{"key", "shard", ...}`` in place of ``"image"``, for a damaged shard
+        ``{"shard", "error"}``: valid JSON values."""
+        if self.key is not None:
+            name = {"key": self.key, "shard": self.shard}
+        else:
+            name = {"image": self.image} if self.shard is None else {"shard": self.shard}
         if self.caption is None:
             return {**name, "error": self.error}
         return {**name, **self.caption.to_dict()}
@@ -167,13 +171,17 @@ def caption_samples(model: CaptionModel, shards: Sequence[str], options: Optiona
                     num_workers: int = 0) -> Iterator[CaptionRecord]:
     """Records (with ``key`` and ``shard``) for the samples of these WebDataset shards, in
     shard and tar order, except ``skip_keys``; a sample whose image cannot be read gets its
-    ``error``. ``num_workers`` decode whole shards each. :func:`caption_images` for shards."""
+    ``error``, and so does a damaged shard (a record without ``key``, after the samples read
+    before the damage; the next shards go on). ``num_workers`` decode whole shards each.
+    :func:`caption_images` for shards."""
     shards = list(shards)
     samples = ShardSamples(shards, model.preprocess, skip_keys=set(skip_keys))
     loader = _loader(model, samples, batch_size, min(num_workers, len(shards)))
 
-    def record(item: tuple[int, int, str], **result) -> CaptionRecord:
+    def record(item: tuple[int, int, Optional[str]], **result) -> CaptionRecord:
         shard = shards[item[0]]
+        if item[2] is None:  # the shard itself: cut off or unreadable after the samples before
+            return CaptionRecord(shard, shard=shard, **result)
         return CaptionRecord(sample_ref(shard, item[2]), key=item[2], shard=shard, **result)
 
     return _caption_batches(model, loader, record, options or DecodeOptions(), None)
