@@ -22,7 +22,7 @@ from ..device import resolve_device
 from ..encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from ..errors import InvalidInputError
 from ..loading import is_exported_model, load_model
-from .inputs import are_shards, expand_image_paths, skipped_note
+from .inputs import are_shards, image_paths, skipped_note
 from .ledger import Ledger
 
 ModelInput = Union[str, Path, CaptionModel, None]
@@ -107,6 +107,7 @@ def iter_captions(
         raise InvalidInputError("--attention-out draws over image files; caption the shards without it")
     torch_device = getattr(loaded, "device", None) or resolve_device(device)
     info = distributed.setup(torch_device, backend="gloo")  # under torchrun: only barriers, whatever the device
+    ledger = None
     try:
         captioner = loaded or load_model(model, device=torch_device)
         if runtime is not None and not exported:
@@ -122,7 +123,7 @@ def iter_captions(
                                       skip_keys=ledger.done, **settings)
         else:
             skipped: list[str] = []
-            all_paths = expand_image_paths(paths, skipped)
+            all_paths = image_paths(paths, skipped)
             if skipped and info.is_main:
                 log(skipped_note(skipped))
             ledger = Ledger(final_output, {path: i for i, path in enumerate(all_paths)}, "image", info)
@@ -138,6 +139,8 @@ def iter_captions(
         yield from ledger.write(records)
         ledger.finish()
     finally:
+        if ledger is not None:
+            ledger.close()  # (a run stopped early: the output stays resumable, and unlocked)
         distributed.cleanup(info)
 
 
