@@ -245,6 +245,8 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
     # The checks use the size as stored; EXIF rotation only swaps the sides.
     limits.check(name, pil.size, preprocess)
     try:
+        if pil.format == "PNG":
+            pil = _with_checked_crcs(pil, file)
         if preprocess is not None:
             # A square request: JPEG picks the largest scale (8, 4, 2) at which *both* sides
             # stay at least this long, so the shorter side never drops below what the resize needs.
@@ -254,6 +256,16 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
         return _shrink(_to_rgb(pil, name), preprocess)
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _with_checked_crcs(pil: Image.Image, file: BinaryIO) -> Image.Image:
+    """A PNG whose every chunk's CRC is checked, reopened for decoding. Pillow checks the
+    checksums only in ``verify()`` — decoding skips the pixel data's — so a PNG with a broken
+    CRC was captioned as if fine; ``verify()`` reads one chunk at a time, and leaves the
+    image unusable: it is opened again from the start."""
+    pil.verify()
+    file.seek(0)
+    return Image.open(file)
 
 
 def _shrink(pil: Image.Image, preprocess: Optional[PreprocessConfig]) -> Image.Image:
