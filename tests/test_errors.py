@@ -1,7 +1,6 @@
 """Errors a user can cause: one line on stderr, exit 2, no traceback; bugs keep theirs."""
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path

@@ -16,7 +16,6 @@ import torch
 
 from captioner import Captioner, CaptionerError, load_model
 from captioner.cli import main
-from captioner.exported import ExportedModelError
 from captioner.model import ModelDirectoryError, default_model_dir
 
 from conftest import TINY
@@ -83,7 +82,11 @@ def _decoding(**values):
 
 
 def _cut(name: str, keep: float):
-    return lambda folder, other: _replace(folder / name, (folder / name).read_bytes()[: int((folder / name).stat().st_size * keep)])
+    """Keep the first ``keep`` share of a file's bytes."""
+    def tamper(folder, other):
+        data = (folder / name).read_bytes()
+        _replace(folder / name, data[: int(len(data) * keep)])
+    return tamper
 
 
 def _rename_state(manifest: dict) -> None:
@@ -111,9 +114,11 @@ EXPORTED = {
     "truncated step.onnx": (_cut("step.onnx", 0.9), ["step.onnx", "not a graph onnxruntime can load"]),
     "empty init_state.onnx": (_cut("init_state.onnx", 0), ["init_state.onnx", "not a graph onnxruntime can load"]),
     "random encoder.onnx": (lambda f, o: _replace(f / "encoder.onnx", os.urandom(4096)), ["encoder.onnx"]),
-    "3 GB sparse encoder.onnx": (lambda f, o: _sparse(f / "encoder.onnx", 3 * 2**30), ["encoder.onnx", "max_graph_bytes"]),
+    "3 GB sparse encoder.onnx": (lambda f, o: _sparse(f / "encoder.onnx", 3 * 2**30),
+                                 ["encoder.onnx", "max_graph_bytes"]),
     # the manifest's types
-    "manifest not JSON": (lambda f, o: _replace(f / "manifest.json", b'{"format": '), ["manifest.json", "unreadable JSON"]),
+    "manifest not JSON": (lambda f, o: _replace(f / "manifest.json", b'{"format": '),
+                          ["manifest.json", "unreadable JSON"]),
     "manifest a list": (lambda f, o: _replace(f / "manifest.json", b"[]"), ["manifest.json", "not a captioner-onnx"]),
     "2 MB manifest": (_manifest(lambda m: m.update(padding="x" * 2**21)), ["manifest.json", "max_json_bytes"]),
     "graphs a list": (_manifest(lambda m: m.update(graphs=["encoder.onnx"])), ["manifest.json", "graphs"]),
@@ -143,7 +148,8 @@ EXPORTED = {
     "end id out of range": (_decoding(end_id=-1), ["decoding.end_id"]),
     "vocab_size 5M": (_manifest(lambda m: m["decoder"].update(vocab_size=5_000_000)),
                       ["decoder.vocab_size", "1,000,000"]),
-    "5M-word vocab.json": (lambda f, o: _replace(f / "vocab.json", _words(5_000_000)), ["vocab.json", "max_vocab_bytes"]),
+    "5M-word vocab.json": (lambda f, o: _replace(f / "vocab.json", _words(5_000_000)),
+                           ["vocab.json", "max_vocab_bytes"]),
     "1,000,001-word vocab.json": (lambda f, o: _replace(f / "vocab.json", _words(999_997, b"w")),
                                   ["vocab.json", "word count"]),
     "vocab.json not JSON": (lambda f, o: _replace(f / "vocab.json", b"\xff\xfe"), ["vocab.json", "unreadable JSON"]),
@@ -159,8 +165,9 @@ EXPORTED = {
 
 @pytest.fixture(scope="module")
 def pristine(bundled_export, tmp_path_factory) -> tuple[Path, Path]:
-    """The bundled model's export, and a second export to be reached from a tampered one: a
-    valid graph another folder holds (here a copy whose graphs are the bundled model's too)."""
+    """The bundled model's export, and another export folder beside it whose valid graphs a
+    tampered manifest or symlink points at (the audit's "another folder's encoder.onnx, loaded
+    and used silently")."""
     _, out = bundled_export
     return out, _copy(out, tmp_path_factory.mktemp("other") / "onnx")
 
@@ -209,7 +216,8 @@ def _extra_tensor(folder: Path, outside: Path) -> None:
 
 
 TORCH = {
-    "weights_file outside": (_weights_from, ["config.json", "encoder.options.weights_file", "outside the model folder"]),
+    "weights_file outside": (_weights_from,
+                             ["config.json", "encoder.options.weights_file", "outside the model folder"]),
     "weights_file by ..": (_config(lambda c: c["encoder"]["options"].update(weights_file="../lite0.pth")),
                            ["encoder.options.weights_file", "outside the model folder"]),
     "model_options checkpoint_path": (_config(lambda c: c["encoder"]["options"].update(
@@ -224,7 +232,14 @@ TORCH = {
     "decoder of negative width": (_config(lambda c: c["decoder"]["options"].update(hidden_dim=-5)),
                                   ["config.json", "cannot be built"]),
     "weights with an extra tensor": (_extra_tensor, ["model.safetensors", "decoder.extra", "makes nothing"]),
-    "5M-word vocab.json": (lambda f, o: _replace(f / "vocab.json", _words(5_000_000)), ["vocab.json", "max_vocab_bytes"]),
+    "timm encoder 99,999 wide": (_config(lambda c: c["encoder"].update(
+        name="timm:vit_tiny_patch16_224", options={"pretrained": True, "model_options": {"embed_dim": 99_999}})),
+        ["config.json", "needs", "GiB, more than the memory available"]),
+    "timm option timm refuses": (_config(lambda c: c["encoder"].update(
+        name="timm:resnet18", options={"pretrained": True, "model_options": {"base_width": 100_000}})),
+        ["config.json", "encoder options cannot be built", "base width"]),
+    "5M-word vocab.json": (lambda f, o: _replace(f / "vocab.json", _words(5_000_000)),
+                           ["vocab.json", "max_vocab_bytes"]),
     "weights symlinked out": (_link("model.safetensors", lambda f, o: default_model_dir() / "model.safetensors"),
                               ["model.safetensors", "symlink", "outside the model folder"]),
     "encoder_weights_saved a string": (_config(lambda c: c.update(encoder_weights_saved="yes")),
@@ -268,8 +283,9 @@ def timm_folder(tmp_path_factory) -> Path:
     (folder / "model.safetensors").unlink()
     save_file(decoder_only, str(folder / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in model.encoder.model.state_dict().items()}, str(folder / "w.safetensors"))
-    _edit_json(folder / "config.json", lambda c: (c["encoder"]["options"].update(pretrained=True, weights_file="w.safetensors"),
-                                                  c.update(encoder_weights_saved=False)))
+    _edit_json(folder / "config.json", lambda c: (
+        c["encoder"]["options"].update(pretrained=True, weights_file="w.safetensors"),
+        c.update(encoder_weights_saved=False)))
     return folder
 
 

@@ -337,18 +337,11 @@ class Captioner(nn.Module):
         parts = _checked_parts(folder, config)
         weights = folder.path(WEIGHTS_FILE)
         try:
+            preprocess = folder.preprocess(config.get("preprocess"), CONFIG_FILE, "preprocess.")
+            max_length = folder.check_lengths(CONFIG_FILE, "", config.get("max_length"))
             header = _weight_shapes(weights)
-            encoder_options = _encoder_options(folder, parts)
-            _check_shapes(folder, parts, encoder_options, len(vocab), header)  # on the meta device: no memory yet
-            model = cls.build(
-                parts["encoder"]["name"],
-                parts["decoder"]["name"],
-                vocab,
-                encoder_options=encoder_options,
-                decoder_options=parts["decoder"]["options"],
-                preprocess=folder.preprocess(config.get("preprocess"), CONFIG_FILE, "preprocess."),
-                max_length=folder.check_lengths(CONFIG_FILE, "", config.get("max_length")),
-            )
+            encoder = _build_encoder(folder, parts, header)
+            decoder = _build_decoder(folder, parts, encoder, len(vocab), header)
             state = load_file(str(weights))
         except ModelDirectoryError:
             raise
@@ -356,6 +349,7 @@ class Captioner(nn.Module):
             raise ModelDirectoryError(f"{directory}/{WEIGHTS_FILE} is corrupt or truncated ({e})") from None
         except (KeyError, TypeError, ValueError) as e:
             raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
+        model = cls(encoder, decoder, vocab, preprocess, max_length)
         model._load_weights(state, directory, with_encoder=parts["encoder"]["saved"])
         confidence = folder.path(CONFIDENCE_FILE, required=False)
         if confidence is not None:
@@ -376,7 +370,6 @@ class Captioner(nn.Module):
                 raise ModelDirectoryError(
                     f"{directory}/{WEIGHTS_FILE} does not match config.json ({' '.join(first)})"
                 ) from None
-
 
 
 # timm.create_model arguments that name files or download sources: a model folder may not set
@@ -431,33 +424,65 @@ def _encoder_options(folder: ModelFolder, parts: dict) -> dict:
     return options
 
 
-def _check_shapes(folder: ModelFolder, parts: dict, encoder_options: dict, vocab_size: int,
-                  header: dict[str, tuple[int, ...]]) -> None:
-    """Build encoder and decoder on the meta device (no memory) and hold every size config.json
-    gives them against the weights file: the decoder's tensors (and the encoder's, when saved)
-    must be exactly the file's; an encoder rebuilt from its source must fit in memory."""
-    probe_options = {**encoder_options, "pretrained": False, "weights_file": None}
-    try:
+def _build_encoder(folder: ModelFolder, parts: dict, header: dict[str, tuple[int, ...]]) -> Encoder:
+    """The folder's encoder. Its size comes from its name, or from ``model_options`` (a timm
+    model's widths, depth, input size): those are tried on the meta device first, and must make
+    the saved weights' shapes, or fit in memory when the weights come from the encoder's source."""
+    name, options, saved = parts["encoder"]["name"], _encoder_options(folder, parts), parts["encoder"]["saved"]
+    if options.get("model_options"):
         with torch.device("meta"):
-            encoder = create_encoder(parts["encoder"]["name"], **probe_options)
-            decoder = create_decoder(parts["decoder"]["name"], vocab_size, encoder.pooled_dim, encoder.grid_dim,
-                                     **parts["decoder"]["options"])
+            probe = _built(folder, "encoder", lambda: create_encoder(name, **{**options, "pretrained": False,
+                                                                                "weights_file": None}))
+        if saved:
+            _match(folder, "encoder", probe, header)
+        else:
+            needed = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+            if needed > available_memory():
+                raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder {name!r} with these model_options "
+                                          f"needs {needed / 2**30:.1f} GiB, more than the memory available")
+    encoder = create_encoder(name, **options)
+    if saved:
+        _match(folder, "encoder", encoder, header)
+    return encoder
+
+
+def _build_decoder(folder: ModelFolder, parts: dict, encoder: Encoder, vocab_size: int,
+                   header: dict[str, tuple[int, ...]]):
+    """The folder's decoder, built once its shapes on the meta device are exactly the weights
+    file's: a decoder config.json makes a million wide is refused without its memory, and the
+    file holds nothing more than the model (nothing else is read)."""
+    name, options = parts["decoder"]["name"], parts["decoder"]["options"]
+    with torch.device("meta"):
+        probe = _built(folder, "decoder", lambda: create_decoder(name, vocab_size, encoder.pooled_dim,
+                                                                 encoder.grid_dim, **options))
+    _match(folder, "decoder", probe, header)
+    stored = ("decoder.", "encoder.") if parts["encoder"]["saved"] else ("decoder.",)
+    extra = sorted(name for name in header if not name.startswith(stored))
+    if extra:
+        raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {extra[0]} it "
+                                  f"holds shape {header[extra[0]]}, config.json makes nothing")
+    return create_decoder(name, vocab_size, encoder.pooled_dim, encoder.grid_dim, **options)
+
+
+def _built(folder: ModelFolder, part: str, build):
+    """``build()`` with the options' own errors as one line naming config.json."""
+    try:
+        return build()
     except CaptionerError:
         raise
-    except (TypeError, ValueError, RuntimeError) as e:  # the options' fault: nothing else runs on meta
-        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: the encoder or decoder options cannot be built "
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # the options' fault (timm asserts on
+        # options it refuses): on meta nothing else runs
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: the {part} options cannot be built "
                                   f"({' '.join(str(e).split())[:300]})") from None
-    modules = {"decoder": decoder, **({"encoder": encoder} if parts["encoder"]["saved"] else {})}
-    expected = {f"{prefix}.{name}": tuple(tensor.shape) for prefix, module in modules.items()
-                for name, tensor in module.state_dict().items()}
-    for name in sorted(set(expected) | set(header)):  # the file holds exactly these: nothing more is read
-        if expected.get(name) != header.get(name):
-            made = "nothing" if name not in expected else f"shape {expected[name]}"
-            held = "nothing" if name not in header else f"shape {header[name]}"
+
+
+def _match(folder: ModelFolder, part: str, module: nn.Module, header: dict[str, tuple[int, ...]]) -> None:
+    """``module``'s tensors are exactly the weights file's ``part.*`` tensors, shape for shape."""
+    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    held = {name: shape for name, shape in header.items() if name.startswith(part + ".")}
+    for name in sorted(set(made) | set(held)):
+        if made.get(name) != held.get(name):
+            makes = "nothing" if name not in made else f"shape {made[name]}"
+            holds = "nothing" if name not in held else f"shape {held[name]}"
             raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {name} it "
-                                      f"holds {held}, config.json makes {made}")
-    if not parts["encoder"]["saved"]:
-        needed = sum(t.numel() * t.element_size() for t in encoder.state_dict().values())
-        if needed > available_memory():
-            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder {parts['encoder']['name']!r} with "
-                                      f"these options needs {needed / 2**30:.1f} GiB, more than the memory available")
+                                      f"holds {holds}, config.json makes {makes}")
