@@ -169,8 +169,9 @@ def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None,
     complete = 0
 
     def damaged(where: str) -> ShardError:
-        return ShardError(f"{shard}: cut off or damaged {where} after {complete} whole samples; the rest of the "
-                          "shard cannot be read (rewrite it)")
+        whole = f"{complete} whole sample{'' if complete == 1 else 's'}"
+        return ShardError(f"{shard}: cut off or damaged {where} after {whole}; the rest of the shard cannot be read "
+                          "(rewrite it)")
 
     try:
         with open(shard, "rb") as file, tarfile.open(fileobj=file, mode="r:") as tar:
