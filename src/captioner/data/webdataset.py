@@ -98,12 +98,12 @@ def expand_shards(patterns: Sequence[str] | str) -> list[str]:
 @dataclass
 class Sample:
     """One sample of a shard: its ``key`` and its files by suffix (``{"jpg": b"...", "txt": b"..."}``);
-    ``refused``: the declared size of members over ``ImageLimits.max_file_bytes``, left unread."""
+    ``refused``: why members over ``ImageLimits.max_file_bytes`` were left unread, by suffix."""
 
     shard: str
     key: str
     files: dict[str, bytes] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -115,9 +115,7 @@ class Sample:
         ``ImageTooLargeError`` when that member was too large to be read."""
         for extension in IMAGE_EXTENSIONS:
             if extension in self.refused:
-                raise ImageTooLargeError(
-                    f"{self.name}: its .{extension} member is {self.refused[extension]:,} bytes, over the limit of "
-                    f"{DEFAULT_IMAGE_LIMITS.max_file_bytes:,} (max_file_bytes); not read")
+                raise ImageTooLargeError(f"{self.name}: {self.refused[extension]}")
             if extension in self.files:
                 return self.files[extension]
         return None
@@ -158,7 +156,7 @@ def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None,
     """The samples of one shard in tar order. ``suffixes``: read only these files' bytes
     (the others are seeked over: reading captions never reads the images). A member is held
     in memory whole, so one over ``limits.max_file_bytes`` (a sparse 2 GB ``.jpg`` in a 61 KB
-    shard) is not read: its declared size goes to ``Sample.refused``.
+    shard) is not read: ``Sample.refused`` says why.
 
     Raises ``ShardError`` for a file that is not a tar and — after yielding every sample
     before the damage — for one that is cut off or damaged: a member whose data runs past the
@@ -195,7 +193,8 @@ def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None,
                 if wanted is not None and suffix not in wanted:
                     continue
                 if member.size > limits.max_file_bytes:
-                    current.refused[suffix] = member.size
+                    current.refused[suffix] = (f"its .{suffix} member is {member.size:,} bytes, over the limit of "
+                                               f"{limits.max_file_bytes:,} (max_file_bytes); not read")
                 else:
                     current.files[suffix] = tar.extractfile(member).read()
             file.seek(tar.offset)
