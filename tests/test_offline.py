@@ -32,10 +32,13 @@ sys.addaudithook(_record)
 """
 
 
+STRACE = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect,sendto,sendmsg"]  # stops on these only
+
+
 def _can_strace() -> bool:
     if shutil.which("strace") is None:
         return False
-    return subprocess.run(["strace", "-o", os.devnull, "true"], capture_output=True).returncode == 0  # ptrace allowed
+    return subprocess.run([*STRACE, "-o", os.devnull, "true"], capture_output=True).returncode == 0  # ptrace allowed
 
 
 def _ca_bundle() -> str | None:
@@ -62,7 +65,7 @@ def _run_offline(args: list[str], tmp_path: Path, name: str) -> tuple[list[str],
         env["SSL_CERT_FILE"] = _ca_bundle()
     command = [sys.executable, "-m", "captioner", *args]
     if _can_strace():
-        command = ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace), *command]
+        command = [*STRACE, "-o", str(trace), *command]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     events = log.read_text().splitlines() if log.exists() else []
