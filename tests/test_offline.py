@@ -3,9 +3,10 @@ make no connection attempt and write no telemetry.
 
 Each runs as a real process with a ``sitecustomize`` that installs an audit hook recording every
 socket lookup or connection Python makes. onnxruntime's telemetry client resolves its collector
-in C++, where no audit hook sees it, so the process also runs under ``strace`` where it can
-(the audit saw two DNS lookups), with a CA bundle in ``SSL_CERT_FILE`` so that the client would
-try; and its home folder is checked for the telemetry files it writes at import.
+in C++, where no audit hook sees it, so the process also runs under ``strace`` where it can,
+with a CA bundle in ``SSL_CERT_FILE`` so that the client would try: with telemetry on, the
+training run (long enough for the client's first upload) makes the audit's two DNS lookups. The
+home folder is checked for the telemetry files the client writes as soon as it is imported.
 """
 from __future__ import annotations
 
