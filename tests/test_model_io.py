@@ -54,7 +54,7 @@ def test_truncated_weights_give_a_clear_error(random_model, tmp_path):
     "tamper, message",
     [
         (lambda p: (p / "vocab.json").unlink(), "vocab.json is missing"),
-        (lambda p: (p / "config.json").write_text("{"), "unreadable config.json"),
+        (lambda p: (p / "config.json").write_text("{"), "config.json: unreadable JSON"),
         (lambda p: (p / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "<start>", "<end>", "<unk>"]})),
          "vocab.json has 4 words"),
         (lambda p: _edit_config(p, lambda c: c["decoder"]["options"].update(hidden_dim=64)), "does not match"),
