@@ -1,0 +1,203 @@
+"""JPEG decoding and preprocessing on the encoder's device: nvJPEG on CUDA, in batches.
+
+The host only reads bytes: it sizes each image from its header with Pillow (``Image.open`` reads
+no pixels), applies ``ImageLimits`` there, and sends the device only the JPEGs it decodes as the
+CPU path would — baseline 8-bit YCbCr (Pillow's mode ``RGB``), whole (ending in the EOI marker),
+no Adobe colour transform, at most ``max_decode_pixels``. Everything else (grayscale, CMYK,
+progressive JPEGs, every other format) and every JPEG the device fails to decode go to the CPU
+path (``load_image`` + the transform), which raises its one-line ``ImageReadError``.
+
+On the device an image gets its EXIF orientation (read from the header on the host: torchvision
+applies it only when decoding on the CPU) and then the CPU path's own torchvision chain — resize,
+crop, scale, normalise — batched over images of one size.
+
+The pixels are not bit-equal to the CPU path's: Pillow decodes a JPEG larger than the resize needs
+at 1/2 … 1/8 scale (draft mode) and box-reduces it, where the device decodes the whole image and
+lets the antialiased resize do all the reduction; nvJPEG's chroma upsampling also differs from
+libjpeg's. Where no draft scale applies (a 640×480 photo at resize 256) torchvision's CPU decoder
+gives exactly Pillow's pixels, so the difference on CUDA is nvJPEG's alone.
+
+Nothing here is CUDA-only: on the CPU torchvision decodes with libjpeg-turbo, so the tests run
+this same code, fallbacks included.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import ExifTags, Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .images import _DECODE_ERRORS, DEFAULT_IMAGE_LIMITS, ImageLimits, PreprocessConfig, build_transform
+
+# Past this a JPEG is cheaper on the CPU, whose draft mode decodes it at 1/2 … 1/8 scale, and the
+# device would hold its full-size float copy during the resize (4096²: 200 MB).
+DEVICE_DECODE_MAX_PIXELS = 4096 * 4096
+# Decoded pixels per decode call: bounds the device memory one batch of large photos takes.
+DECODE_BATCH_PIXELS = 64 * 1024 * 1024
+_EOI = b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG checked from its header, for the device to decode: its bytes, its stored (w, h),
+    its EXIF orientation (1–8) and the name errors give it (a path or ``SHARD#KEY``)."""
+
+    data: bytes
+    size: tuple[int, int]
+    orientation: int
+    name: str
+
+
+class JpegReader:
+    """Image bytes → ``EncodedJpeg`` when the device can decode them as the CPU path would, else
+    ``None`` (the caller decodes on the CPU). Raises ``ImageTooLargeError`` for a header over
+    ``limits`` (the CPU path's check and message) before anything is decoded."""
+
+    def __init__(self, preprocess: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+                 max_decode_pixels: int = DEVICE_DECODE_MAX_PIXELS):
+        self.preprocess = preprocess
+        self.limits = limits
+        self.max_decode_pixels = max_decode_pixels
+
+    def __call__(self, data: bytes, name: str) -> EncodedJpeg | None:
+        try:
+            header = Image.open(io.BytesIO(data))  # reads the header only
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
+            return None  # the CPU path says what is wrong, in its words
+        self.limits.check(name, header.size, self.preprocess)
+        if (header.format != "JPEG" or header.mode != "RGB" or "progressive" in header.info
+                or "adobe" in header.info or header.width * header.height > self.max_decode_pixels
+                or not data.rstrip(b"\0").endswith(_EOI)):  # cut off: Pillow refuses it, nvJPEG might not
+            return None
+        try:
+            orientation = header.getexif().get(ExifTags.Base.Orientation, 1)
+        except _DECODE_ERRORS:  # a malformed EXIF block: the CPU path names it
+            return None
+        known = isinstance(orientation, int) and orientation in _ORIENT  # exif_transpose ignores others too
+        return EncodedJpeg(data, header.size, orientation if known else 1, name)
+
+
+class JpegRows(Dataset):
+    """Image files for a device that decodes JPEGs: ``(EncodedJpeg or pixels, index)`` per item —
+    a JPEG the device can decode as its bytes, any other image decoded and preprocessed here
+    (as ``ImageRows``). Batch with ``extraction.collate_rows``."""
+
+    def __init__(self, paths: list[str], preprocess: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
+        self.paths = paths
+        self.reader = JpegReader(preprocess, limits)
+        self.transform = build_transform(preprocess, limits=limits)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:  # missing, a directory, …: load_image gives its error
+            return self.transform(path), i
+        return self.reader(data, path) or self.transform(data, name=path), i
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(..., h, w) → the image as EXIF ``orientation`` says to show it (``ImageOps.exif_transpose``)."""
+    return _ORIENT[orientation](image)
+
+
+_ORIENT = {
+    1: lambda x: x,
+    2: lambda x: x.flip(-1),  # mirrored
+    3: lambda x: x.flip(-2, -1),  # upside down
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: torch.rot90(x, -1, (-2, -1)),  # shot with the camera turned left: turn right
+    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+    8: lambda x: torch.rot90(x, 1, (-2, -1)),
+}
+
+
+class DeviceJpegDecoder:
+    """``EncodedJpeg`` list → preprocessed pixels (n, 3, crop, crop) on ``device``, in list order.
+
+    Decodes in calls of at most ``DECODE_BATCH_PIXELS``; when a call fails, each of its images
+    is decoded alone, and one that still fails is decoded on the CPU by ``load_image`` (which
+    raises ``ImageReadError`` naming it if Pillow cannot read it either).
+    """
+
+    def __init__(self, preprocess: PreprocessConfig, device: torch.device | str,
+                 limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
+        self.device = torch.device(device)
+        self.preprocess = preprocess
+        self.transform = build_transform(preprocess, limits=limits)  # the CPU path: the fallback
+        self.pixels = self.transform.pixels  # its chain after decoding (uint8 tensor → normalised float)
+
+    def __call__(self, jpegs: list[EncodedJpeg]) -> torch.Tensor:
+        images = []
+        for group in _by_pixels(jpegs):
+            images.extend(self._decode(group))
+        size = self.preprocess.crop_size
+        out = torch.empty(len(jpegs), 3, size, size, device=self.device)  # (n, 3, crop, crop)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if image is None:
+                out[i] = self.transform(jpegs[i].data, name=jpegs[i].name).to(self.device)
+            else:
+                images[i] = orient(image, jpegs[i].orientation)
+                by_shape.setdefault(tuple(images[i].shape), []).append(i)
+        for indices in by_shape.values():  # one resize per image size: a batch of photos has few
+            out[indices] = self.pixels(torch.stack([images[i] for i in indices]))  # (k, 3, h, w) uint8 → float
+        return out
+
+    def _decode(self, jpegs: list[EncodedJpeg]) -> list[torch.Tensor | None]:
+        """(3, h, w) uint8 images on the device; None for those it cannot decode."""
+        try:
+            return _decode_jpegs([_bytes_tensor(j.data) for j in jpegs], self.device)
+        except RuntimeError:  # torchvision's one error type for bad data; which image is unknown
+            if len(jpegs) == 1:
+                return [None]
+        return [image for jpeg in jpegs for image in self._decode([jpeg])]
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for TorchCodec, which has no batched nvJPEG decode yet.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # a copy: frombuffer wants writable memory
+
+
+def _by_pixels(jpegs: list[EncodedJpeg]) -> list[list[EncodedJpeg]]:
+    """Consecutive runs of ``jpegs`` of at most ``DECODE_BATCH_PIXELS`` decoded pixels (at least one image each)."""
+    groups: list[list[EncodedJpeg]] = []
+    total = 0
+    for jpeg in jpegs:
+        width, height = jpeg.size
+        if not groups or total + width * height > DECODE_BATCH_PIXELS:
+            groups.append([])
+            total = 0
+        groups[-1].append(jpeg)
+        total += width * height
+    return groups
+
+
+def device_decode_available(device: torch.device | str) -> bool:
+    """Whether torchvision decodes JPEGs on ``device`` here (its CUDA decoder needs a build with nvJPEG)."""
+    probe = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(probe, "JPEG")
+    try:
+        _decode_jpegs([_bytes_tensor(probe.getvalue())], torch.device(device))
+    except RuntimeError:
+        return False
+    return True
+
+
+__all__ = ["DeviceJpegDecoder", "EncodedJpeg", "JpegReader", "JpegRows", "device_decode_available", "orient"]

@@ -1,0 +1,124 @@
+"""JPEG decoding on the encoder's device (``captioner.data.device_images``), run here on the CPU:
+torchvision decodes with libjpeg-turbo there, so the same code and its fallbacks are tested
+without a GPU (``tests/test_cuda.py`` repeats the comparison with nvJPEG)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from captioner.data.device_images import DeviceJpegDecoder, JpegReader, JpegRows, orient
+from captioner.data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform
+from captioner.data.loaders import ImageRows
+
+from conftest import TINY
+
+PREPROCESS = PreprocessConfig(crop_size=112, resize_size=128)  # the 128-px fixtures are never draft-decoded
+RGB_JPEGS = [p for p in sorted((TINY / "images").glob("*.jpg")) if Image.open(p).mode == "RGB"]
+
+
+def photo(width: int = 96, height: int = 64) -> Image.Image:
+    return Image.open(RGB_JPEGS[0]).convert("RGB").resize((width, height))
+
+
+def save(image: Image.Image, path: Path, format: str = "JPEG", **options) -> str:
+    image.save(path, format, **options)
+    return str(path)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_turns_as_exif_transpose_does(orientation):
+    image = Image.fromarray(np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    image.getexif()[0x0112] = orientation
+    want = np.asarray(ImageOps.exif_transpose(image)).transpose(2, 0, 1)
+    got = orient(torch.from_numpy(np.array(image)).permute(2, 0, 1), orientation)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path):
+    """Where Pillow decodes at full scale, torchvision's decoder gives exactly its pixels, and the
+    resize, crop and normalisation are the CPU path's own: equal tensors, rotated JPEGs included."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = save(photo(), tmp_path / "rotated.jpg", exif=exif.tobytes())
+    paths = [str(p) for p in RGB_JPEGS] + [rotated]
+    reader = JpegReader(PREPROCESS)
+    jpegs = [reader(Path(p).read_bytes(), p) for p in paths]
+    assert all(jpegs) and jpegs[-1].orientation == 6
+    got = DeviceJpegDecoder(PREPROCESS, "cpu")(jpegs)
+    transform = build_transform(PREPROCESS)
+    want = torch.stack([transform(p) for p in paths])
+    assert torch.equal(got, want)
+
+
+def test_draft_decoding_is_the_only_difference_and_it_is_small(tmp_path):
+    """A JPEG twice the resize's size: Pillow decodes it at 1/2 scale, the device at full size."""
+    path = save(photo(640, 480).resize((1280, 960)), tmp_path / "large.jpg", quality=90)
+    preprocess = PreprocessConfig(crop_size=224, resize_size=256)
+    jpeg = JpegReader(preprocess)(Path(path).read_bytes(), path)
+    got = DeviceJpegDecoder(preprocess, "cpu")([jpeg])[0]
+    want = build_transform(preprocess)(path)
+    assert not torch.equal(got, want)
+    assert (got - want).abs().mean() < 0.05  # normalised units: ~1 % of the range
+
+
+def test_what_the_device_does_not_decode_goes_to_the_cpu_path(tmp_path):
+    """PNG, grayscale, CMYK, progressive and cut-off JPEGs are decoded on the host, as before."""
+    image = photo()
+    paths = {
+        "png": save(image, tmp_path / "a.png", "PNG"),
+        "gray": save(image.convert("L"), tmp_path / "gray.jpg"),
+        "cmyk": save(image.convert("CMYK"), tmp_path / "cmyk.jpg"),
+        "progressive": save(image, tmp_path / "progressive.jpg", progressive=True),
+        "baseline": save(image, tmp_path / "baseline.jpg"),
+    }
+    reader = JpegReader(PREPROCESS)
+    assert {name for name, path in paths.items() if reader(Path(path).read_bytes(), path)} == {"baseline"}
+    rows, cpu_rows = JpegRows(list(paths.values()), PREPROCESS), ImageRows(list(paths.values()), PREPROCESS)
+    for i in range(len(paths) - 1):
+        pixels, index = rows[i]
+        assert index == i and torch.equal(pixels, cpu_rows[i][0])
+    data = Path(paths["baseline"]).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    assert reader(cut.read_bytes(), str(cut)) is None
+    with pytest.raises(ImageReadError) as error:
+        rows.paths.append(str(cut))
+        rows[len(rows) - 1]
+    assert str(error.value).startswith(f"{cut}: corrupt or truncated image")
+
+
+def test_an_over_limit_header_is_refused_before_decoding_with_the_cpu_paths_error(tmp_path):
+    path = save(photo(96, 64), tmp_path / "wide.jpg")
+    limits = ImageLimits(max_pixels=96 * 64 - 1)
+    with pytest.raises(ImageTooLargeError) as device_error:
+        JpegReader(PREPROCESS, limits)(Path(path).read_bytes(), path)
+    with pytest.raises(ImageTooLargeError) as cpu_error:
+        build_transform(PREPROCESS, limits=limits)(path)
+    assert str(device_error.value) == str(cpu_error.value)
+    assert "\n" not in str(device_error.value)
+
+
+def test_a_jpeg_the_device_cannot_decode_falls_back_alone(tmp_path):
+    """Corrupt scan data behind a readable header: the batch decode fails, the good JPEGs of the
+    batch are decoded one by one, and the bad one goes to Pillow, which names it."""
+    good = [save(photo(96 + 8 * i, 64), tmp_path / f"good{i}.jpg") for i in range(2)]
+    broken = bytearray(Path(good[0]).read_bytes())
+    for i in range(600, len(broken) - 50, 97):
+        broken[i] = 0xFF
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(bytes(broken))
+    reader = JpegReader(PREPROCESS)
+    jpegs = [reader(Path(p).read_bytes(), str(p)) for p in (good[0], bad, good[1])]
+    assert all(jpegs)  # the header is fine: only decoding finds out
+    decoder = DeviceJpegDecoder(PREPROCESS, "cpu")
+    with pytest.raises(ImageReadError) as error:
+        decoder(jpegs)
+    assert str(error.value).startswith(f"{bad}: corrupt or truncated image")
+    transform = build_transform(PREPROCESS)
+    assert torch.equal(decoder([jpegs[0], jpegs[2]]), torch.stack([transform(p) for p in good]))
+
