@@ -122,3 +122,21 @@ def test_a_jpeg_the_device_cannot_decode_falls_back_alone(tmp_path):
     transform = build_transform(PREPROCESS)
     assert torch.equal(decoder([jpegs[0], jpegs[2]]), torch.stack([transform(p) for p in good]))
 
+
+def test_feature_cache_with_jpegs_decoded_by_torchvision(tmp_path):
+    """The whole extraction with ``jpeg_on_device`` (grayscale fixtures decoded on the host):
+    the same features as the CPU path."""
+    from captioner import create_encoder
+    from captioner.data.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    paths = sorted(str(p) for p in (TINY / "images").glob("*.jpg"))[:8]
+    preprocess = PreprocessConfig(crop_size=64, resize_size=128)  # 128-px fixtures: no draft
+    on_host = FeatureCache(tmp_path / "host", encoder, preprocess, paths, with_grid=True).build(
+        batch_size=3, progress=False, runtime="torch")
+    by_torchvision = FeatureCache(tmp_path / "tv", encoder, preprocess, paths, with_grid=True).build(
+        batch_size=3, progress=False, runtime="torch", jpeg_on_device=True)
+    rows = np.arange(len(paths))
+    for got, want in zip(by_torchvision.rows(rows), on_host.rows(rows)):
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-2)  # the batch order differs: float rounding

@@ -109,6 +109,26 @@ def test_feature_cache_resumes_by_shard(tiny_shards, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.array(again.pooled), expected)
 
 
+def test_feature_cache_reads_whole_shards_in_workers(tiny_shards, tmp_path):
+    """Two loader workers stream two shards each (one pool for the build) and the cache equals
+    the one read in-process; with JPEGs decoded by torchvision (the device path, here on the
+    CPU) the features agree too (the fixtures are never draft-decoded at this size)."""
+    from captioner.data.feature_cache import FeatureCache
+    from captioner.encoders import create_encoder
+
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    preprocess = replace(encoder.default_preprocess, crop_size=64, resize_size=128)
+    refs = [e.image_ref for e in read_dataset(tiny_shards)]
+    caches = {}
+    for name, options in {"in-process": {}, "workers": {"num_workers": 2},
+                          "jpegs decoded by torchvision": {"num_workers": 2, "jpeg_on_device": True}}.items():
+        caches[name] = FeatureCache(tmp_path / name, encoder, preprocess, refs, with_grid=False).build(
+            progress=False, runtime="torch", **options)
+    np.testing.assert_array_equal(np.array(caches["workers"].pooled), np.array(caches["in-process"].pooled))
+    np.testing.assert_allclose(np.array(caches["jpegs decoded by torchvision"].pooled, dtype=np.float32),
+                               np.array(caches["in-process"].pooled, dtype=np.float32), atol=2e-3, rtol=1e-2)
+
+
 def test_bad_samples_are_named_by_shard_and_key_and_skip_invalid_drops_them(tmp_path, capsys):
     samples = _tiny_samples()
     samples[2][1]["jpg"] = b"not an image at all"

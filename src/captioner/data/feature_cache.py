@@ -8,6 +8,7 @@ so resident memory stays far below the cache size.
 
 Images are files or WebDataset samples (``SHARD#KEY``); samples are extracted and marked
 done one shard at a time, so an interrupted extraction resumes at the shard it was in.
+``build`` runs the streaming pipeline of ``captioner.data.extraction``.
 
 With ``augment``, row ``i`` holds the features of :func:`~captioner.data.augment.augment_image`
 of ``paths[i]`` with seed ``i``: a cache of augmented views (list an image K times for K views).
@@ -22,15 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..cache import weights_digest
 from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .augment import AugmentConfig
+from .device_images import device_decode_available
+from .examples import is_sample_ref
+from .extraction import extract, mode_encoder, pixel_batches
 from .images import ImageReadError, PreprocessConfig
 from .loaders import AugmentedRows, ImageRows
-from .examples import is_sample_ref
 from .webdataset import ShardImages, shard_runs
 
 
@@ -105,8 +107,14 @@ class FeatureCache:
         shard: tuple[int, int] = (0, 1),
         barrier=None,
         precision=None,
+        jpeg_on_device: bool | None = None,
     ) -> "FeatureCache":
         """Extract what is missing (all of it, the rest after an interruption, or nothing).
+
+        One streaming pipeline (``captioner.data.extraction``): a single loader over every
+        missing row (``num_workers`` processes, started once), outputs copied back from the
+        device in blocks, written to the memmaps by a thread, each chunk marked done once its
+        rows are on disk.
 
         ``batch_size``: default 64 on CUDA, 16 on the CPU (ResNet-152 and EfficientNet-Lite0
         encoded 25–50 % more images per second at 16 than at 64 on a 2-core CPU).
@@ -115,6 +123,9 @@ class FeatureCache:
         left to extract, torch elsewhere), ``torch`` or ``onnx`` (CPU only). Same features within float rounding either way, and the same cache key. On a
         2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
         ResNet-152 1.5× faster than PyTorch eager.
+        ``jpeg_on_device``: decode JPEG files and samples on ``device`` (``data.device_images``;
+        nvJPEG on CUDA), other images on the host. Default: on CUDA when torchvision can, off
+        on the CPU, where Pillow's draft decoding is as fast. Augmented views are drawn on the host.
 
         ``precision``: the torch runtime's ``ExtractionChoice`` (``encoders.precision``); default:
         the fastest mode within 1e-2 of fp32 on the CPU, measured on this cache's first images when
@@ -132,6 +143,8 @@ class FeatureCache:
         rank, world = shard
         device = torch.device(device)
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
+        if jpeg_on_device is None:
+            jpeg_on_device = device.type == "cuda" and device_decode_available(device)
         from ..encoders.onnx_runtime import runtime_encoder
         from ..encoders.precision import plan_extraction
 
@@ -157,51 +170,31 @@ class FeatureCache:
             barrier()
         if rank != 0:
             arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
-        pooled, grid = arrays["pooled.npy"], arrays.get("grid.npy")
         chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
                   if i % world == rank and start not in done_chunks]
-        use_cuda = device.type == "cuda"
         from tqdm import tqdm
 
         bar = tqdm(total=n, initial=n - sum(stop - start for start, stop in chunks), disable=not progress,
                    desc=f"features {self.encoder.name}", unit="img")
-        for start, stop in chunks:
-            shard = is_sample_ref(self.paths[start])
-            loader = DataLoader(
-                self._rows(start, stop),
-                batch_size=batch_size,
-                num_workers=0 if shard else num_workers,  # a shard is one stream: read where it is written
-                pin_memory=use_cuda,
-            )
-            row = start
-            for pixels, _ in loader:
-                pixels = mode.inputs(pixels.to(device, non_blocking=True))
-                with torch.inference_mode(), mode.running(device.type):
-                    out = encoder(pixels)
-                pooled[row : row + len(pixels)] = out.pooled.float().cpu().numpy()
-                if grid is not None:
-                    grid[row : row + len(pixels)] = out.grid.float().cpu().numpy()
-                row += len(pixels)
-                bar.update(len(pixels))
-            pooled.flush()
-            if grid is not None:
-                grid.flush()
-            self._mark_done(start, stop)
+        if chunks:
+            batches = pixel_batches(self.paths, chunks, self.preprocess, device, batch_size, num_workers,
+                                    self.augment, jpeg_on_device)
+            extract(mode_encoder(encoder, mode, device), batches,
+                    {name.removesuffix(".npy"): array for name, array in arrays.items()}, chunks, self._mark_done,
+                    device, batch_size, on_batch=bar.update)
         bar.close()
         return self.open() if world == 1 else self
 
-    def _rows(self, start: int, stop: int):
-        """The preprocessed pixels of rows [start, stop): ``(pixels, index)`` items."""
-        if is_sample_ref(self.paths[start]):
-            return ShardImages(self.paths[start:stop], self.preprocess)
-        if self.augment is not None:
-            return AugmentedRows(self.paths[start:stop], self.preprocess, self.augment, first_seed=start)
-        return ImageRows(self.paths[start:stop], self.preprocess)
-
     def _probe(self, count: int) -> torch.Tensor:
         """The first ``count`` images of the cache, preprocessed as extraction reads them: (count, 3, H, W)."""
-        count = min(count, len(self.paths))
-        return torch.stack([pixels for pixels, _ in islice(iter(self._rows(0, count)), count)])
+        paths = self.paths[:count]
+        if is_sample_ref(paths[0]):
+            rows = ShardImages(paths, self.preprocess)
+        elif self.augment is not None:
+            rows = AugmentedRows(paths, self.preprocess, self.augment)
+        else:
+            rows = ImageRows(paths, self.preprocess)
+        return torch.stack([pixels for pixels, _ in islice(iter(rows), len(paths))])
 
     def _memmap(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         path = self.folder / name

@@ -188,20 +188,19 @@ class ImageRows(Dataset):
 
 
 class AugmentedRows(Dataset):
-    """``(pixels, index)`` of augmented views: item ``i`` is ``augment_image(paths[i], seed=first_seed + i)``
-    through the preprocessing (so a chunk of a longer list gets the seeds the whole list would)."""
+    """``(pixels, index)`` of augmented views: item ``i`` is ``augment_image(paths[i], seed=i)``
+    through the preprocessing (so any subset of the items gets the views the whole list would)."""
 
-    def __init__(self, paths: list[str], preprocess: PreprocessConfig, augment: AugmentConfig, first_seed: int = 0):
+    def __init__(self, paths: list[str], preprocess: PreprocessConfig, augment: AugmentConfig):
         self.paths = paths
         self.augment = augment
-        self.first_seed = first_seed
         self.transform = build_transform(preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = augment_image(load_image(self.paths[i]), self.augment, seed=self.first_seed + i)
+        image = augment_image(load_image(self.paths[i]), self.augment, seed=i)
         return self.transform(image), i
 
 
