@@ -55,26 +55,17 @@ def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path)
     assert torch.equal(got, want)
 
 
-def test_draft_decoding_is_the_only_difference_and_it_is_small(tmp_path):
-    """A JPEG twice the resize's size: Pillow decodes it at 1/2 scale, the device at full size."""
-    path = save(photo(640, 480).resize((1280, 960)), tmp_path / "large.jpg", quality=90)
-    preprocess = PreprocessConfig(crop_size=224, resize_size=256)
-    jpeg = JpegReader(preprocess)(Path(path).read_bytes(), path)
-    got = DeviceJpegDecoder(preprocess, "cpu")([jpeg])[0]
-    want = build_transform(preprocess)(path)
-    assert not torch.equal(got, want)
-    assert (got - want).abs().mean() < 0.05  # normalised units: ~1 % of the range
-
-
 def test_what_the_device_does_not_decode_goes_to_the_cpu_path(tmp_path):
-    """PNG, grayscale, CMYK, progressive and cut-off JPEGs are decoded on the host, as before."""
+    """PNG, grayscale, CMYK, progressive, cut-off JPEGs and JPEGs Pillow draft-decodes (sides
+    twice what the resize needs) are decoded on the host, as before."""
     image = photo()
     paths = {
         "png": save(image, tmp_path / "a.png", "PNG"),
         "gray": save(image.convert("L"), tmp_path / "gray.jpg"),
         "cmyk": save(image.convert("CMYK"), tmp_path / "cmyk.jpg"),
         "progressive": save(image, tmp_path / "progressive.jpg", progressive=True),
-        "baseline": save(image, tmp_path / "baseline.jpg"),
+        "draft": save(photo(256, 256), tmp_path / "large.jpg"),  # 2 × resize 128: Pillow decodes it at 1/2
+        "baseline": save(photo(255, 400), tmp_path / "baseline.jpg"),  # 255 // 128 = 1: full scale
     }
     reader = JpegReader(PREPROCESS)
     assert {name for name, path in paths.items() if reader(Path(path).read_bytes(), path)} == {"baseline"}

@@ -3,19 +3,26 @@
 The host only reads bytes: it sizes each image from its header with Pillow (``Image.open`` reads
 no pixels), applies ``ImageLimits`` there, and sends the device only the JPEGs it decodes as the
 CPU path would — baseline 8-bit YCbCr (Pillow's mode ``RGB``), whole (ending in the EOI marker),
-no Adobe colour transform, at most ``max_decode_pixels``. Everything else (grayscale, CMYK,
-progressive JPEGs, every other format) and every JPEG the device fails to decode go to the CPU
-path (``load_image`` + the transform), which raises its one-line ``ImageReadError``.
+no Adobe colour transform, and small enough that Pillow decodes them at full scale. Everything
+else (grayscale, CMYK, progressive JPEGs, every other format) and every JPEG the device fails to
+decode go to the CPU path (``load_image`` + the transform), which raises its one-line
+``ImageReadError``.
+
+Why not larger JPEGs: the CPU path decodes a JPEG whose sides are twice what the resize needs or
+more at 1/2 … 1/8 scale (Pillow's draft mode: libjpeg's scaled IDCT) and box-reduces it, and no
+resize of the full image gives those pixels. Measured with EfficientNet-Lite0's ImageNet weights
+on 1280×960 to 3000×2250 photos: 2–15 % relative difference in pooled features against a full
+decode + antialiased resize, still 1–5 % when the device box-averages by the draft's factor
+first. Draft decoding is also the cheap way to read them; a 640×480 photo at resize 256 (COCO)
+is decoded at full scale and goes to the device.
 
 On the device an image gets its EXIF orientation (read from the header on the host: torchvision
 applies it only when decoding on the CPU) and then the CPU path's own torchvision chain — resize,
 crop, scale, normalise — batched over images of one size.
 
-The pixels are not bit-equal to the CPU path's: Pillow decodes a JPEG larger than the resize needs
-at 1/2 … 1/8 scale (draft mode) and box-reduces it, where the device decodes the whole image and
-lets the antialiased resize do all the reduction; nvJPEG's chroma upsampling also differs from
-libjpeg's. Where no draft scale applies (a 640×480 photo at resize 256) torchvision's CPU decoder
-gives exactly Pillow's pixels, so the difference on CUDA is nvJPEG's alone.
+So the two paths differ only by the JPEG decoder: on the CPU torchvision's libjpeg-turbo gives
+exactly Pillow's pixels (tested); on CUDA nvJPEG's IDCT and chroma upsampling differ from
+libjpeg's by a grey level here and there (``tests/test_cuda.py`` measures the feature difference).
 
 Nothing here is CUDA-only: on the CPU torchvision decodes with libjpeg-turbo, so the tests run
 this same code, fallbacks included.
@@ -32,8 +39,8 @@ from torch.utils.data import Dataset
 
 from .images import _DECODE_ERRORS, DEFAULT_IMAGE_LIMITS, ImageLimits, PreprocessConfig, build_transform
 
-# Past this a JPEG is cheaper on the CPU, whose draft mode decodes it at 1/2 … 1/8 scale, and the
-# device would hold its full-size float copy during the resize (4096²: 200 MB).
+# A bound on one device decode (a 511 × 32,000 strip is still decoded at full scale): past it the
+# device would hold a large float copy during the resize (4096²: 200 MB); the CPU path streams it.
 DEVICE_DECODE_MAX_PIXELS = 4096 * 4096
 # Decoded pixels per decode call: bounds the device memory one batch of large photos takes.
 DECODE_BATCH_PIXELS = 64 * 1024 * 1024
@@ -53,8 +60,9 @@ class EncodedJpeg:
 
 class JpegReader:
     """Image bytes → ``EncodedJpeg`` when the device can decode them as the CPU path would, else
-    ``None`` (the caller decodes on the CPU). Raises ``ImageTooLargeError`` for a header over
-    ``limits`` (the CPU path's check and message) before anything is decoded."""
+    ``None`` (the caller decodes on the CPU): see the module's docstring for what qualifies.
+    Raises ``ImageTooLargeError`` for a header over ``limits`` (the CPU path's check and message)
+    before anything is decoded."""
 
     def __init__(self, preprocess: PreprocessConfig, limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
                  max_decode_pixels: int = DEVICE_DECODE_MAX_PIXELS):
@@ -68,8 +76,10 @@ class JpegReader:
         except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
             return None  # the CPU path says what is wrong, in its words
         self.limits.check(name, header.size, self.preprocess)
+        side = self.preprocess.needed_side()
+        draft_decoded = min(header.width // side, header.height // side) >= 2  # load_image's draft scale > 1
         if (header.format != "JPEG" or header.mode != "RGB" or "progressive" in header.info
-                or "adobe" in header.info or header.width * header.height > self.max_decode_pixels
+                or "adobe" in header.info or draft_decoded or header.width * header.height > self.max_decode_pixels
                 or not data.rstrip(b"\0").endswith(_EOI)):  # cut off: Pillow refuses it, nvJPEG might not
             return None
         try:
