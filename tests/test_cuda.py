@@ -97,8 +97,8 @@ def test_jpegs_decoded_by_nvjpeg_give_the_cpu_paths_features():
     reader, transform = JpegReader(preprocess), build_transform(preprocess)
     jpegs = [reader(bytes_, name) for bytes_, name in data]
     assert all(jpegs)
-    on_gpu = DeviceJpegDecoder(preprocess, "cuda")(jpegs)
-    on_cpu = torch.stack([transform(bytes_, name=name) for bytes_, name in data]).cuda()
+    on_gpu, order = DeviceJpegDecoder(preprocess, "cuda")(jpegs)
+    on_cpu = torch.stack([transform(data[i][0], name=data[i][1]) for i in order]).cuda()
     with torch.inference_mode():
         got, want = encoder(on_gpu).pooled, encoder(on_cpu).pooled
     errors = ((got - want).norm(dim=1) / want.norm(dim=1)).cpu()
@@ -109,27 +109,43 @@ def test_jpegs_decoded_by_nvjpeg_give_the_cpu_paths_features():
     assert errors.median() < 0.1 and errors.max() < 0.25
 
 
-def test_the_gpu_extraction_loop_never_waits_for_the_gpu():
-    """The hot loop's body — pinned pixels to the device, the encoder, outputs into the device
-    block, the block's copy back — runs under ``set_sync_debug_mode("error")``: no host sync."""
+def test_the_gpu_extraction_loop_never_waits_for_the_gpu(monkeypatch):
+    """The hot loop's body — pinned pixels to the device, JPEGs preprocessed there, the encoder,
+    outputs into the device block, the block's copy back — runs under
+    ``set_sync_debug_mode("error")``: no host sync. (nvJPEG's own call is torchvision's: its
+    images are decoded beforehand here.)"""
+    from PIL import Image
+
+    from captioner.data import device_images
+    from captioner.data.device_images import DeviceJpegDecoder, JpegReader
     from captioner.data.extraction import OutputBlocks, collate_rows, device_encoder
     from captioner.data.images import build_transform
 
+    cuda = torch.device("cuda")
     encoder = create_encoder("efficientnet_lite0", pretrained=False).cuda().eval()
-    transform = build_transform(encoder.default_preprocess)
+    preprocess = encoder.default_preprocess
+    transform, reader = build_transform(preprocess), JpegReader(preprocess)
     paths = sorted(str(p) for p in (TINY / "images").glob("*.jpg"))[:12]
-    batches = [collate_rows([(transform(p), i + j) for j, p in enumerate(paths[i : i + 4])]).pin_memory()
-               for i in range(0, len(paths), 4)]
-    encode = device_encoder(encoder, torch.device("cuda"))
-    out = encode(batches[0].to_device(torch.device("cuda"), None))  # warm-up: cuDNN, allocator
-    blocks = OutputBlocks({"pooled": tuple(out.pooled.shape[1:])}, 8, torch.device("cuda"))
+    items = [(reader(Path(p).read_bytes(), p) if Image.open(p).mode == "RGB" else transform(p), row)
+             for row, p in enumerate(paths)]  # grayscale JPEGs decoded on the host, RGB ones on the GPU
+    batches = [collate_rows(items[i : i + 4]).pin_memory() for i in range(0, len(items), 4)]
+    assert all(batch.pixels is not None and batch.jpegs for batch in batches)
+    decoded = {jpeg.data: device_images._decode_jpegs([device_images._bytes_tensor(jpeg.data)], cuda)[0]
+               for batch in batches for jpeg in batch.jpegs}
+    monkeypatch.setattr(device_images, "_decode_jpegs",
+                        lambda data, device: [decoded[bytes(tensor.numpy())] for tensor in data])
+    decoder = DeviceJpegDecoder(preprocess, cuda)
+    encode = device_encoder(encoder, cuda)
+    out = encode(batches[0].to_device(cuda, decoder)[0])  # warm-up: cuDNN, allocator
+    blocks = OutputBlocks({"pooled": tuple(out.pooled.shape[1:])}, 8, cuda)
     handed = []
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode():
             for batch in batches:
-                handed += blocks.add(batch.rows, {"pooled": encode(batch.to_device(torch.device("cuda"), None)).pooled})
+                pixels, rows = batch.to_device(cuda, decoder)
+                handed += blocks.add(rows, {"pooled": encode(pixels).pooled})
             handed += blocks.flush()
     finally:
         torch.cuda.set_sync_debug_mode(0)
@@ -137,6 +153,7 @@ def test_the_gpu_extraction_loop_never_waits_for_the_gpu():
     for block in handed:
         block.ready.synchronize()
     rows = np.concatenate([block.rows for block in handed])
+    assert sorted(rows) == list(range(len(paths)))
     got = torch.cat([block.arrays["pooled"][: block.count] for block in handed]).float()
     with torch.inference_mode():
         want = encode(torch.stack([transform(paths[i]) for i in rows]).cuda()).pooled.float().cpu()

@@ -49,9 +49,10 @@ def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path)
     reader = JpegReader(PREPROCESS)
     jpegs = [reader(Path(p).read_bytes(), p) for p in paths]
     assert all(jpegs) and jpegs[-1].orientation == 6
-    got = DeviceJpegDecoder(PREPROCESS, "cpu")(jpegs)
+    got, order = DeviceJpegDecoder(PREPROCESS, "cpu")(jpegs)
+    assert sorted(order) == list(range(len(paths)))
     transform = build_transform(PREPROCESS)
-    want = torch.stack([transform(p) for p in paths])
+    want = torch.stack([transform(paths[i]) for i in order])
     assert torch.equal(got, want)
 
 
@@ -111,7 +112,8 @@ def test_a_jpeg_the_device_cannot_decode_falls_back_alone(tmp_path):
         decoder(jpegs)
     assert str(error.value).startswith(f"{bad}: corrupt or truncated image")
     transform = build_transform(PREPROCESS)
-    assert torch.equal(decoder([jpegs[0], jpegs[2]]), torch.stack([transform(p) for p in good]))
+    pixels, order = decoder([jpegs[0], jpegs[2]])
+    assert torch.equal(pixels, torch.stack([transform(good[i]) for i in order]))
 
 
 def test_feature_cache_with_jpegs_decoded_by_torchvision(tmp_path):

@@ -131,36 +131,44 @@ _ORIENT = {
 
 
 class DeviceJpegDecoder:
-    """``EncodedJpeg`` list → preprocessed pixels (n, 3, crop, crop) on ``device``, in list order.
+    """``EncodedJpeg`` list → preprocessed pixels on ``device``, with no host sync.
 
-    Decodes in calls of at most ``DECODE_BATCH_PIXELS``; when a call fails, each of its images
-    is decoded alone, and one that still fails is decoded on the CPU by ``load_image`` (which
-    raises ``ImageReadError`` naming it if Pillow cannot read it either).
+    Returns ``(pixels (n, 3, crop, crop), order)``: ``pixels[k]`` is ``jpegs[order[k]]`` —
+    images come grouped by size (one resize per size), and the caller reorders its host-side
+    rows rather than the device reordering pixels (an index tensor sent to the device would
+    wait for it). Decodes in calls of at most ``DECODE_BATCH_PIXELS``; when a call fails, each of
+    its images is decoded alone, and one that still fails is decoded on the CPU by ``load_image``
+    (which raises ``ImageReadError`` naming it if Pillow cannot read it either).
     """
 
     def __init__(self, preprocess: PreprocessConfig, device: torch.device | str,
                  limits: ImageLimits = DEFAULT_IMAGE_LIMITS):
-        self.device = torch.device(device)
-        self.preprocess = preprocess
-        self.transform = build_transform(preprocess, limits=limits)  # the CPU path: the fallback
-        self.pixels = self.transform.pixels  # its chain after decoding (uint8 tensor → normalised float)
+        from torchvision.transforms import v2
 
-    def __call__(self, jpegs: list[EncodedJpeg]) -> torch.Tensor:
-        images = []
-        for group in _by_pixels(jpegs):
-            images.extend(self._decode(group))
-        size = self.preprocess.crop_size
-        out = torch.empty(len(jpegs), 3, size, size, device=self.device)  # (n, 3, crop, crop)
+        self.device = torch.device(device)
+        self.transform = build_transform(preprocess, limits=limits)  # the CPU path: the fallback
+        # Its chain after decoding, uint8 tensor → float. Normalize last, with its mean and std
+        # on the device once: torchvision copies them there on every call, a blocking copy.
+        *resize_crop_scale, normalize = self.transform.pixels.transforms
+        assert isinstance(normalize, v2.Normalize), "the CPU transform must end in Normalize"
+        self.resize_crop_scale = v2.Compose(resize_crop_scale)
+        self.mean = torch.tensor(normalize.mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(normalize.std, device=self.device).view(3, 1, 1)
+
+    def __call__(self, jpegs: list[EncodedJpeg]) -> tuple[torch.Tensor, list[int]]:
+        images = [image for group in _by_pixels(jpegs) for image in self._decode(group)]
         by_shape: dict[tuple[int, ...], list[int]] = {}
+        failed = []
         for i, image in enumerate(images):
             if image is None:
-                out[i] = self.transform(jpegs[i].data, name=jpegs[i].name).to(self.device)
+                failed.append(i)
             else:
                 images[i] = orient(image, jpegs[i].orientation)
                 by_shape.setdefault(tuple(images[i].shape), []).append(i)
-        for indices in by_shape.values():  # one resize per image size: a batch of photos has few
-            out[indices] = self.pixels(torch.stack([images[i] for i in indices]))  # (k, 3, h, w) uint8 → float
-        return out
+        parts = [self.resize_crop_scale(torch.stack([images[i] for i in indices]))  # (k, 3, h, w) uint8 → float
+                 .sub(self.mean).div_(self.std) for indices in by_shape.values()]
+        parts += [self.transform(jpegs[i].data, name=jpegs[i].name)[None].to(self.device) for i in failed]
+        return torch.cat(parts), [i for indices in by_shape.values() for i in indices] + failed
 
     def _decode(self, jpegs: list[EncodedJpeg]) -> list[torch.Tensor | None]:
         """(3, h, w) uint8 images on the device; None for those it cannot decode."""

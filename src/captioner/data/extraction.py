@@ -51,19 +51,17 @@ class RowBatch:
             self.pixels = self.pixels.pin_memory()
         return self
 
-    @property
-    def rows(self) -> torch.Tensor:
-        """The rows of ``to_device``'s pixels, in order."""
-        return torch.cat([self.pixel_rows, self.jpeg_rows])
-
-    def to_device(self, device: torch.device, decoder: DeviceJpegDecoder | None) -> torch.Tensor:
-        """(k + len(jpegs), 3, crop, crop) float pixels on ``device``: the host's, then the decoded JPEGs."""
-        parts = []
+    def to_device(self, device: torch.device, decoder: DeviceJpegDecoder | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pixels (k + len(jpegs), 3, crop, crop) float on device, their rows)``: the host's
+        pixels, then the decoded JPEGs in the order the decoder gives them."""
+        pixels, rows = [], [self.pixel_rows]
         if self.pixels is not None:
-            parts.append(self.pixels.to(device, non_blocking=True))
+            pixels.append(self.pixels.to(device, non_blocking=True))
         if self.jpegs:
-            parts.append(decoder(self.jpegs))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            decoded, order = decoder(self.jpegs)
+            pixels.append(decoded)
+            rows.append(self.jpeg_rows[order])
+        return (pixels[0] if len(pixels) == 1 else torch.cat(pixels)), torch.cat(rows)
 
 
 def collate_rows(items: list[tuple[torch.Tensor | EncodedJpeg, int]]) -> RowBatch:
@@ -150,7 +148,7 @@ def pixel_batches(paths: Sequence[str], chunks: list[tuple[int, int]], preproces
         loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_rows,
                             pin_memory=pin)
     for batch in loader:
-        yield batch.to_device(device, decoder), batch.rows
+        yield batch.to_device(device, decoder)
 
 
 def mode_encoder(encoder, mode, device: torch.device) -> Callable[[torch.Tensor], object]:
