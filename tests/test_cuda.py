@@ -84,7 +84,7 @@ def test_jpegs_decoded_by_nvjpeg_give_the_cpu_paths_features():
 
     encoder = create_encoder("efficientnet_lite0").cuda().eval()
     preprocess = encoder.default_preprocess
-    photos = sorted((Path(__file__).parent.parent / "benchmarks" / "photos").glob("*.jpg"))
+    photos = sorted((Path(__file__).parent.parent / "benchmarks" / "timing" / "photos").glob("*.jpg"))
     data = []
     for i, path in enumerate(photos):
         image = Image.open(path).convert("RGB")

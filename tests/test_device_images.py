@@ -39,19 +39,21 @@ def test_orient_turns_as_exif_transpose_does(orientation):
     np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path):
+@pytest.mark.parametrize("preprocess", [PREPROCESS, PreprocessConfig(crop_size=96, resize="squash")],
+                         ids=["shorter", "squash"])
+def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path, preprocess):
     """Where Pillow decodes at full scale, torchvision's decoder gives exactly its pixels, and the
     resize, crop and normalisation are the CPU path's own: equal tensors, rotated JPEGs included."""
     exif = Image.Exif()
     exif[0x0112] = 6
     rotated = save(photo(), tmp_path / "rotated.jpg", exif=exif.tobytes())
     paths = [str(p) for p in RGB_JPEGS] + [rotated]
-    reader = JpegReader(PREPROCESS)
+    reader = JpegReader(preprocess)
     jpegs = [reader(Path(p).read_bytes(), p) for p in paths]
     assert all(jpegs) and jpegs[-1].orientation == 6
-    got, order = DeviceJpegDecoder(PREPROCESS, "cpu")(jpegs)
+    got, order = DeviceJpegDecoder(preprocess, "cpu")(jpegs)
     assert sorted(order) == list(range(len(paths)))
-    transform = build_transform(PREPROCESS)
+    transform = build_transform(preprocess)
     want = torch.stack([transform(paths[i]) for i in order])
     assert torch.equal(got, want)
 

@@ -17,8 +17,8 @@ first. Draft decoding is also the cheap way to read them; a 640×480 photo at re
 is decoded at full scale and goes to the device.
 
 On the device an image gets its EXIF orientation (read from the header on the host: torchvision
-applies it only when decoding on the CPU) and then the CPU path's own torchvision chain — resize,
-crop, scale, normalise — batched over images of one size.
+applies it only when decoding on the CPU) and then the torch engine's steps — ``resized_size``,
+torchvision's resize, ``center_crop``, ``normalize``'s arithmetic — batched over images of one size.
 
 So the two paths differ only by the JPEG decoder: on the CPU torchvision's libjpeg-turbo gives
 exactly Pillow's pixels (tested); on CUDA nvJPEG's IDCT and chroma upsampling differ from
@@ -33,11 +33,12 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .images import _DECODE_ERRORS, DEFAULT_IMAGE_LIMITS, ImageLimits, PreprocessConfig, build_transform
+from .images import _DECODE_ERRORS, DEFAULT_IMAGE_LIMITS, ImageLimits, PreprocessConfig, build_transform, center_crop
 
 # A bound on one device decode (a 511 × 32,000 strip is still decoded at full scale): past it the
 # device would hold a large float copy during the resize (4096²: 200 MB); the CPU path streams it.
@@ -139,6 +140,11 @@ class DeviceJpegDecoder:
     wait for it). Decodes in calls of at most ``DECODE_BATCH_PIXELS``; when a call fails, each of
     its images is decoded alone, and one that still fails is decoded on the CPU by ``load_image``
     (which raises ``ImageReadError`` naming it if Pillow cannot read it either).
+
+    The steps after decoding are the torch engine's (``ImageTransform``): ``resized_size``,
+    torchvision's antialiased resize, ``center_crop``, then ``normalize``'s float32 arithmetic
+    with its mean and std made on the device once (``normalize`` makes them on every call, a
+    blocking copy to a GPU).
     """
 
     def __init__(self, preprocess: PreprocessConfig, device: torch.device | str,
@@ -146,14 +152,11 @@ class DeviceJpegDecoder:
         from torchvision.transforms import v2
 
         self.device = torch.device(device)
+        self.preprocess = preprocess
+        self.interpolation = v2.InterpolationMode(preprocess.interpolation)
         self.transform = build_transform(preprocess, limits=limits)  # the CPU path: the fallback
-        # Its chain after decoding, uint8 tensor → float. Normalize last, with its mean and std
-        # on the device once: torchvision copies them there on every call, a blocking copy.
-        *resize_crop_scale, normalize = self.transform.pixels.transforms
-        assert isinstance(normalize, v2.Normalize), "the CPU transform must end in Normalize"
-        self.resize_crop_scale = v2.Compose(resize_crop_scale)
-        self.mean = torch.tensor(normalize.mean, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(normalize.std, device=self.device).view(3, 1, 1)
+        self.mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(preprocess.std, dtype=torch.float32, device=self.device).view(3, 1, 1)
 
     def __call__(self, jpegs: list[EncodedJpeg]) -> tuple[torch.Tensor, list[int]]:
         images = [image for group in _by_pixels(jpegs) for image in self._decode(group)]
@@ -165,10 +168,18 @@ class DeviceJpegDecoder:
             else:
                 images[i] = orient(image, jpegs[i].orientation)
                 by_shape.setdefault(tuple(images[i].shape), []).append(i)
-        parts = [self.resize_crop_scale(torch.stack([images[i] for i in indices]))  # (k, 3, h, w) uint8 → float
-                 .sub(self.mean).div_(self.std) for indices in by_shape.values()]
+        parts = [self._preprocess(torch.stack([images[i] for i in indices])) for indices in by_shape.values()]
         parts += [self.transform(jpegs[i].data, name=jpegs[i].name)[None].to(self.device) for i in failed]
         return torch.cat(parts), [i for indices in by_shape.values() for i in indices] + failed
+
+    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(k, 3, h, w) uint8 images of one size → (k, 3, crop, crop) normalised float32."""
+        from torchvision.transforms.v2 import functional as F
+
+        width, height = self.preprocess.resized_size((images.shape[-1], images.shape[-2]))
+        resized = F.resize(images, [height, width], self.interpolation, antialias=True)  # (k, 3, H, W) uint8
+        cropped = torch.stack([center_crop(image, self.preprocess.crop_size) for image in resized])
+        return (cropped.to(torch.float32) * np.float32(1.0 / 255) - self.mean) / self.std
 
     def _decode(self, jpegs: list[EncodedJpeg]) -> list[torch.Tensor | None]:
         """(3, h, w) uint8 images on the device; None for those it cannot decode."""
