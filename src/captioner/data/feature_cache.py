@@ -124,8 +124,9 @@ class FeatureCache:
         2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
         ResNet-152 1.5× faster than PyTorch eager.
         ``jpeg_on_device``: decode JPEG files and samples on ``device`` (``data.device_images``;
-        nvJPEG on CUDA), other images on the host. Default: on CUDA when torchvision can, off
-        on the CPU, where Pillow's draft decoding is as fast. Augmented views are drawn on the host.
+        nvJPEG on CUDA), other images on the host. Default: on CUDA when torchvision can; off on
+        the CPU, where it would do the loader workers' libjpeg work in the main process instead.
+        Augmented views are drawn on the host.
 
         ``precision``: the torch runtime's ``ExtractionChoice`` (``encoders.precision``); default:
         the fastest mode within 1e-2 of fp32 on the CPU, measured on this cache's first images when
