@@ -24,6 +24,12 @@ So the two paths differ only by the JPEG decoder: on the CPU torchvision's libjp
 exactly Pillow's pixels (tested); on CUDA nvJPEG's IDCT and chroma upsampling differ from
 libjpeg's by a grey level here and there (``tests/test_cuda.py`` measures the feature difference).
 
+Where the time goes (torchvision's ``decode_jpegs_cuda``): baseline JPEGs are decoded in one
+batch by the GPU's hardware JPEG engine where it has one (A100, H100, H200), on torchvision's
+own stream, which the current stream then waits for; on a GPU without one each image is
+Huffman-decoded on the host, in the calling thread — there the loader workers decode faster
+(``FeatureCache.build(jpeg_on_device=False)``).
+
 Nothing here is CUDA-only: on the CPU torchvision decodes with libjpeg-turbo, so the tests run
 this same code, fallbacks included.
 """
