@@ -121,10 +121,11 @@ def pixel_batches(paths: Sequence[str], chunks: list[tuple[int, int]], preproces
                   device: torch.device, batch_size: int, num_workers: int = 0, augment: AugmentConfig | None = None,
                   jpeg_on_device: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(pixels on device (b, 3, crop, crop), their rows (b,))`` for every row of ``chunks`` of
-    ``paths``, from one DataLoader (workers started once for all chunks). Files are read in row
-    order; shard samples (``SHARD#KEY``; a chunk is a run into one shard) one shard stream per
-    run. ``augment``: row ``i`` is ``augment_image(paths[i], seed=i)``. ``jpeg_on_device``: JPEGs
-    are decoded on ``device`` (``DeviceJpegDecoder``), other images by the workers.
+    ``paths``, from one DataLoader whose workers start now, once for all chunks, and read ahead
+    until the batches are taken. Files are read in row order; shard samples (``SHARD#KEY``; a
+    chunk is a run into one shard) one shard stream per run. ``augment``: row ``i`` is
+    ``augment_image(paths[i], seed=i)``. ``jpeg_on_device``: JPEGs are decoded on ``device``
+    (``DeviceJpegDecoder``), other images by the workers.
 
     A batch never spans two chunks, so a chunk is encoded in the same batches whichever other
     chunks are missing: a resumed cache is bit-identical to one built without a stop.
@@ -147,8 +148,8 @@ def pixel_batches(paths: Sequence[str], chunks: list[tuple[int, int]], preproces
                    for start, stop in chunks for first in range(start, stop, batch_size)]
         loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_rows,
                             pin_memory=pin)
-    for batch in loader:
-        yield batch.to_device(device, decoder)
+    started = iter(loader)  # forks the workers now, not at the first batch taken
+    return (batch.to_device(device, decoder) for batch in started)
 
 
 def mode_encoder(encoder, mode, device: torch.device) -> Callable[[torch.Tensor], object]:

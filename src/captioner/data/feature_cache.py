@@ -146,6 +146,12 @@ class FeatureCache:
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
         if jpeg_on_device is None:
             jpeg_on_device = device.type == "cuda" and device_decode_available(device)
+        chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
+                  if i % world == rank and start not in done_chunks]
+        # The loader's workers start here and read ahead while the encoder is set up (an ONNX
+        # Runtime session takes seconds to open, measuring the precision modes on a GPU more).
+        batches = pixel_batches(self.paths, chunks, self.preprocess, device, batch_size, num_workers, self.augment,
+                                jpeg_on_device) if chunks else None
         from ..encoders.onnx_runtime import runtime_encoder
         from ..encoders.precision import plan_extraction
 
@@ -171,15 +177,11 @@ class FeatureCache:
             barrier()
         if rank != 0:
             arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
-        chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
-                  if i % world == rank and start not in done_chunks]
         from tqdm import tqdm
 
         bar = tqdm(total=n, initial=n - sum(stop - start for start, stop in chunks), disable=not progress,
                    desc=f"features {self.encoder.name}", unit="img")
-        if chunks:
-            batches = pixel_batches(self.paths, chunks, self.preprocess, device, batch_size, num_workers,
-                                    self.augment, jpeg_on_device)
+        if batches is not None:
             extract(mode_encoder(encoder, mode, device), batches,
                     {name.removesuffix(".npy"): array for name, array in arrays.items()}, chunks, self._mark_done,
                     device, batch_size, on_batch=bar.update)
