@@ -118,7 +118,8 @@ def test_the_gpu_extraction_loop_never_waits_for_the_gpu(monkeypatch):
 
     from captioner.data import device_images
     from captioner.data.device_images import DeviceJpegDecoder, JpegReader
-    from captioner.data.extraction import OutputBlocks, collate_rows, device_encoder
+    from captioner.data.extraction import OutputBlocks, collate_rows, mode_encoder
+    from captioner.encoders.precision import ExtractionMode
     from captioner.data.images import build_transform
 
     cuda = torch.device("cuda")
@@ -135,7 +136,8 @@ def test_the_gpu_extraction_loop_never_waits_for_the_gpu(monkeypatch):
     monkeypatch.setattr(device_images, "_decode_jpegs",
                         lambda data, device: [decoded[bytes(tensor.numpy())] for tensor in data])
     decoder = DeviceJpegDecoder(preprocess, cuda)
-    encode = device_encoder(encoder, cuda)
+    mode = ExtractionMode("bf16", channels_last=True)  # autocast and NHWC inputs: what the chooser may pick
+    encode = mode_encoder(mode.prepare(encoder), mode, cuda)
     out = encode(batches[0].to_device(cuda, decoder)[0])  # warm-up: cuDNN, allocator
     blocks = OutputBlocks({"pooled": tuple(out.pooled.shape[1:])}, 8, cuda)
     handed = []

@@ -412,22 +412,27 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
 
 
 def bench_extraction_ceilings(model: Captioner, data: Data, args, device, cache_root: Path) -> dict:
-    """Images/s of the extraction's two halves, each alone and run as ``FeatureCache.build`` runs
-    it (default runtime, its precision, its loader): the input pipeline to pixels on the device
-    and the encoder on pixels already there; and of a build that keeps the grid too."""
-    from captioner.data.device_images import device_decode_available
-    from captioner.data.extraction import device_encoder, pixel_batches
+    """Images/s of the extraction's two halves, each alone and run as the default path's build
+    ran them (its runtime, the precision mode and JPEG decoding its meta.json records, its
+    loader): the input pipeline to pixels on the device and the encoder on pixels already there;
+    and of a build that keeps the grid too."""
+    from captioner.data.extraction import mode_encoder, pixel_batches
     from captioner.encoders.onnx_runtime import runtime_encoder
+    from captioner.encoders.precision import FP32, candidate_modes
 
     n, batch = len(data.images), args.batch_size
-    jpeg_on_device = device.type == "cuda" and device_decode_available(device)
+    built = FeatureCache(cache_root / "auto", model.encoder, model.preprocess, data.images,
+                         with_grid=model.decoder.needs_grid)
+    meta = json.loads(built.meta_path.read_text())
+    jpeg_on_device = meta["jpeg_decoding"]["jpegs_on_device"]
     batches = pixel_batches(data.images, [(0, n)], model.preprocess, device, batch, args.num_workers,
                             jpeg_on_device=jpeg_on_device)
     with Clock(device) as loader:  # worker start-up included: extraction pays it too
         for _ in batches:
             pass
-    encoder = runtime_encoder("auto", model.encoder, model.preprocess.crop_size, device, images=n) or model.encoder
-    encode = device_encoder(encoder, device)
+    mode = next((m for m in candidate_modes(model.encoder, device) if m.name == meta["precision"]["mode"]), FP32)
+    onnx = runtime_encoder("auto", model.encoder, model.preprocess.crop_size, device, images=n)
+    encode = mode_encoder(onnx or mode.prepare(model.encoder), mode, device)
     pixels = torch.randn(batch, 3, model.preprocess.crop_size, model.preprocess.crop_size, device=device)
     with torch.inference_mode():
         encode(pixels)  # warm-up
@@ -438,7 +443,8 @@ def bench_extraction_ceilings(model: Captioner, data: Data, args, device, cache_
     with Clock(device) as grid:
         cache.build(device, progress=False, num_workers=args.num_workers)
     return {"input_images_per_s": n / loader.seconds, "encoder_images_per_s": -(-n // batch) * batch / encoding.seconds,
-            "grid_extraction_images_per_s": n / grid.seconds, "jpeg_on_device": jpeg_on_device}
+            "grid_extraction_images_per_s": n / grid.seconds, "precision": meta["precision"]["mode"],
+            "jpeg_decoding": meta["jpeg_decoding"], "jpeg_on_device": jpeg_on_device}
 
 
 def seed_caption_batch(encoder, decoder, vocab, images) -> list[str]:
@@ -718,7 +724,8 @@ def summarise(results: dict) -> dict:
                   "input_images_per_s": ceilings["input_images_per_s"], "encoder_images_per_s": ceilings["encoder_images_per_s"],
                   "of_slower_ceiling": ours["build_images_per_s_auto"] / slower,
                   "grid_of_slower_ceiling": ceilings["grid_extraction_images_per_s"] / slower,
-                  "jpeg_on_device": ceilings["jpeg_on_device"]}
+                  "jpeg_on_device": ceilings["jpeg_on_device"], "jpeg_decoding": ceilings["jpeg_decoding"],
+                  "precision": ceilings["precision"]}
     rows_extraction = [
         {"label": "feature extraction, pooled (FeatureCache.build, default path)", "rate": extraction["images_per_s"],
          "unit": "images/s", "of_ceiling": extraction["of_slower_ceiling"]},
@@ -727,8 +734,8 @@ def summarise(results: dict) -> dict:
         {"label": "ceiling: input pipeline alone (read, decode, preprocess → device)"
                   + (", JPEGs decoded on the device" if extraction["jpeg_on_device"] else ""),
          "rate": extraction["input_images_per_s"], "unit": "images/s"},
-        {"label": "ceiling: encoder alone, as extraction runs it", "rate": extraction["encoder_images_per_s"],
-         "unit": "images/s"}]
+        {"label": f"ceiling: encoder alone, as extraction runs it ({extraction['precision']})",
+         "rate": extraction["encoder_images_per_s"], "unit": "images/s"}]
     for key, label in (("captioner_greedy_auto", "captioning, captioner greedy, default path"),
                        ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last")):
         if key in results:

@@ -71,6 +71,9 @@ for row in table["rows"]:
     note = (f"{row['x_seed']:.2f}× seed" if "x_seed" in row else
             f"{100 * row['of_ceiling']:.0f}% of ceiling" if "of_ceiling" in row else "")
     print(f"{row['label']:86s} {row['rate']:10.1f} {row['unit']:9s} {note}")
+decoding = extraction["jpeg_decoding"]
+print(f"JPEG decoding in extraction: {'on the device' if decoding['jpegs_on_device'] else 'by the loader workers'} "
+      f"({decoding['reason']}); precision mode {extraction['precision']}")
 for line in measured:
     print(line)
 EOF
