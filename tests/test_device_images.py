@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from captioner import create_encoder
 from captioner.data.device_images import DeviceJpegDecoder, JpegReader, JpegRows, orient
 from captioner.data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform
 from captioner.data.loaders import ImageRows
@@ -120,8 +121,9 @@ def test_a_jpeg_the_device_cannot_decode_falls_back_alone(tmp_path):
 
 def test_feature_cache_with_jpegs_decoded_by_torchvision(tmp_path):
     """The whole extraction with ``jpeg_on_device`` (grayscale fixtures decoded on the host):
-    the same features as the CPU path."""
-    from captioner import create_encoder
+    the same features as the CPU path, and meta.json says how the JPEGs were decoded."""
+    import json
+
     from captioner.data.feature_cache import FeatureCache
 
     torch.manual_seed(0)
@@ -135,3 +137,28 @@ def test_feature_cache_with_jpegs_decoded_by_torchvision(tmp_path):
     rows = np.arange(len(paths))
     for got, want in zip(by_torchvision.rows(rows), on_host.rows(rows)):
         torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-2)  # the batch order differs: float rounding
+    assert json.loads(by_torchvision.meta_path.read_text())["jpeg_decoding"]["jpegs_on_device"]
+    assert not json.loads(on_host.meta_path.read_text())["jpeg_decoding"]["jpegs_on_device"]
+
+
+def test_the_decoders_are_compared_on_the_caches_own_jpegs(monkeypatch):
+    """``decoder_difference``: 0 where the device decodes as the host does (libjpeg both ways), over
+    the bound for a device decoder ±3 grey levels off; on the CPU the plan keeps decoding in the
+    loader workers without measuring."""
+    from captioner.data import device_images
+    from captioner.data.device_images import decoder_difference, plan_jpeg_decoding
+    from captioner.encoders.precision import TOLERANCE
+
+    torch.manual_seed(0)
+    encoder = create_encoder("efficientnet_lite0", pretrained=False).eval()
+    samples = [(p.read_bytes(), str(p)) for p in sorted((TINY / "images").glob("*.jpg"))[:8]]  # RGB and gray
+    assert decoder_difference(encoder, "cpu", samples, PREPROCESS) == 0.0
+    exact = device_images._decode_jpegs
+    noise = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(device_images, "_decode_jpegs", lambda data, device: [
+        (image.int() + torch.randint(-3, 4, image.shape, generator=noise)).clamp(0, 255).to(torch.uint8)
+        for image in exact(data, device)])
+    assert decoder_difference(encoder, "cpu", samples, PREPROCESS) > TOLERANCE
+    assert decoder_difference(encoder, "cpu", samples[1:2], PREPROCESS) is None  # brick.jpg: grayscale
+    choice = plan_jpeg_decoding(encoder, "cpu", 10_000, lambda count: samples[:count], PREPROCESS)
+    assert not choice.on_device and "CPU" in choice.reason

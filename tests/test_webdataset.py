@@ -127,6 +127,8 @@ def test_feature_cache_reads_whole_shards_in_workers(tiny_shards, tmp_path):
     np.testing.assert_array_equal(np.array(caches["workers"].pooled), np.array(caches["in-process"].pooled))
     np.testing.assert_allclose(np.array(caches["jpegs decoded by torchvision"].pooled, dtype=np.float32),
                                np.array(caches["in-process"].pooled, dtype=np.float32), atol=2e-3, rtol=1e-2)
+    probe = caches["in-process"]._probe_samples(3)  # what the device/host decoder comparison reads
+    assert [name for _, name in probe] == refs[:3] and all(data[:2] == b"\xff\xd8" for data, _ in probe)
 
 
 def test_bad_samples_are_named_by_shard_and_key_and_skip_invalid_drops_them(tmp_path, capsys):

@@ -3,8 +3,9 @@
 The host only reads bytes: it sizes each image from its header with Pillow (``Image.open`` reads
 no pixels), applies ``ImageLimits`` there, and sends the device only the JPEGs it decodes as the
 CPU path would — baseline 8-bit YCbCr (Pillow's mode ``RGB``), whole (ending in the EOI marker),
-no Adobe colour transform, and small enough that Pillow decodes them at full scale. Everything
-else (grayscale, CMYK, progressive JPEGs, every other format) and every JPEG the device fails to
+no Adobe colour transform, and small enough that Pillow decodes them at full scale — unless the
+preprocessing resizes with Pillow (``pillow_resize``), which only the host does. Everything else
+(grayscale, CMYK, progressive JPEGs, every other format) and every JPEG the device fails to
 decode go to the CPU path (``load_image`` + the transform), which raises its one-line
 ``ImageReadError``.
 
@@ -22,7 +23,11 @@ torchvision's resize, ``center_crop``, ``normalize``'s arithmetic — batched ov
 
 So the two paths differ only by the JPEG decoder: on the CPU torchvision's libjpeg-turbo gives
 exactly Pillow's pixels (tested); on CUDA nvJPEG's IDCT and chroma upsampling differ from
-libjpeg's by a grey level here and there (``tests/test_cuda.py`` measures the feature difference).
+libjpeg's (torchvision's own test allows a mean of 2 grey levels), and EfficientNet-Lite0's
+features move 2–18 % under ±2 levels of noise. So the device decodes a cache's JPEGs only when
+measured harmless on them (``plan_jpeg_decoding``): the features of a probe of its JPEGs,
+decoded on the device and on the host and both encoded in fp32 on the device, must agree within
+the precision chooser's bound (``encoders.precision.TOLERANCE``).
 
 Where the time goes (torchvision's ``decode_jpegs_cuda``): baseline JPEGs are decoded in one
 batch by the GPU's hardware JPEG engine where it has one (A100, H100, H200), on torchvision's
@@ -36,8 +41,10 @@ this same code, fallbacks included.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -83,6 +90,8 @@ class JpegReader:
         except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
             return None  # the CPU path says what is wrong, in its words
         self.limits.check(name, header.size, self.preprocess)
+        if self.preprocess.pillow_resize:
+            return None
         side = self.preprocess.needed_side()
         draft_decoded = min(header.width // side, header.height // side) >= 2  # load_image's draft scale > 1
         if (header.format != "JPEG" or header.mode != "RGB" or "progressive" in header.info
@@ -114,8 +123,12 @@ class JpegRows(Dataset):
         path = self.paths[i]
         try:
             with open(path, "rb") as file:
-                data = file.read()
+                # Held whole only within max_file_bytes; load_image streams a larger file.
+                too_large = os.fstat(file.fileno()).st_size > self.reader.limits.max_file_bytes
+                data = None if too_large else file.read()
         except OSError:  # missing, a directory, …: load_image gives its error
+            data = None
+        if data is None:
             return self.transform(path), i
         return self.reader(data, path) or self.transform(data, name=path), i
 
@@ -224,6 +237,64 @@ def _by_pixels(jpegs: list[EncodedJpeg]) -> list[list[EncodedJpeg]]:
     return groups
 
 
+@dataclass(frozen=True)
+class DecodeChoice:
+    """Whether extraction decodes JPEGs on its device, and why (what a feature cache records):
+    ``relative_error`` is the worst probe image's feature difference between the two decoders."""
+
+    on_device: bool
+    reason: str
+    relative_error: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"jpegs_on_device": self.on_device, "reason": self.reason,
+                **({"relative_error": self.relative_error} if self.relative_error is not None else {})}
+
+
+def plan_jpeg_decoding(encoder, device: torch.device | str, images: int,
+                       samples: Callable[[int], list[tuple[bytes, str]]], preprocess: PreprocessConfig) -> DecodeChoice:
+    """Whether a cache of ``images`` images decodes its JPEGs on ``device``: on CUDA only, when
+    torchvision can, for at least ``encoders.precision.MEASURE_MIN_IMAGES`` images (fewer leave
+    the loader workers ahead of the encoder), and when ``decoder_difference`` on
+    ``samples(PROBE_IMAGES)`` (the cache's first images: bytes and names) is within
+    ``encoders.precision.TOLERANCE``."""
+    from ..encoders.precision import MEASURE_MIN_IMAGES, PROBE_IMAGES, TOLERANCE
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DecodeChoice(False, f"the loader workers decode on the CPU for {device}")
+    if images < MEASURE_MIN_IMAGES:
+        return DecodeChoice(False, f"{images} images to extract, fewer than the {MEASURE_MIN_IMAGES} that pay for "
+                                   "measuring")
+    if not device_decode_available(device):
+        return DecodeChoice(False, f"torchvision cannot decode JPEGs on {device}")
+    error = decoder_difference(encoder, device, samples(PROBE_IMAGES), preprocess)
+    if error is None:
+        return DecodeChoice(False, "none of the first images is a JPEG the device decodes")
+    agrees = error <= TOLERANCE
+    return DecodeChoice(agrees, f"features within {TOLERANCE} of the host decoder's" if agrees else
+                        f"features {error:.3g} from the host decoder's, over {TOLERANCE}", error)
+
+
+def decoder_difference(encoder, device: torch.device | str, samples: list[tuple[bytes, str]],
+                       preprocess: PreprocessConfig) -> float | None:
+    """The worst relative feature difference (``encoders.precision.relative_errors``) between the
+    JPEGs of ``samples`` decoded on ``device`` and on the host, both encoded by ``encoder`` in
+    fp32 on ``device`` (so only the decoders differ); None when none is a JPEG the device decodes."""
+    from ..encoders.precision import FP32, PROBE_IMAGES, relative_errors
+
+    reader = JpegReader(preprocess)
+    jpegs = [jpeg for jpeg in (reader(data, name) for data, name in samples) if jpeg is not None][:PROBE_IMAGES]
+    if not jpegs:
+        return None
+    device = torch.device(device)
+    on_device, order = DeviceJpegDecoder(preprocess, device)(jpegs)
+    transform = build_transform(preprocess)
+    on_host = torch.stack([transform(jpegs[i].data, name=jpegs[i].name) for i in order]).to(device)
+    with torch.inference_mode(), FP32.running(device.type):
+        return float(relative_errors(encoder(on_device), encoder(on_host)).max())
+
+
 def device_decode_available(device: torch.device | str) -> bool:
     """Whether torchvision decodes JPEGs on ``device`` here (its CUDA decoder needs a build with nvJPEG)."""
     probe = io.BytesIO()
@@ -235,4 +306,5 @@ def device_decode_available(device: torch.device | str) -> bool:
     return True
 
 
-__all__ = ["DeviceJpegDecoder", "EncodedJpeg", "JpegReader", "JpegRows", "device_decode_available", "orient"]
+__all__ = ["DecodeChoice", "DeviceJpegDecoder", "EncodedJpeg", "JpegReader", "JpegRows", "decoder_difference",
+           "device_decode_available", "orient", "plan_jpeg_decoding"]

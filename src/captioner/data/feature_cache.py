@@ -28,12 +28,12 @@ from ..cache import weights_digest
 from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .augment import AugmentConfig
-from .device_images import device_decode_available
-from .examples import is_sample_ref
+from .device_images import DecodeChoice, plan_jpeg_decoding
+from .examples import is_sample_ref, split_ref
 from .extraction import extract, mode_encoder, pixel_batches
-from .images import ImageReadError, PreprocessConfig
+from .images import DEFAULT_IMAGE_LIMITS, ImageReadError, PreprocessConfig
 from .loaders import AugmentedRows, ImageRows
-from .webdataset import ShardImages, shard_runs
+from .webdataset import IMAGE_EXTENSIONS, ShardImages, iter_samples, shard_runs
 
 
 def _done_chunks(folder: Path) -> list[tuple[int, int]]:
@@ -124,9 +124,11 @@ class FeatureCache:
         2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
         ResNet-152 1.5× faster than PyTorch eager.
         ``jpeg_on_device``: decode JPEG files and samples on ``device`` (``data.device_images``;
-        nvJPEG on CUDA), other images on the host. Default: on CUDA when torchvision can; off on
-        the CPU, where it would do the loader workers' libjpeg work in the main process instead.
-        Augmented views are drawn on the host.
+        nvJPEG on CUDA), other images on the host. Default: measured (``plan_jpeg_decoding``): on
+        CUDA, for at least ``MEASURE_MIN_IMAGES`` images, when the device's decoder gives this
+        cache's first JPEGs features within the precision bound of the host's; never on the CPU,
+        where it would move the loader workers' libjpeg work into the main process. Augmented
+        views are drawn on the host. meta.json records the choice.
 
         ``precision``: the torch runtime's ``ExtractionChoice`` (``encoders.precision``); default:
         the fastest mode within 1e-2 of fp32 on the CPU, measured on this cache's first images when
@@ -144,19 +146,23 @@ class FeatureCache:
         rank, world = shard
         device = torch.device(device)
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
-        if jpeg_on_device is None:
-            jpeg_on_device = device.type == "cuda" and device_decode_available(device)
+        encoder = self.encoder.to(device).eval()
+        missing = n - sum(stop - start for start, stop in _done_chunks(self.folder))
+        if jpeg_on_device is not None:
+            decoding = DecodeChoice(jpeg_on_device, "asked for (jpeg_on_device)")
+        elif self.augment is not None:
+            decoding = DecodeChoice(False, "augmented views are drawn on the host")
+        else:
+            decoding = plan_jpeg_decoding(encoder, device, missing, self._probe_samples, self.preprocess)
         chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
                   if i % world == rank and start not in done_chunks]
         # The loader's workers start here and read ahead while the encoder is set up (an ONNX
         # Runtime session takes seconds to open, measuring the precision modes on a GPU more).
         batches = pixel_batches(self.paths, chunks, self.preprocess, device, batch_size, num_workers, self.augment,
-                                jpeg_on_device) if chunks else None
+                                decoding.on_device) if chunks else None
         from ..encoders.onnx_runtime import runtime_encoder
         from ..encoders.precision import plan_extraction
 
-        encoder = self.encoder.to(device).eval()
-        missing = n - sum(stop - start for start, stop in _done_chunks(self.folder))
         onnx_encoder = runtime_encoder(runtime, encoder, self.preprocess.crop_size, device, images=missing)
         if precision is None or onnx_encoder is not None:
             precision = plan_extraction(encoder, device, missing, self._probe, batch_size,
@@ -172,7 +178,8 @@ class FeatureCache:
             arrays = {name: self._memmap(name, shape) for name, shape in shapes.items()}
             atomic_write_text(self.meta_path, json.dumps(
                 {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes,
-                 "grid_shape": list(probe.grid_shape) if probe.grid_shape else None, "precision": precision.to_dict()}))
+                 "grid_shape": list(probe.grid_shape) if probe.grid_shape else None, "precision": precision.to_dict(),
+                 "jpeg_decoding": decoding.to_dict()}))
         if barrier is not None:
             barrier()
         if rank != 0:
@@ -187,6 +194,21 @@ class FeatureCache:
                     device, batch_size, on_batch=bar.update)
         bar.close()
         return self.open() if world == 1 else self
+
+    def _probe_samples(self, count: int) -> list[tuple[bytes, str]]:
+        """The bytes and names of the cache's first ``count`` images: files within ``max_file_bytes``,
+        or the first samples of the first shard; what cannot be read is left out."""
+        paths = self.paths[:count]
+        if not is_sample_ref(paths[0]):
+            limit = DEFAULT_IMAGE_LIMITS.max_file_bytes
+            return [(Path(path).read_bytes(), path) for path in paths
+                    if Path(path).is_file() and Path(path).stat().st_size <= limit]
+        samples = []
+        for sample in islice(iter_samples(split_ref(paths[0])[0]), count):
+            data = next((sample.files[suffix] for suffix in IMAGE_EXTENSIONS if suffix in sample.files), None)
+            if data is not None:  # (a member over max_file_bytes is not in files)
+                samples.append((data, sample.name))
+        return samples
 
     def _probe(self, count: int) -> torch.Tensor:
         """The first ``count`` images of the cache, preprocessed as extraction reads them: (count, 3, H, W)."""
