@@ -60,8 +60,9 @@ def test_device_path_gives_the_cpu_paths_pixels_without_draft_decoding(tmp_path,
 
 
 def test_what_the_device_does_not_decode_goes_to_the_cpu_path(tmp_path):
-    """PNG, grayscale, CMYK, progressive, cut-off JPEGs and JPEGs Pillow draft-decodes (sides
-    twice what the resize needs) are decoded on the host, as before."""
+    """PNG, grayscale, CMYK, progressive, cut-off JPEGs, JPEGs Pillow draft-decodes (sides twice
+    what the resize needs) or resizes (``pillow_resize``), and files over ``max_file_bytes`` are
+    decoded on the host, as before."""
     image = photo()
     paths = {
         "png": save(image, tmp_path / "a.png", "PNG"),
@@ -78,6 +79,10 @@ def test_what_the_device_does_not_decode_goes_to_the_cpu_path(tmp_path):
         pixels, index = rows[i]
         assert index == i and torch.equal(pixels, cpu_rows[i][0])
     data = Path(paths["baseline"]).read_bytes()
+    pillow_resize = PreprocessConfig(crop_size=112, resize_size=128, pillow_resize=True)  # Pillow's resize: host only
+    assert JpegReader(pillow_resize)(data, paths["baseline"]) is None
+    over_max_file_bytes = JpegRows([paths["baseline"]], PREPROCESS, ImageLimits(max_file_bytes=len(data) - 1))[0][0]
+    assert torch.equal(over_max_file_bytes, cpu_rows[len(paths) - 1][0])  # not held whole: load_image streams it
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     assert reader(cut.read_bytes(), str(cut)) is None
