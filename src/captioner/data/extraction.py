@@ -112,6 +112,8 @@ class ShardRuns(IterableDataset):
                 data = sample.image_bytes()
                 jpeg = self.jpegs(data, sample.name) if self.jpegs is not None and data is not None else None
                 yield jpeg or self.transform(sample.image()), row
+            if not rows_of:
+                return  # read no further: a shard cut off after its last wanted sample still serves them
         if rows_of:
             missing = next(iter(rows_of.values()))[0]
             raise ImageReadError(f"{self.refs[missing]}: not in its shard")
