@@ -444,6 +444,9 @@ def add_import(sub) -> None:
             out, beam = import_show_attend_tell(checkpoint=args.checkpoint, word_map=args.word_map, out=args.out), 5
         print(f"imported to {out}; caption as the original did with: "
               f"captioner caption --model {out} --beam-size {beam} IMAGE")
+        return 0
+
+    p.set_defaults(run=run)
 
 
 def add_datastore(sub) -> None:

@@ -6,28 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..confidence import MIN_HELD_OUT, features_from_cache, features_from_images, fit_confidence
+import torch
+
+from ..confidence import MIN_HELD_OUT, features_from_cache, fit_confidence
 from ..decoding import DecodeOptions
+from ..evaluate import iter_val_features
 from ..model import Captioner
 from ..datastore import build_datastore, tune_rerank
 from ..retrieval import RerankConfig
 from .config import TrainConfig
 
+DATASTORE_BATCH = 64  # images encoded at once when a fine-tuned encoder's features are not cached
 
+
+@torch.inference_mode()
 def finish_model(out: Path, device, train_examples: list, val_examples: list, config: TrainConfig, cache=None,
                  log: Callable[[str], None] = print) -> None:
     """Write the datastore (unless ``config.retrieval.datastore`` is off) and the confidence
     into the model folder ``out``. The cache rows are the training images, then the val images."""
     model = Captioner.from_pretrained(out, device)
-    paths = [e.image_ref for e in train_examples + val_examples]
+    examples = train_examples + val_examples
     train_count = len(train_examples)
 
     def features(rows: range):
+        """Batches of these rows' features: from the cache, or encoded from their images (files or shard samples)."""
         if cache is not None:
             return features_from_cache(cache, rows)
-        return features_from_images(model, paths[rows.start : rows.stop])
+        return (f for _, f in iter_val_features(model, examples[rows.start : rows.stop], list(rows), None,
+                                                DATASTORE_BATCH, device))
 
-    val_rows = range(train_count, len(paths))
+    val_rows = range(train_count, len(examples))
     language = model.vocab.default_language
     references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
                   for e in val_examples]
