@@ -280,9 +280,9 @@ class Captioner(nn.Module):
         return not (config.pretrained and self.encoder.frozen) or config.weights_file is not None
 
     def state_to_save(self) -> dict[str, torch.Tensor]:
-        state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+        state = {f"decoder.{k}": v for k, v in stored_state(self.decoder).items()}
         if self._saves_encoder_weights():
-            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+            state.update({f"encoder.{k}": v for k, v in stored_state(self.encoder).items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_pretrained(
@@ -393,6 +393,7 @@ class Captioner(nn.Module):
             parts["encoder"] = self.encoder
         for prefix, module in parts.items():
             sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            sub.update({k: sub[source] for k, source in getattr(module, "tied_weights", {}).items() if source in sub})
             try:
                 module.load_state_dict(sub, strict=True)
             except RuntimeError as e:
@@ -431,6 +432,12 @@ def _checked_parts(folder: ModelFolder, config: dict) -> dict[str, dict]:
                                   f"file or a download source; a model folder may not (its weights belong in "
                                   f"{WEIGHTS_FILE})")
     return parts
+
+
+def stored_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as model.safetensors holds it: tied weights once (``Decoder.tied_weights``)."""
+    tied = getattr(module, "tied_weights", {})
+    return {name: tensor for name, tensor in module.state_dict().items() if name not in tied}
 
 
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -508,7 +515,7 @@ def _built(folder: ModelFolder, part: str, build):
 
 def _match(folder: ModelFolder, part: str, module: nn.Module, header: dict[str, tuple[int, ...]]) -> None:
     """``module``'s tensors are exactly the weights file's ``part.*`` tensors, shape for shape."""
-    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in stored_state(module).items()}
     held = {name: shape for name, shape in header.items() if name.startswith(part + ".")}
     for name in sorted(set(made) | set(held)):
         if made.get(name) != held.get(name):
