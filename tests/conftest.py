@@ -73,3 +73,13 @@ def trained_en_de(tmp_path_factory) -> Path:
     with <2en> and <2de>): what the multilingual tests share."""
     return train_tiny(TINY / "captions_en_de.csv", tmp_path_factory.mktemp("en-de"), epochs=40,
                       extra=["--set", "data.vocabulary=bpe", "--set", "data.vocab_size=400"])
+
+
+@pytest.fixture(scope="session")
+def bundled_export(tmp_path_factory):
+    """The bundled model and its export (``captioner export``), made once per session."""
+    from captioner import Captioner
+    from captioner.export import export_model
+
+    model = Captioner.from_pretrained()
+    return model, export_model(model, tmp_path_factory.mktemp("bundled") / "onnx")

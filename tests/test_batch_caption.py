@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import torch
 
 from captioner import Captioner
 from captioner.batch import caption_files, expand_image_paths
+from captioner.batch.inputs import NothingToCaptionError
+from captioner.batch.ledger import lock_output
 from captioner.cli import main
 from captioner.data.vocab import Vocabulary
 
@@ -167,3 +171,63 @@ def test_files_left_out_of_a_directory_are_reported(model_dir, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert out.startswith(str(folder / "chelsea.jpg") + "\t")
     assert "left out 1 file without an image suffix" in err and "readme.txt" in err
+
+
+# --- one writer per output; nothing to caption ----------------------------------------------
+def test_a_run_on_an_output_another_run_holds_is_refused_in_one_line(model_dir, full_run, tmp_path, capsys):
+    output = tmp_path / "preds.jsonl"
+    holder = lock_output(output)  # what a running `captioner caption --output` holds
+    try:
+        assert caption(model_dir, output) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the folder's non-images
+        assert err == f"captioner caption: error: {output} is being written by another captioner run; wait for it " \
+                      "to finish, or choose another --output"
+        assert output.read_text() == ""
+    finally:
+        holder.close()
+    assert caption(model_dir, output) == 0 and records(output) == full_run
+
+
+def test_two_runs_started_together_write_every_record_once(model_dir, full_run, tmp_path):
+    """Before the lock both ran and every record they shared was written twice."""
+    output, some = tmp_path / "preds.jsonl", full_run[:6]
+    command = [sys.executable, "-m", "captioner", "caption", *(r["image"] for r in some), "--model", str(model_dir),
+               "--output", str(output), "--beam-size", "2", "--batch-size", "8", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 2])  # the second refused, or came after the first
+    for code, err in results:
+        if code == 2:
+            assert err.strip().endswith("is being written by another captioner run; wait for it to finish, or "
+                                        "choose another --output")
+    assert records(output) == some
+
+
+def test_a_run_killed_while_writing_resumes(model_dir, full_run, tmp_path):
+    output = tmp_path / "preds.jsonl"
+    command = [sys.executable, "-m", "captioner", "caption", str(IMAGES), "--model", str(model_dir), "--output",
+               str(output), "--beam-size", "2", "--batch-size", "1", "--device", "cpu"]
+    run = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        while run.poll() is None and not (output.is_file() and output.read_text().count("\n") >= 3):
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGKILL)  # holding the output's lock, maybe mid-line
+        run.wait()
+    assert caption(model_dir, output) == 0  # the kernel dropped the lock with the process
+    assert records(output) == full_run
+
+
+def test_nothing_to_caption_says_so_and_fails(model_dir, tmp_path, capsys):
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an image")
+    assert main(["caption", str(empty), "--model", str(model_dir)]) == 1
+    assert capsys.readouterr().err.strip() == f"captioner caption: nothing to caption: no image files in {empty}"
+    assert main(["caption", str(notes), "--model", str(model_dir)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to caption" in err[0] and "left out 1 file" in err[0] and "readme.txt" in err[0]
+    with pytest.raises(NothingToCaptionError):
+        caption_files([str(empty)], model=model_dir)

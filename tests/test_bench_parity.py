@@ -120,3 +120,6 @@ def test_json_out_has_the_speedups_of_the_default_and_forced_paths(bench, tmp_pa
     assert 0.5 < efficiency["gflop_per_image"] < 1.0  # EfficientNet-Lite0 at 224: ~0.4 GMAC
     assert efficiency["matmul_peak"]["fp32"]["cpu_gflop_per_s"] > 0 and efficiency["auto_batch1"]["cpu_gflop_per_s"] > 0
     assert {row["label"] for row in table["rows"]} >= {"bundled model, one image load → caption, beam 5, default path"}
+    extraction = table["extraction"]  # against the slower of its two ceilings, each measured alone
+    slower = min(extraction["input_images_per_s"], extraction["encoder_images_per_s"])
+    assert extraction["of_slower_ceiling"] == pytest.approx(extraction["images_per_s"] / slower)

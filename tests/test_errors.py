@@ -1,7 +1,6 @@
 """Errors a user can cause: one line on stderr, exit 2, no traceback; bugs keep theirs."""
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path
@@ -111,7 +110,7 @@ def test_run_folder_of_an_older_layout(tmp_path, capsys, tiny_one_caption):
 
 
 def test_zero_max_length_and_beam_size(tmp_path, capsys, tiny_one_caption):
-    _fails_in_one_line(["caption", str(IMAGE), "--max-length", "0"], capsys, "max_length must be at least 1")
+    _fails_in_one_line(["caption", str(IMAGE), "--max-length", "0"], capsys, "max_length must be a whole number of words")
     _fails_in_one_line(["caption", str(IMAGE), "--beam-size", "0"], capsys, "beam_size must be at least 1")
     _fails_in_one_line(_train(tiny_one_caption, tmp_path / "run", "--max-length", "0"), capsys, "max_length")
     model = Captioner.from_pretrained()
@@ -156,6 +155,5 @@ def test_the_installed_command_prints_one_line(model_dir):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"captioner caption: error: {model_dir}: unreadable config.json or vocab.json "
-        "(config.json holds a JSON list, not an object)"
+        f"captioner caption: error: {model_dir / 'config.json'}: holds a JSON list, not an object"
     ]

@@ -72,14 +72,6 @@ def tiny_exports(tmp_path_factory):
     return exports
 
 
-@pytest.fixture(scope="session")
-def bundled_export(tmp_path_factory):
-    """The bundled model and its export, made once per session."""
-    model = Captioner.from_pretrained()
-    out = export_model(model, tmp_path_factory.mktemp("bundled") / "onnx")
-    return model, out
-
-
 @pytest.mark.parametrize("name", list_decoders())
 def test_every_decoder_captions_as_torch(name, tiny_exports):
     model, runtime = tiny_exports[name]

@@ -300,3 +300,31 @@ def test_caption_command_refuses_an_unknown_language_in_one_line(trained_en_de, 
     err = capsys.readouterr().err.strip()
     assert err == "captioner caption: error: language 'ja' is not one this model was trained on; it knows en, de"
     assert main(["caption", image, "--model", str(trained_en_de), "--language", "de"]) == 0
+
+
+def test_each_epoch_trains_the_default_language_and_a_draw_of_the_others():
+    """data.other_languages_per_epoch: every English caption every epoch, plus one caption per image
+    in another language, drawn anew each epoch (the count stays the same, so epochs have one length)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from captioner.data.examples import Example
+    from captioner.data.loaders import BucketBatchSampler, CaptionPairs
+    from captioner.data.vocab import Vocabulary
+
+    langs = ["en", "de", "fr", "es"]
+    examples = [Example(str(i), Path(f"{i}.png"), [f"thing {i} {lang}" for lang in langs], languages=langs)
+                for i in range(6)]
+    vocab = Vocabulary(["thing", *map(str, range(6)), *langs], languages={lang: "unicode" for lang in langs})
+    pairs = CaptionPairs(examples, list(range(6)), vocab, max_length=5)
+    draws = [pairs.epoch_pairs(epoch, seed=0, other_languages=1) for epoch in range(6)]
+    for chosen in draws:
+        assert len(chosen) == 12 and pairs.in_default_language[chosen].sum() == 6
+        assert sorted(pairs.image_rows[chosen[~pairs.in_default_language[chosen]]]) == list(range(6))  # one per image
+    assert len({tuple(c) for c in draws}) > 1  # a new draw each epoch
+    assert np.array_equal(draws[2], pairs.epoch_pairs(2, seed=0, other_languages=1))  # reproducible (resume)
+    sampler = BucketBatchSampler(pairs.lengths, 4, seed=0, epoch_pairs=lambda e: pairs.epoch_pairs(e, 0, 1))
+    sampler.set_epoch(3)
+    assert sorted(int(i) for batch in sampler for i in batch) == sorted(draws[3].tolist())
+    assert len(sampler) == len(list(sampler))

@@ -54,7 +54,7 @@ def test_truncated_weights_give_a_clear_error(random_model, tmp_path):
     "tamper, message",
     [
         (lambda p: (p / "vocab.json").unlink(), "vocab.json is missing"),
-        (lambda p: (p / "config.json").write_text("{"), "unreadable config.json"),
+        (lambda p: (p / "config.json").write_text("{"), "config.json: unreadable JSON"),
         (lambda p: (p / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "<start>", "<end>", "<unk>"]})),
          "vocab.json has 4 words"),
         (lambda p: _edit_config(p, lambda c: c["decoder"]["options"].update(hidden_dim=64)), "does not match"),
@@ -130,3 +130,27 @@ def test_half_precision_weights_load_into_a_float_model(random_model, tmp_path):
     loaded = Captioner.from_pretrained(path)
     assert next(loaded.decoder.parameters()).dtype == torch.float32
     assert loaded.caption(IMAGES[0], beam_size=2).text == random_model.caption(IMAGES[0], beam_size=2).text
+
+
+def test_tied_embeddings_are_saved_once_and_tied_again(tmp_path):
+    """tie_embeddings: the output layer is the embedding (one tensor), stored once in model.safetensors,
+    tied again on load; a decoder whose widths differ refuses it in one line."""
+    from safetensors import safe_open
+
+    from captioner.data.vocab import Vocabulary
+    from captioner.errors import InvalidInputError
+
+    vocab = Vocabulary([f"w{i}" for i in range(50)])
+    options = {"embed_dim": 32, "hidden_dim": 32, "attention_dim": 16, "tie_embeddings": True}
+    model = Captioner.build("efficientnet_lite0", "show-attend-tell", vocab, encoder_options={"pretrained": False},
+                            decoder_options=options)
+    assert model.decoder.head.weight is model.decoder.embed.weight
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert "decoder.embed.weight" in f.keys() and "decoder.head.weight" not in f.keys()
+    again = Captioner.from_pretrained(tmp_path)
+    assert again.decoder.head.weight is again.decoder.embed.weight
+    assert torch.equal(again.decoder.head.weight, model.decoder.embed.weight)
+    with pytest.raises(InvalidInputError, match="set embed_dim equal to hidden_dim"):
+        Captioner.build("efficientnet_lite0", "show-attend-tell", vocab, encoder_options={"pretrained": False},
+                        decoder_options={**options, "embed_dim": 16})

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +18,10 @@ import pytest
 
 from captioner import Captioner
 from captioner.cli import main
-from captioner.data.sources import DatasetError, read_dataset
+from captioner.data.sources import DatasetError, drop_invalid, read_dataset, validate_examples
 from captioner.data.vocab import Vocabulary
-from captioner.data.webdataset import (ShardPairStream, expand_braces, iter_samples, sample_ref, split_ref,
-                                       write_shards)
+from captioner.data.webdataset import (ShardError, ShardPairStream, expand_braces, iter_samples, sample_ref,
+                                       split_ref, write_shards)
 from captioner.metrics import exact_match
 
 from conftest import TINY, train_tiny
@@ -105,6 +107,28 @@ def test_feature_cache_resumes_by_shard(tiny_shards, tmp_path, monkeypatch):
     again = FeatureCache(tmp_path, encoder, preprocess, refs, with_grid=False).build(progress=False, runtime="torch")  # counts torch forwards
     assert sum(encoded) == 8 + 1  # that shard's 8 images (and the 1-image shape probe), nothing else
     np.testing.assert_array_equal(np.array(again.pooled), expected)
+
+
+def test_feature_cache_reads_whole_shards_in_workers(tiny_shards, tmp_path):
+    """Two loader workers stream two shards each (one pool for the build) and the cache equals
+    the one read in-process; with JPEGs decoded by torchvision (the device path, here on the
+    CPU) the features agree too (the fixtures are never draft-decoded at this size)."""
+    from captioner.data.feature_cache import FeatureCache
+    from captioner.encoders import create_encoder
+
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    preprocess = replace(encoder.default_preprocess, crop_size=64, resize_size=128)
+    refs = [e.image_ref for e in read_dataset(tiny_shards)]
+    caches = {}
+    for name, options in {"in-process": {}, "workers": {"num_workers": 2},
+                          "jpegs decoded by torchvision": {"num_workers": 2, "jpeg_on_device": True}}.items():
+        caches[name] = FeatureCache(tmp_path / name, encoder, preprocess, refs, with_grid=False).build(
+            progress=False, runtime="torch", **options)
+    np.testing.assert_array_equal(np.array(caches["workers"].pooled), np.array(caches["in-process"].pooled))
+    np.testing.assert_allclose(np.array(caches["jpegs decoded by torchvision"].pooled, dtype=np.float32),
+                               np.array(caches["in-process"].pooled, dtype=np.float32), atol=2e-3, rtol=1e-2)
+    probe = caches["in-process"]._probe_samples(3)  # what the device/host decoder comparison reads
+    assert [name for _, name in probe] == refs[:3] and all(data[:2] == b"\xff\xd8" for data, _ in probe)
 
 
 def test_bad_samples_are_named_by_shard_and_key_and_skip_invalid_drops_them(tmp_path, capsys):
@@ -234,3 +258,100 @@ def test_torchrun_ranks_caption_whole_shards_into_one_output(model_dir, tiny_sha
     assert [(r["key"], r["shard"], r["caption"]) for r in merged] == [(r["key"], r["shard"], r["caption"]) for r in alone]
     np.testing.assert_allclose([r["score"] for r in merged], [r["score"] for r in alone], rtol=1e-4)
     assert not list(tmp_path.glob("preds.rank*.jsonl"))
+
+
+# --- damaged and hostile shards ------------------------------------------------------------
+def _cut_shards(folder: Path) -> tuple[str, list[str], list]:
+    """Four shards of the tiny set, the second cut off in the middle of its fourth sample's image."""
+    samples = _tiny_samples()
+    pattern = _write(folder, samples)
+    shards = expand_braces(pattern)
+    data = Path(shards[1]).read_bytes()
+    with tarfile.open(shards[1]) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".jpg")][3]
+    Path(shards[1]).write_bytes(data[: member.offset_data + member.size // 2])
+    return pattern, shards, samples
+
+
+def test_a_cut_off_shard_is_reported_after_its_whole_samples(tmp_path):
+    _, shards, samples = _cut_shards(tmp_path)
+    read = []
+    with pytest.raises(ShardError, match=r"cut off or damaged in .*\.jpg after 3 whole samples"):
+        for sample in iter_samples(shards[1]):
+            read.append(sample.key)
+    assert read == [key for key, _ in samples[8:11]]
+    # Reading captions only seeks over the images, and still finds the cut.
+    with pytest.raises(ShardError, match="cut off"):
+        list(iter_samples(shards[1], ["txt"]))
+    # Cut where a member ends, the archive lacks its end blocks: tarfile alone would stop silently.
+    whole = Path(shards[2]).read_bytes()
+    with tarfile.open(shards[2]) as tar:
+        last = tar.getmembers()[-1]
+    Path(shards[2]).write_bytes(whole[: last.offset_data + -(-last.size // 512) * 512])
+    with pytest.raises(ShardError, match="at its end"):
+        list(iter_samples(shards[2]))
+
+
+def test_captioning_reports_a_damaged_shard_and_goes_on(model_dir, tmp_path, capsys):
+    pattern, shards, samples = _cut_shards(tmp_path / "shards")
+    Path(shards[3]).write_bytes(b"not a tar at all\n" * 100)
+    output = tmp_path / "preds.jsonl"
+    assert _caption(model_dir, pattern, output) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("captioner caption: error:")]
+    assert errors == [f"captioner caption: error: {shards[1]}: cut off or damaged in {samples[11][0]}.jpg after 3 "
+                      "whole samples; the rest of the shard cannot be read (rewrite it)",
+                      f"captioner caption: error: {shards[3]}: not a readable tar shard (invalid header); rewrite "
+                      "or remove it"]
+    keys = [r["key"] for r in _lines(output)]
+    assert keys == [key for key, _ in samples[:11] + samples[16:24]]  # the shards after the damage too
+    # A rerun resumes: the samples it has are kept, the damage is reported again.
+    assert _caption(model_dir, pattern, output) == 1
+    assert "19 samples already in" in capsys.readouterr().err and [r["key"] for r in _lines(output)] == keys
+
+
+def test_training_reports_a_cut_off_shard_and_skip_invalid_keeps_its_whole_samples(tmp_path, capsys):
+    pattern, shards, samples = _cut_shards(tmp_path / "shards")
+    examples = read_dataset(pattern)
+    problems = validate_examples(examples)
+    assert problems.unreadable == [f"{shards[1]}: cut off or damaged in {samples[11][0]}.jpg after 3 whole samples; "
+                                   "the rest of the shard cannot be read (rewrite it)"]
+    assert len(drop_invalid(examples, problems)) == 31 - 5  # the cut sample and the four after it
+    args = ["train", "--data", pattern, "--out", str(tmp_path / "run"), "--encoder", "efficientnet_lite0",
+            "--epochs", "1", "--batch-size", "8", "--min-word-count", "1", "--no-progress", "--set", "log_every=0",
+            "--set", "val_max_images=0"]
+    assert main(args) == 2
+    assert f"{shards[1]}: cut off" in capsys.readouterr().err
+    assert main([*args, "--skip-invalid"]) == 0
+
+
+def _sparse_member_shard(folder: Path, size: int) -> Path:
+    """A shard whose second sample's .jpg is a sparse file of ``size`` bytes (a valid JPEG, then
+    zeros), written with GNU tar's --sparse: the shard stays a few KB."""
+    first, second = folder / "a", folder / "b"
+    for part in (first, second):
+        part.mkdir()
+    (first / "ok.jpg").write_bytes((TINY / "images" / "astronaut.jpg").read_bytes())
+    (first / "ok.txt").write_text("an astronaut")
+    with open(second / "big.jpg", "wb") as f:
+        f.write((TINY / "images" / "astronaut.jpg").read_bytes())
+        f.truncate(size)
+    (second / "big.txt").write_text("a big one")
+    shard = folder / "00000.tar"
+    subprocess.run(["tar", "--sparse", "-cf", str(shard), "-C", str(first), "ok.jpg", "ok.txt",
+                    "-C", str(second), "big.jpg", "big.txt"], check=True)
+    return shard
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="writes a sparse member with GNU tar")
+def test_a_sparse_2_gb_member_is_refused_from_its_declared_size(model_dir, tmp_path, capsys):
+    shard = _sparse_member_shard(tmp_path, 2 * 2**30)
+    assert shard.stat().st_size < 2**20
+    samples = list(iter_samples(str(shard)))
+    assert [s.key for s in samples] == ["ok", "big"] and list(samples[1].refused) == ["jpg"]
+    assert "jpg" not in samples[1].files  # never read
+    output = tmp_path / "preds.jsonl"
+    assert _caption(model_dir, str(shard), output) == 1
+    assert (f"error: {shard}#big: its .jpg member is 2,147,483,648 bytes, over the limit of 134,217,728 "
+            "(max_file_bytes); not read") in capsys.readouterr().err
+    assert [r["key"] for r in _lines(output)] == ["ok"]

@@ -1,5 +1,6 @@
 """How well the confidence tells held-out emoji from photographs: AUROC of the shipped confidence
-and of the candidate signals it was chosen from, and the share of each set flagged as low.
+and of each signal it reads, and the share of each set flagged ``low_confidence``. (How well it
+tells right captions from wrong ones on unseen artists: ``benchmarks.experiments.emoji_ablation``.)
 
 In-domain: the model's held-out test split (emoji never seen in training) of its own sources;
 out-of-domain: the photographs that ship with scikit-image, matplotlib and (when installed)
@@ -17,7 +18,6 @@ AUROC = P(an in-domain image scores higher than a photo), ties counted half.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner import Captioner
-from captioner.confidence import mean_word_probability
-from captioner.data.images import build_transform, load_image
+from captioner import Captioner, DecodeOptions
+from captioner.captions import caption_features, caption_signals
 from captioner.data.sources import split_image_paths
 
 # scikit-image's photographs (its synthetic images — logo, colour wheel, chessboard, phantom — left out).
@@ -65,33 +64,20 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 @torch.inference_mode()
 def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Each candidate signal (higher = more in-domain) and the shipped confidence, per image."""
-    transform = build_transform(model.preprocess)
-    config = model.decoding_config()
-    columns: dict[str, list[float]] = {k: [] for k in (
-        "mean token probability", "mean word probability", "min token probability",
-        "length-normalised log-prob", "first-step entropy (negated)", "familiarity (diagonal Mahalanobis)",
-        "confidence (shipped)")}
+    """Each signal the confidence reads (higher = more in-domain), the shipped confidence and its
+    flag, per image, captioned as ``captioner caption`` does."""
+    options = DecodeOptions(beam_size=beam_size)
+    columns: dict[str, list[float]] = {}
     for start in range(0, len(paths), batch_size):
-        pixels = torch.stack([transform(load_image(p)) for p in paths[start : start + batch_size]]).to(model.device)
-        features = model.encode(pixels)
-        first, _ = model.decoder.step(
-            torch.full((len(pixels),), config.start_id, device=model.device), model.decoder.init_state(features)
-        )  # (batch, vocab)
-        first = first.float()
-        first[:, list(config.banned_ids)] = -math.inf
-        first = first.log_softmax(-1)
-        entropy = -(first.exp() * first.nan_to_num(neginf=0.0)).sum(-1)  # (batch,)
-        best = [h[0] for h in model.generate(features, beam_size=beam_size)]
-        words = [mean_word_probability(h.token_log_probs, len(h.tokens)) for h in best]
-        columns["mean token probability"] += [float(np.mean(np.exp(h.token_log_probs))) for h in best]
-        columns["mean word probability"] += words
-        columns["min token probability"] += [float(np.exp(min(h.token_log_probs))) for h in best]
-        columns["length-normalised log-prob"] += [h.log_prob / len(h.token_log_probs) for h in best]
-        columns["first-step entropy (negated)"] += (-entropy).tolist()
-        columns["familiarity (diagonal Mahalanobis)"] += model.confidence.familiarity(features.pooled).tolist()
-        columns["confidence (shipped)"] += model.confidence.confidence(features.pooled, words).tolist()
-    return {k: np.asarray(v) for k, v in columns.items()}
+        features = model.encode_images(paths[start : start + batch_size])
+        _, values = caption_signals(model, features, options)
+        values["familiarity (diagonal Mahalanobis)"] = model.confidence.familiarity(features.pooled).tolist()
+        captions = caption_features(model, features, options)
+        values["confidence (shipped)"] = [c.confidence for c in captions]
+        values["flagged"] = [float(c.low_confidence) for c in captions]
+        for name, column in values.items():
+            columns.setdefault(name, []).extend(column)
+    return {k: np.asarray(v, dtype=float) for k, v in columns.items()}
 
 
 def main() -> None:
@@ -126,16 +112,15 @@ def main() -> None:
     print(f"{len(sets['photos'])} photos vs " + ", ".join(f"{len(sets[n])} {n}" for n in in_domain)
           + f" ({seconds:.0f} s)")
     print(f"{'signal':38s}" + "".join(f"{'AUROC ' + n:>30s}" for n in in_domain))
-    for signal in photos:
+    for signal in (s for s in photos if s != "flagged"):
         values = {n: auroc(scores[n][signal], photos[signal]) for n in in_domain}
         report["auroc"][signal] = values
         print(f"{signal:38s}" + "".join(f"{values[n]:>30.4f}" for n in in_domain))
     for name in sets:
-        flagged = scores[name]["confidence (shipped)"] < threshold
+        flagged = scores[name]["flagged"] > 0
         report["flagged"][name] = float(flagged.mean())
-        print(f"flagged low (confidence < {threshold}): {name}: {flagged.sum()} of {len(flagged)} "
-              f"({flagged.mean():.1%})")
-    missed = [Path(p).name for p, c in zip(sets["photos"], photos["confidence (shipped)"]) if c >= threshold]
+        print(f"flagged low_confidence: {name}: {flagged.sum()} of {len(flagged)} ({flagged.mean():.1%})")
+    missed = [Path(p).name for p, f in zip(sets["photos"], photos["flagged"]) if not f]
     if missed:
         print("photos not flagged: " + ", ".join(missed))
     if args.json:

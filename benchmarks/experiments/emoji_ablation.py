@@ -1,13 +1,20 @@
 """Score trained emoji models on held-out artists and held-out emoji, one table row per run.
 
-The runs of an ablation share one dataset split (``captioner data emoji --holdout-artist ...``)
-and one training budget; this script captions the ``test-artist`` split (every image of the
-held-out artists) and the ``test`` split (emoji never seen in training, in the training
-artists' styles) with each run's best model, from a feature cache of those images (one
-extraction per encoder + preprocessing, shared by every run that uses them), and scores them
-like ``captioner evaluate --by artist``: exact match after PTB tokenization, coco-caption
-BLEU-4 and CIDEr-D, with the held-out artists' images also split into emoji seen in training
-(drawn by other artists) and unseen.
+The runs of an ablation share one dataset split (``captioner data emoji --holdout-artist ...``
+or ``scripts/resplit_emoji.py``) and one training budget; this script captions the
+``test-artist`` split (every image of the held-out artists) and the ``test`` split with each
+run's best model, from a feature cache of those images (one extraction per encoder +
+preprocessing, shared by every run that uses them), through the same pipeline as ``captioner
+caption`` (beam search, then the model's datastore reranking when it has one), and scores the
+English captions like ``captioner evaluate --by artist``: exact match, coco-caption BLEU-4 and
+CIDEr-D, with the held-out artists' images also split into emoji seen in training (drawn by
+other artists) and unseen. A model with a datastore is scored twice: the decoder alone
+(``--no-retrieval``'s captions) and with retrieval. Where the model has a confidence, its
+AUROC for exact vs wrong captions is reported too.
+
+``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
+(every other emoji, by a hash of its name) to the datastore — no retraining — does to their
+other drawings.
 
     OMP_NUM_THREADS=2 python -m benchmarks.experiments.emoji_ablation \\
         --data data/emoji/dataset-fluent.json --beam-size 3 --output ablation.json \\
@@ -16,6 +23,8 @@ BLEU-4 and CIDEr-D, with the held-out artists' images also split into emoji seen
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,27 +33,82 @@ import numpy as np
 import torch
 
 from benchmarks.common import score
-from captioner import Captioner
+from captioner import Captioner, DecodeOptions
 from captioner.cache import cache_root
+from captioner.captions import caption_features
 from captioner.data.emoji import ARTIST_SPLIT
 from captioner.data.feature_cache import FeatureCache
 from captioner.data.sources import read_dataset
+from captioner.data.tokenizer import ptb_tokenize
+from captioner.datastore import example_captions
+from captioner.decoding import host_array
 from captioner.evaluate import iter_val_features
 
 SPLITS = (ARTIST_SPLIT, "test")
+LANGUAGE = "en"
+
+
+def english(example) -> list[str]:
+    return [c for c, lang in zip(example.captions, example.caption_languages(LANGUAGE)) if lang == LANGUAGE]
 
 
 @torch.no_grad()
-def caption_split(model: Captioner, examples, cache_root_dir: Path, beam_size: int, batch_size: int) -> list[str]:
-    """The model's caption of every example, from the feature cache of their images."""
+def features_of(model: Captioner, examples, cache_root_dir: Path, batch_size: int) -> list:
+    """Batches of the examples' features, from a feature cache of their images."""
     cache = FeatureCache(cache_root_dir, model.encoder, model.preprocess, [e.image_ref for e in examples],
                          with_grid=model.decoder.needs_grid)
     cache.build(progress=False)
+    return [f for _, f in iter_val_features(model, examples, list(range(len(examples))), cache, batch_size, "cpu")]
+
+
+def caption_all(model: Captioner, features: list, options: DecodeOptions) -> tuple[list[str], list]:
+    """Each image's caption and confidence (``None`` without one), as ``captioner caption`` makes them."""
     model.eval()
-    captions = []
-    for _, features in iter_val_features(model, examples, list(range(len(examples))), cache, batch_size, "cpu"):
-        captions += [model.vocab.decode(h[0].tokens) for h in model.generate(features, beam_size=beam_size)]
-    return captions
+    captions = [c for f in features for c in caption_features(model, f, options)]
+    return [c.text for c in captions], [c.confidence for c in captions]
+
+
+def auroc(confidence: list, right: list[bool]) -> float | None:
+    """P(a right caption's confidence > a wrong one's) + P(tie) / 2."""
+    if any(c is None for c in confidence) or all(right) or not any(right):
+        return None
+    values, right = np.asarray(confidence, float), np.asarray(right)
+    positive, negative = values[right][:, None], values[~right][None, :]
+    return float((positive > negative).mean() + 0.5 * (positive == negative).mean())
+
+
+def scored(split, chosen, predicted, confidence, train_captions) -> dict:
+    rows = np.arange(len(chosen))
+    references = [english(e)[0] for e in chosen]
+    result = score(split, rows, predicted, references, [str(e.metadata.get("artist", "?")) for e in chosen])
+    right = [ptb_tokenize(p) == ptb_tokenize(r) for p, r in zip(predicted, references)]
+    result["all"]["confidence_auroc"] = auroc(confidence, right)
+    if split == ARTIST_SPLIT:
+        seen = ["seen emoji" if r in train_captions else "unseen emoji" for r in references]
+        result |= {g: s for g, s in score(split, rows, predicted, references, seen).items()
+                   if g not in ("all", "protocol")}
+    return result
+
+
+def add_to_datastore(model: Captioner, chosen, features: list, share: float, options: DecodeOptions) -> dict:
+    """Half the held-out artists' emoji (by a hash of the name) added to a copy of the datastore;
+    the other half scored before and after."""
+    emoji = [english(e)[0] for e in chosen]
+    added = np.array([int(hashlib.sha256(name.encode()).hexdigest(), 16) % 1000 < share * 1000 for name in emoji])
+    pooled = np.concatenate([host_array(f.pooled) for f in features])
+    split = {}
+    for name, store in (("before", model.datastore), ("after", copy.deepcopy(model.datastore))):
+        if name == "after":
+            store.add(pooled[added], [example_captions(e, LANGUAGE) for e, a in zip(chosen, added) if a])
+        model.datastore, saved = store, model.datastore
+        try:
+            predicted, _ = caption_all(model, features, options)
+        finally:
+            model.datastore = saved
+        rest = [i for i in range(len(chosen)) if not added[i]]
+        split[name] = score(ARTIST_SPLIT, np.arange(len(rest)), [predicted[i] for i in rest],
+                            [emoji[i] for i in rest], ["all"] * len(rest))["all"]
+    return {"added_images": int(added.sum()), "scored_images": int((~added).sum()), **split}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,43 +118,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default: captioner's cache)")
+    parser.add_argument("--add-to-datastore", type=float, default=0.0, metavar="SHARE",
+                        help="also add this share of the held-out artists' emoji to the datastore and score the rest")
     parser.add_argument("--output", default=None, help="write every score as JSON here")
     args = parser.parse_args(argv)
 
     examples = read_dataset(args.data)
-    train_captions = {c for e in examples if e.split == "train" for c in e.captions}
+    train_captions = {c for e in examples if e.split == "train" for c in english(e)}
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root("features")
     results = []
     for run in args.runs:
         started = time.monotonic()
         model = Captioner.from_pretrained(run)
-        result = {"run": run}
+        arms = {"decoder": DecodeOptions(beam_size=args.beam_size, language=LANGUAGE, retrieval=False)}
+        if model.datastore is not None:
+            arms["+retrieval"] = DecodeOptions(beam_size=args.beam_size, language=LANGUAGE)
         for split in SPLITS:
             chosen = [e for e in examples if e.split == split]
             if not chosen:
                 continue
-            predicted = caption_split(model, chosen, cache_dir, args.beam_size, args.batch_size)
-            rows = np.arange(len(chosen))
-            references = [e.captions[0] for e in chosen]
-            result[split] = score(split, rows, predicted, references,
-                                  [str(e.metadata.get("artist", "?")) for e in chosen])
-            if split == ARTIST_SPLIT:
-                seen = ["seen emoji" if e.captions[0] in train_captions else "unseen emoji" for e in chosen]
-                by_seen = score(split, rows, predicted, references, seen)
-                result[split] |= {g: s for g, s in by_seen.items() if g not in ("all", "protocol")}
-        result["seconds"] = round(time.monotonic() - started, 1)
-        results.append(result)
-        print(json.dumps({"run": run, **{s: result[s]["all"] for s in SPLITS if s in result}}), flush=True)
+            features = features_of(model, chosen, cache_dir, args.batch_size)
+            for arm, options in arms.items():
+                predicted, confidence = caption_all(model, features, options)
+                result = next((r for r in results if r["run"] == run and r["arm"] == arm), None)
+                if result is None:
+                    result = {"run": run, "arm": arm}
+                    results.append(result)
+                result[split] = scored(split, chosen, predicted, confidence, train_captions)
+                if split == ARTIST_SPLIT and arm == "+retrieval" and args.add_to_datastore:
+                    result["add_to_datastore"] = add_to_datastore(model, chosen, features, args.add_to_datastore,
+                                                                  options)
+                print(json.dumps({"run": run, "arm": arm, split: result[split]["all"]}), flush=True)
+        for result in results:
+            if result["run"] == run:
+                result["seconds"] = round(time.monotonic() - started, 1)
 
-    print(f"| run | {ARTIST_SPLIT} exact | BLEU-4 | CIDEr-D | seen / unseen emoji exact | test exact | CIDEr-D |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| run | {ARTIST_SPLIT} exact | BLEU-4 | CIDEr-D | seen / unseen emoji exact | confidence AUROC "
+          "| test exact | CIDEr-D |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         a, t = r.get(ARTIST_SPLIT, {}), r.get("test", {})
         seen, unseen = a.get("seen emoji", {}), a.get("unseen emoji", {})
-        print(f"| {Path(r['run']).name} | {100 * a['all']['exact_match']:.1f}% | {a['all']['Bleu_4']:.3f} | "
+        auc = a.get("all", {}).get("confidence_auroc")
+        print(f"| {Path(r['run']).name} ({r['arm']}) | {100 * a['all']['exact_match']:.1f}% | {a['all']['Bleu_4']:.3f} | "
               f"{a['all']['CIDEr']:.3f} | {100 * seen.get('exact_match', 0):.1f}% / "
-              f"{100 * unseen.get('exact_match', 0):.1f}% | {100 * t['all']['exact_match']:.1f}% | "
-              f"{t['all']['CIDEr']:.3f} |")
+              f"{100 * unseen.get('exact_match', 0):.1f}% | {'–' if auc is None else f'{auc:.3f}'} | "
+              f"{100 * t['all']['exact_match']:.1f}% | {t['all']['CIDEr']:.3f} |")
+        if "add_to_datastore" in r:
+            d = r["add_to_datastore"]
+            print(f"|  adding {d['added_images']} of their drawings to the datastore: the other {d['scored_images']} "
+                  f"| {100 * d['before']['exact_match']:.1f}% → {100 * d['after']['exact_match']:.1f}% | | "
+                  f"{d['before']['CIDEr']:.3f} → {d['after']['CIDEr']:.3f} | | | | |")
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return 0

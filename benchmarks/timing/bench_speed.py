@@ -15,13 +15,24 @@ times one-image latency of the bundled model. ``--json-out FILE`` writes the tab
 ``train_later``, ``caption_beam5``, ``latency_beam5``, and ``*_torch`` / ``*_onnx`` for the
 forced paths) and the raw timings.
 
-Both get the same random images (256², as the seed's ``resize.py`` leaves them; the encoders
-see 224² crops), the same random captions (8–20 words, ~10k-word vocabulary), the same batch
-size and the same weights (copied from the seed's modules; ``tests/test_bench_parity.py``
-checks both compute the same loss). Weights are random: no hub downloads here.
+The images are COCO-like JPEG photos: 640×480 (70 %) or 480×640 random crops of the photos in
+``benchmarks/timing/photos/``, mirrored at random, quality 75–95. Captioner (extraction, captioning)
+reads them as they are; the seed trains on the 256×256 copies its ``resize.py`` makes first
+(made here untimed, as the seed's instructions do) and captions the originals. Both get the same
+random captions (8–20 words, ~10k-word vocabulary), the same batch size and the same weights
+(copied from the seed's modules; ``tests/test_bench_parity.py`` checks both compute the same
+loss). Weights are random: no hub downloads here.
+
+``--captions-per-image 5`` (COCO has 5) adds COCO-like training rows beside the one-caption
+rows: the features are extracted once per image and read for each of its captions, where the
+seed runs its CNN for every pair (its pairs/s does not depend on the captions per image, so it
+is measured once, on one caption per image). Feature extraction is also compared with its two
+ceilings, each measured alone the way extraction runs it: the input pipeline (read, decode,
+preprocess, to the device; no encoder) and the encoder (on pixels already there); the target is
+≥ 90 % of the slower.
 
     python -m benchmarks.timing.bench_speed --device cpu --images 64 --batch-size 16 --json-out bench.json
-    python -m benchmarks.timing.bench_speed --device cuda --images 2048 --batch-size 128 --num-workers 8
+    python -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 12 --captions-per-image 5
 """
 from __future__ import annotations
 
@@ -58,6 +69,7 @@ from captioner.train.state import Progress
 
 EMBED_SIZE, HIDDEN_SIZE, SEED_MAX_STEPS = 256, 512, 20
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHOTOS = Path(__file__).parent / "photos"
 
 
 # --- the seed ----------------------------------------------------------------------
@@ -228,29 +240,47 @@ def build_pair(encoder_name: str, vocab: Vocabulary, device: torch.device):
 # --- synthetic data -------------------------------------------------------------------
 @dataclass
 class Data:
-    paths: list[str]  # one per pair (an image repeats when it has several captions)
-    images: list[str]
-    captions: list[str]
+    images: list[str]  # the COCO-like JPEGs: what captioner and both captioning loops read
+    seed_images: list[str]  # their 256×256 copies (the seed's resize.py): what the seed trains on
+    captions: list[list[str]]  # per image
     vocab: Vocabulary
+
+
+def make_photo(job: tuple[str, str, str, int]) -> None:
+    """One COCO-like JPEG (a random crop of a source photo, 640×480 or 480×640, maybe mirrored)
+    and the seed's 256×256 copy of it (``resize.py``: LANCZOS, saved in the image's format)."""
+    source, path, seed_path, seed = job
+    rng = np.random.default_rng(seed)
+    image = Image.open(source).convert("RGB")
+    scale = rng.uniform(0.5, 1.0)
+    width, height = int(image.width * scale), int(image.height * scale)
+    x, y = int(rng.integers(0, image.width - width + 1)), int(rng.integers(0, image.height - height + 1))
+    size = (640, 480) if rng.random() < 0.7 else (480, 640)
+    photo = image.crop((x, y, x + width, y + height)).resize(size, Image.Resampling.BICUBIC)
+    if rng.random() < 0.5:
+        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    photo.save(path, "JPEG", quality=int(rng.integers(75, 96)))
+    photo.resize((256, 256), Image.Resampling.LANCZOS).save(seed_path, "JPEG")
 
 
 def make_data(folder: Path, images: int, captions_per_image: int, vocab_size: int, seed: int = 0) -> Data:
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(vocab_size - 4)]
-    image_paths = []
-    for i in range(images):
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path, quality=90)
-        image_paths.append(str(path))
+    sources = sorted(str(p) for p in PHOTOS.glob("*.jpg"))
+    (folder / "seed").mkdir(parents=True, exist_ok=True)
+    image_paths = [str(folder / f"{i:06d}.jpg") for i in range(images)]
+    seed_paths = [str(folder / "seed" / f"{i:06d}.jpg") for i in range(images)]
+    jobs = [(sources[i % len(sources)], image_paths[i], seed_paths[i], seed * 1_000_003 + i) for i in range(images)]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
+        pool.map(make_photo, jobs, chunksize=16)
     # Zipf-like word frequencies, lengths 8–20 words
     weights = 1.0 / np.arange(1, len(words) + 1)
     weights /= weights.sum()
-    captions, paths = [], []
-    for path in image_paths:
-        for _ in range(captions_per_image):
-            captions.append(" ".join(rng.choice(words, int(rng.integers(8, 21)), p=weights)))
-            paths.append(path)
-    return Data(paths, image_paths, captions, Vocabulary(words))
+    captions = [[" ".join(rng.choice(words, int(rng.integers(8, 21)), p=weights)) for _ in range(captions_per_image)]
+                for _ in image_paths]
+    return Data(image_paths, seed_paths, captions, Vocabulary(words))
 
 
 # --- timing -----------------------------------------------------------------------------
@@ -278,9 +308,10 @@ class Clock:
 
 
 def bench_seed_training(encoder, decoder, data: Data, args, device, model_preprocess) -> dict:
-    ids = [data.vocab.encode(c, 20) for c in data.captions]
+    """One epoch over the first caption of each image (the seed's cost is per pair)."""
+    ids = [data.vocab.encode(captions[0], 20) for captions in data.captions]
     normalise = (model_preprocess.mean, model_preprocess.std)
-    loader = DataLoader(SeedPairs(data.paths, ids, seed_train_transform(*normalise)), batch_size=args.batch_size, shuffle=True,
+    loader = DataLoader(SeedPairs(data.seed_images, ids, seed_train_transform(*normalise)), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.num_workers, collate_fn=seed_collate)
     optimizer = seed_optimizer(encoder, decoder)
     encoder.train(), decoder.train()
@@ -314,23 +345,13 @@ def use_path(model: Captioner, runtime: str, device: torch.device | None = None)
 
 
 def bench_captioner_training(model: Captioner, data: Data, args, device, cache_root: Path) -> dict:
-    per_image = args.captions_per_image
-    examples = [Example(str(i), Path(path), data.captions[i * per_image : (i + 1) * per_image])
-                for i, path in enumerate(data.images)]
+    """Epoch 1 (extraction + an epoch from the cache) and later epochs, on one caption per image
+    and, with more, on all of them (``coco_*``: extraction timed once, shared)."""
     config = TrainConfig(batch_size=args.batch_size, progress=False, log_every=0)
-    pairs = CaptionPairs(examples, list(range(len(examples))), model.vocab, 20)
-    sampler = BucketBatchSampler(pairs.lengths, args.batch_size, seed=0)
     objective = create_objective(config.objective, vocab=model.vocab, config=config)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, len(sampler))
     with torch.inference_mode():  # warm-up, not timed: first CNN call, first LSTM call
         model.eval()
         model.caption_pixels(torch.zeros(2, 3, 224, 224, device=device), beam_size=1, max_length=2)
-
-    def epoch(batches, number):
-        sampler.set_epoch(number)
-        context = TrainContext(model, objective, batches, optimizer, scheduler, config, device)
-        return train_one_epoch(context, Progress(epoch=number))
 
     def extract(runtime: str):
         # The cache key hashes the encoder weights: counted too. Each runtime fills its own
@@ -338,33 +359,92 @@ def bench_captioner_training(model: Captioner, data: Data, args, device, cache_r
         with Clock(device) as clock:
             cache = FeatureCache(cache_root / runtime, model.encoder, model.preprocess, data.images,
                                  with_grid=model.decoder.needs_grid)
-            cache.build(device, progress=False, num_workers=args.num_workers, runtime=runtime)
-        return cache, clock
+            with Clock(device) as build:
+                cache.build(device, progress=False, num_workers=args.num_workers, runtime=runtime)
+        return cache, clock, build
 
-    extraction = {}
-    cache, extraction["auto"] = extract("auto")
-    batches = FeatureBatches(cache, pairs, sampler, device)
-    with Clock(device) as first:
-        epoch(batches, 0)
-    later = []
-    for number in range(1, 1 + args.cached_epochs):
-        with Clock(device) as clock:
-            epoch(batches, number)
-        later.append(clock)
+    def epochs(captions_per_image: int) -> tuple[int, Clock, list[Clock]]:
+        """(pairs, first epoch's clock, later epochs' clocks), all from the cache."""
+        examples = [Example(str(i), Path(path), data.captions[i][:captions_per_image])
+                    for i, path in enumerate(data.images)]
+        pairs = CaptionPairs(examples, list(range(len(examples))), model.vocab, 20)
+        sampler = BucketBatchSampler(pairs.lengths, args.batch_size, seed=0)
+        optimizer = make_optimizer(model, config)
+        scheduler = make_scheduler(optimizer, config, len(sampler))
+        batches = FeatureBatches(cache, pairs, sampler, device)
+        clocks = []
+        for number in range(1 + args.cached_epochs):
+            sampler.set_epoch(number)
+            context = TrainContext(model, objective, batches, optimizer, scheduler, config, device)
+            with Clock(device) as clock:
+                train_one_epoch(context, Progress(epoch=number))
+            clocks.append(clock)
+        return len(pairs), clocks[0], clocks[1:]
+
+    extraction, builds = {}, {}
+    cache, extraction["auto"], builds["auto"] = extract("auto")
+    n_pairs, first, later = epochs(1)
     for runtime in runtimes(device, args.compile)[1:]:
-        extraction[runtime] = extract(runtime)[1]
+        _, extraction[runtime], builds[runtime] = extract(runtime)
     later_seconds = statistics.mean(c.seconds for c in later)
     result = {
         "first_epoch_seconds": first.seconds,  # training alone, from the cache
         "cached_epoch_seconds": later_seconds,
-        "cached_epoch_pairs_per_s": len(pairs) / later_seconds,
-        "cpu_cached_epoch_pairs_per_s": len(pairs) / statistics.mean(c.cpu_seconds for c in later),
+        "cached_epoch_pairs_per_s": n_pairs / later_seconds,
+        "cpu_cached_epoch_pairs_per_s": n_pairs / statistics.mean(c.cpu_seconds for c in later),
     }
     for runtime, clock in extraction.items():
         result[f"extraction_seconds_{runtime}"] = clock.seconds
-        result[f"first_epoch_pairs_per_s_{runtime}"] = len(pairs) / (clock.seconds + first.seconds)
-        result[f"cpu_first_epoch_pairs_per_s_{runtime}"] = len(pairs) / (clock.cpu_seconds + first.cpu_seconds)
+        result[f"build_images_per_s_{runtime}"] = len(data.images) / builds[runtime].seconds
+        result[f"first_epoch_pairs_per_s_{runtime}"] = n_pairs / (clock.seconds + first.seconds)
+        result[f"cpu_first_epoch_pairs_per_s_{runtime}"] = n_pairs / (clock.cpu_seconds + first.cpu_seconds)
+    if args.captions_per_image > 1:
+        n_pairs, first, later = epochs(args.captions_per_image)
+        clock = extraction["auto"]
+        result["coco"] = {
+            "captions_per_image": args.captions_per_image,
+            "first_epoch_pairs_per_s": n_pairs / (clock.seconds + first.seconds),
+            "cpu_first_epoch_pairs_per_s": n_pairs / (clock.cpu_seconds + first.cpu_seconds),
+            "cached_epoch_pairs_per_s": n_pairs / statistics.mean(c.seconds for c in later),
+            "cpu_cached_epoch_pairs_per_s": n_pairs / statistics.mean(c.cpu_seconds for c in later),
+        }
     return result
+
+
+def bench_extraction_ceilings(model: Captioner, data: Data, args, device, cache_root: Path) -> dict:
+    """Images/s of the extraction's two halves, each alone and run as the default path's build
+    ran them (its runtime, the precision mode and JPEG decoding its meta.json records, its
+    loader): the input pipeline to pixels on the device and the encoder on pixels already there;
+    and of a build that keeps the grid too."""
+    from captioner.data.extraction import mode_encoder, pixel_batches
+    from captioner.encoders.onnx_runtime import runtime_encoder
+    from captioner.encoders.precision import FP32, candidate_modes
+
+    n, batch = len(data.images), args.batch_size
+    built = FeatureCache(cache_root / "auto", model.encoder, model.preprocess, data.images,
+                         with_grid=model.decoder.needs_grid)
+    meta = json.loads(built.meta_path.read_text())
+    jpeg_on_device = meta["jpeg_decoding"]["jpegs_on_device"]
+    batches = pixel_batches(data.images, [(0, n)], model.preprocess, device, batch, args.num_workers,
+                            jpeg_on_device=jpeg_on_device)
+    with Clock(device) as loader:  # worker start-up included: extraction pays it too
+        for _ in batches:
+            pass
+    mode = next((m for m in candidate_modes(model.encoder, device) if m.name == meta["precision"]["mode"]), FP32)
+    onnx = runtime_encoder("auto", model.encoder, model.preprocess.crop_size, device, images=n)
+    encode = mode_encoder(onnx or mode.prepare(model.encoder), mode, device)
+    pixels = torch.randn(batch, 3, model.preprocess.crop_size, model.preprocess.crop_size, device=device)
+    with torch.inference_mode():
+        encode(pixels)  # warm-up
+        with Clock(device) as encoding:
+            for _ in range(-(-n // batch)):
+                encode(pixels)
+    cache = FeatureCache(cache_root / "grid", model.encoder, model.preprocess, data.images, with_grid=True)
+    with Clock(device) as grid:
+        cache.build(device, progress=False, num_workers=args.num_workers)
+    return {"input_images_per_s": n / loader.seconds, "encoder_images_per_s": -(-n // batch) * batch / encoding.seconds,
+            "grid_extraction_images_per_s": n / grid.seconds, "precision": meta["precision"]["mode"],
+            "jpeg_decoding": meta["jpeg_decoding"], "jpeg_on_device": jpeg_on_device}
 
 
 def seed_caption_batch(encoder, decoder, vocab, images) -> list[str]:
@@ -593,6 +673,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["bundled_latency_beam5"] = bench_bundled_latency(args)
         results["seed_training"] = bench_seed_training(encoder, decoder, data, args, device, model.preprocess)
         results["captioner_training"] = bench_captioner_training(model, data, args, device, tmp / "cache")
+        results["extraction_ceilings"] = bench_extraction_ceilings(model, data, args, device, tmp / "cache")
         results["load_average_end"] = list(os.getloadavg())
     table = summarise(results)
     report(table, results)
@@ -629,6 +710,32 @@ def summarise(results: dict) -> dict:
                            "rate": beam["images_per_s"], "unit": "images/s", "x_seed": speedup["caption_beam5" + suffix]})
         latency.append({"label": f"one image load → caption, captioner beam 5, {path}", "rate": beam["latency_ms"],
                         "unit": "ms", "x_seed": speedup["latency_beam5" + suffix]})
+    if "coco" in ours:
+        coco, k = ours["coco"], ours["coco"]["captions_per_image"]
+        speedup["train_epoch1_coco"] = coco["first_epoch_pairs_per_s"] / seed["pairs_per_s"]
+        speedup["train_later_coco"] = coco["cached_epoch_pairs_per_s"] / seed["pairs_per_s"]
+        training += [{"label": f"training, captioner epoch 1 (extraction incl.), {k} captions per image (COCO-like)",
+                      "rate": coco["first_epoch_pairs_per_s"], "unit": "pairs/s", "x_seed": speedup["train_epoch1_coco"]},
+                     {"label": f"training, captioner later epochs, {k} captions per image (COCO-like)",
+                      "rate": coco["cached_epoch_pairs_per_s"], "unit": "pairs/s", "x_seed": speedup["train_later_coco"]}]
+    ceilings = results["extraction_ceilings"]
+    slower = min(ceilings["input_images_per_s"], ceilings["encoder_images_per_s"])
+    extraction = {"images_per_s": ours["build_images_per_s_auto"], "grid_images_per_s": ceilings["grid_extraction_images_per_s"],
+                  "input_images_per_s": ceilings["input_images_per_s"], "encoder_images_per_s": ceilings["encoder_images_per_s"],
+                  "of_slower_ceiling": ours["build_images_per_s_auto"] / slower,
+                  "grid_of_slower_ceiling": ceilings["grid_extraction_images_per_s"] / slower,
+                  "jpeg_on_device": ceilings["jpeg_on_device"], "jpeg_decoding": ceilings["jpeg_decoding"],
+                  "precision": ceilings["precision"]}
+    rows_extraction = [
+        {"label": "feature extraction, pooled (FeatureCache.build, default path)", "rate": extraction["images_per_s"],
+         "unit": "images/s", "of_ceiling": extraction["of_slower_ceiling"]},
+        {"label": "feature extraction, pooled + grid", "rate": extraction["grid_images_per_s"], "unit": "images/s",
+         "of_ceiling": extraction["grid_of_slower_ceiling"]},
+        {"label": "ceiling: input pipeline alone (read, decode, preprocess → device)"
+                  + (", JPEGs decoded on the device" if extraction["jpeg_on_device"] else ""),
+         "rate": extraction["input_images_per_s"], "unit": "images/s"},
+        {"label": f"ceiling: encoder alone, as extraction runs it ({extraction['precision']})",
+         "rate": extraction["encoder_images_per_s"], "unit": "images/s"}]
     for key, label in (("captioner_greedy_auto", "captioning, captioner greedy, default path"),
                        ("captioner_beam5_bf16", "captioning, captioner beam 5, bf16 + channels-last")):
         if key in results:
@@ -646,20 +753,26 @@ def summarise(results: dict) -> dict:
         beam = results[f"captioner_beam5_{runtime}"]
         speedup_cpu["caption_beam5" + suffix] = beam["cpu_images_per_s"] / greedy["cpu_images_per_s"]
         speedup_cpu["latency_beam5" + suffix] = greedy["cpu_latency_ms"] / beam["cpu_latency_ms"]
+    if "coco" in ours:
+        speedup_cpu["train_epoch1_coco"] = ours["coco"]["cpu_first_epoch_pairs_per_s"] / seed["cpu_pairs_per_s"]
+        speedup_cpu["train_later_coco"] = ours["coco"]["cpu_cached_epoch_pairs_per_s"] / seed["cpu_pairs_per_s"]
     encoder = results["encoder"]
     peak = {name: encoder[f"matmul_{name}"] for name in ("fp32", "bf16")}
     efficiency = {key: value | {f"cpu_of_{name}_peak": value["cpu_gflop_per_s"] / peak[name]["cpu_gflop_per_s"]
                                 for name in peak}
                   for key, value in encoder.items() if isinstance(value, dict) and not key.startswith("matmul_")}
-    return {"rows": training + captioning + latency, "speedup": speedup, "speedup_cpu_time": speedup_cpu,
+    return {"rows": training + rows_extraction + captioning + latency, "speedup": speedup,
+            "speedup_cpu_time": speedup_cpu, "extraction": extraction,
             "encoder_efficiency": {"gflop_per_image": encoder["gflop_per_image"], "matmul_peak": peak, **efficiency}}
 
 
 def report(table: dict, results: dict) -> None:
-    print(f"{'':78s} {'value':>9s} {'':8s} {'× seed':>8s}")
+    print(f"{'':86s} {'value':>9s} {'':8s} {'× seed':>8s}")
     for row in table["rows"]:
         ratio = row.get("x_seed")
-        print(f"{row['label']:78s} {row['rate']:9.2f} {row['unit']:8s} {'' if ratio is None else f'{ratio:7.2f}×':>8s}")
+        note = f"{ratio:7.2f}×" if ratio is not None else (
+            f"{100 * row['of_ceiling']:5.0f}% of the slower ceiling" if "of_ceiling" in row else "")
+        print(f"{row['label']:86s} {row['rate']:9.2f} {row['unit']:8s} {note:>8s}")
     ours = results["captioner_training"]
     print(f"(training rates are (image, caption) pairs per second; the default path's first epoch spent "
           f"{ours['extraction_seconds_auto']:.1f} s extracting features and {ours['first_epoch_seconds']:.1f} s "

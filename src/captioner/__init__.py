@@ -15,7 +15,10 @@ An image that cannot be read or is over its limits raises ``ImageReadError`` (a
 """
 from importlib import import_module
 
+from .offline import disable_telemetry
 from .version import __version__
+
+disable_telemetry()  # before any library that phones home is imported (see captioner.offline)
 
 _EXPORTS = {
     "Caption": "captions",

@@ -88,6 +88,7 @@ def add_caption(sub) -> None:
 
 def run_caption(args) -> int:
     from .batch import caption_with_ray, iter_captions
+    from .batch.inputs import NothingToCaptionError
 
     def log(message: str) -> None:
         print(f"captioner caption: {message}", file=sys.stderr)
@@ -109,17 +110,21 @@ def run_caption(args) -> int:
             attention_out=args.attention_out, log=log,
         )
     count = failures = 0
-    for record in records:
-        count += 1
-        if record.error is not None:
-            failures += 1
-            print(f"captioner caption: error: {record.error}", file=sys.stderr)
-        if args.output is not None:
-            continue  # the records went to the output file
-        if args.json:
-            print(record.to_json(), flush=True)
-        elif record.error is None:
-            print(f"{_tsv_field(str(record.image))}\t{record.caption.text}", flush=True)
+    try:
+        for record in records:
+            count += 1
+            if record.error is not None:
+                failures += 1
+                print(f"captioner caption: error: {record.error}", file=sys.stderr)
+            if args.output is not None:
+                continue  # the records went to the output file
+            if args.json:
+                print(record.to_json(), flush=True)
+            elif record.error is None:
+                print(f"{_tsv_field(str(record.image))}\t{record.caption.text}", flush=True)
+    except NothingToCaptionError as e:  # a failure to caption, as unreadable images are: exit 1
+        print(f"captioner caption: {e}", file=sys.stderr)
+        return 1
     if failures:
         print(f"captioner caption: {failures} of {count} images could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -439,6 +444,9 @@ def add_import(sub) -> None:
             out, beam = import_show_attend_tell(checkpoint=args.checkpoint, word_map=args.word_map, out=args.out), 5
         print(f"imported to {out}; caption as the original did with: "
               f"captioner caption --model {out} --beam-size {beam} IMAGE")
+        return 0
+
+    p.set_defaults(run=run)
 
 
 def add_datastore(sub) -> None:

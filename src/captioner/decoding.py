@@ -99,8 +99,8 @@ class DecodeOptions:
             isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
             or not 1 <= self.max_length <= MAX_DECODE_LENGTH
         ):
-            raise InvalidInputError(f"max_length must be at least 1 word (a whole number, at most "
-                                    f"{MAX_DECODE_LENGTH}), got {self.max_length!r}")
+            raise InvalidInputError(f"max_length must be a whole number of words from 1 to {MAX_DECODE_LENGTH}, "
+                                    f"got {self.max_length!r}")
         for name in ("length_penalty", "temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

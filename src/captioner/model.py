@@ -3,6 +3,7 @@ self-describing model directory (``config.json``, ``vocab.json``, ``model.safete
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from .encoders import Encoder, EncoderActivations, create_encoder
 from .encoders.split import EncoderSplit
 from .errors import CaptionerError, InvalidInputError
 from .io import atomic_write, atomic_write_text
+from .untrusted import ModelFolder
 from .registry import build_dataclass
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
@@ -295,13 +297,15 @@ class Captioner(nn.Module):
         }
 
     def _saves_encoder_weights(self) -> bool:
-        # Frozen pretrained weights are rebuilt from their source; anything else is saved.
-        return not (self.encoder.config.pretrained and self.encoder.frozen)
+        # Frozen pretrained weights are rebuilt from their source; anything else is saved — weights
+        # read from a user's weights_file too, so the folder never names a file outside itself.
+        config = self.encoder.config
+        return not (config.pretrained and self.encoder.frozen) or config.weights_file is not None
 
     def state_to_save(self) -> dict[str, torch.Tensor]:
-        state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+        state = {f"decoder.{k}": v for k, v in stored_state(self.decoder).items()}
         if self._saves_encoder_weights():
-            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+            state.update({f"encoder.{k}": v for k, v in stored_state(self.encoder).items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_pretrained(
@@ -339,7 +343,14 @@ class Captioner(nn.Module):
         cls, directory: str | Path | None = None, device: str | torch.device = "cpu", with_datastore: bool = True
     ) -> "Captioner":
         """Rebuild a model from its directory alone; no argument = the bundled model.
-        ``with_datastore=False`` leaves its datastore unread (to build a new one over it)."""
+        ``with_datastore=False`` leaves its datastore unread (to build a new one over it).
+
+        The directory is untrusted input (:mod:`captioner.untrusted`): its files must lie
+        inside it, its JSON and vocabulary are size-checked before they are parsed, its numbers
+        checked against the limits, and the shapes config.json describes against the
+        safetensors header before any weight is allocated. Anything wrong raises one
+        ``ModelDirectoryError`` naming the file and the field.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -347,18 +358,17 @@ class Captioner(nn.Module):
         if not directory.is_dir():
             raise ModelDirectoryError(f"model directory not found: {directory}")
         for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
+            if not os.path.lexists(directory / name):
                 raise ModelDirectoryError(
                     f"{directory} is not a complete captioner model: {name} is missing "
                     f"(a model directory holds {CONFIG_FILE}, {VOCAB_FILE} and {WEIGHTS_FILE})"
                 )
-        try:
-            config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                raise ValueError(f"{CONFIG_FILE} holds a JSON {type(config).__name__}, not an object")
-            vocab = Vocabulary.load(directory / VOCAB_FILE)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, UTF-8 and shape errors
-            raise ModelDirectoryError(f"{directory}: unreadable config.json or vocab.json ({e})") from None
+        folder = ModelFolder(directory, ModelDirectoryError)
+        config = folder.read_json(CONFIG_FILE)
+        if not isinstance(config, dict):
+            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: holds a JSON {type(config).__name__}, "
+                                      "not an object")
+        vocab = folder.vocabulary(VOCAB_FILE)
         if config.get("format_version") != FORMAT_VERSION:
             raise ModelDirectoryError(
                 f"{directory}: model format {config.get('format_version')!r} is not supported by this "
@@ -366,26 +376,31 @@ class Captioner(nn.Module):
             )
         if config.get("vocab_size") != len(vocab):
             raise ModelDirectoryError(
-                f"{directory}: vocab.json has {len(vocab)} words but config.json says {config['vocab_size']}"
+                f"{directory}: vocab.json has {len(vocab)} words but config.json says {config.get('vocab_size')!r}"
             )
+        parts = _checked_parts(folder, config)
+        weights = folder.path(WEIGHTS_FILE)
         try:
-            model = cls.build(
-                config["encoder"]["name"],
-                config["decoder"]["name"],
-                vocab,
-                encoder_options=config["encoder"]["options"],
-                decoder_options=config["decoder"]["options"],
-                preprocess=PreprocessConfig(**config["preprocess"]),
-                max_length=config["max_length"],
-                # absent from models saved before per-model rules existed: captioner's own
-                decoding=build_dataclass(DecodingRules, config.get("decoding", {}), f"{CONFIG_FILE} decoding"),
-            )
-            state = load_file(str(directory / WEIGHTS_FILE))
+            preprocess = folder.preprocess(config.get("preprocess"), CONFIG_FILE, "preprocess.")
+            max_length = folder.check_lengths(CONFIG_FILE, "", config.get("max_length"))
+            # absent from models saved before per-model rules existed: captioner's own
+            decoding = build_dataclass(DecodingRules, config.get("decoding", {}), f"{CONFIG_FILE} decoding")
+            header = _weight_shapes(weights)
+            encoder = _build_encoder(folder, parts, header)
+            decoder = _build_decoder(folder, parts, encoder, len(vocab), header)
+            state = load_file(str(weights))
+        except ModelDirectoryError:
+            raise
         except SafetensorError as e:
             raise ModelDirectoryError(f"{directory}/{WEIGHTS_FILE} is corrupt or truncated ({e})") from None
         except (KeyError, TypeError, ValueError) as e:
             raise ModelDirectoryError(f"{directory}: config.json does not describe a buildable model ({e})") from None
-        model._load_weights(state, directory)
+        model = cls(encoder, decoder, vocab, preprocess, max_length, decoding)
+        model._load_weights(state, directory, with_encoder=parts["encoder"]["saved"])
+        for name, limit in ((CONFIDENCE_FILE, "max_confidence_bytes"), (DATASTORE_FILE, "max_datastore_bytes")):
+            path = folder.path(name, required=False)
+            if path is not None:
+                folder.check_size(path, getattr(folder.limits, limit), limit)
         model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim)
         if with_datastore and (directory / DATASTORE_FILE).is_file():
             model.datastore = Datastore.load(directory, model.encoder_identity())
@@ -395,12 +410,13 @@ class Captioner(nn.Module):
                                       f"{DATASTORE_FILE} is missing: restore it, or delete {CONFIDENCE_FILE}")
         return model.to(device).eval()
 
-    def _load_weights(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+    def _load_weights(self, state: dict[str, torch.Tensor], directory: Path, with_encoder: bool) -> None:
         parts = {"decoder": self.decoder}
-        if self._saves_encoder_weights():
+        if with_encoder:  # as the folder says (config.json's encoder_weights_saved)
             parts["encoder"] = self.encoder
         for prefix, module in parts.items():
             sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            sub.update({k: sub[source] for k, source in getattr(module, "tied_weights", {}).items() if source in sub})
             try:
                 module.load_state_dict(sub, strict=True)
             except RuntimeError as e:
@@ -408,3 +424,125 @@ class Captioner(nn.Module):
                 raise ModelDirectoryError(
                     f"{directory}/{WEIGHTS_FILE} does not match config.json ({' '.join(first)})"
                 ) from None
+
+
+# timm.create_model arguments that name files or download sources: a model folder may not set
+# them (its encoder's weights come from its own model.safetensors or the encoder's known source).
+_SOURCE_OPTIONS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+
+
+def _checked_parts(folder: ModelFolder, config: dict) -> dict[str, dict]:
+    """config.json's ``encoder`` and ``decoder`` as ``{"name": str, "options": dict}`` (the
+    encoder's also ``"saved"``: its weights are in model.safetensors), with no encoder option
+    that points at a file or a download source."""
+    parts = {}
+    for part in ("encoder", "decoder"):
+        entry = config.get(part)
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("options", {}), dict)):
+            raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: {part} must be {{name: string, options: "
+                                      f"object}}, got {entry!r}")
+        parts[part] = {"name": entry["name"], "options": entry.get("options", {})}
+    saved = config.get("encoder_weights_saved", False)
+    if not isinstance(saved, bool):
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder_weights_saved must be true or false, "
+                                  f"got {saved!r}")
+    parts["encoder"]["saved"] = saved
+    model_options = parts["encoder"]["options"].get("model_options") or {}
+    named = sorted(_SOURCE_OPTIONS & set(model_options)) if isinstance(model_options, dict) else []
+    if named:
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder.options.model_options.{named[0]} names a "
+                                  f"file or a download source; a model folder may not (its weights belong in "
+                                  f"{WEIGHTS_FILE})")
+    return parts
+
+
+def stored_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as model.safetensors holds it: tied weights once (``Decoder.tied_weights``)."""
+    tied = getattr(module, "tied_weights", {})
+    return {name: tensor for name, tensor in module.state_dict().items() if name not in tied}
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def _encoder_options(folder: ModelFolder, parts: dict) -> dict:
+    """The encoder's options as far as the folder can be trusted with them: an encoder whose
+    weights are in model.safetensors is built without reading any other file (randomly
+    initialised, then loaded); otherwise its ``weights_file`` must lie inside the folder."""
+    options = dict(parts["encoder"]["options"])
+    if parts["encoder"]["saved"]:
+        return {**options, "pretrained": False, "weights_file": None}
+    if options.get("weights_file") is not None:
+        options["weights_file"] = str(folder.path(options["weights_file"],
+                                                  (CONFIG_FILE, "encoder.options.weights_file")))
+    return options
+
+
+def _build_encoder(folder: ModelFolder, parts: dict, header: dict[str, tuple[int, ...]]) -> Encoder:
+    """The folder's encoder. Its size comes from its name, or from ``model_options`` (a timm
+    model's widths, depth, input size): those are tried on the meta device first, and must make
+    the saved weights' shapes, or fit in memory when the weights come from the encoder's source."""
+    name, options, saved = parts["encoder"]["name"], _encoder_options(folder, parts), parts["encoder"]["saved"]
+    if options.get("model_options"):
+        with torch.device("meta"):
+            probe = _built(folder, "encoder", lambda: create_encoder(name, **{**options, "pretrained": False,
+                                                                                "weights_file": None}))
+        if saved:
+            _match(folder, "encoder", probe, header)
+        else:
+            needed = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+            if needed > available_memory():
+                raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder {name!r} with these model_options "
+                                          f"needs {needed / 2**30:.1f} GiB, more than the memory available")
+    encoder = create_encoder(name, **options)
+    if saved:
+        _match(folder, "encoder", encoder, header)
+    return encoder
+
+
+def _build_decoder(folder: ModelFolder, parts: dict, encoder: Encoder, vocab_size: int,
+                   header: dict[str, tuple[int, ...]]):
+    """The folder's decoder, built once its shapes on the meta device are exactly the weights
+    file's: a decoder config.json makes a million wide is refused without its memory, and the
+    file holds nothing more than the model (nothing else is read)."""
+    name, options = parts["decoder"]["name"], parts["decoder"]["options"]
+    with torch.device("meta"):
+        probe = _built(folder, "decoder", lambda: create_decoder(name, vocab_size, encoder.pooled_dim,
+                                                                 encoder.grid_dim, **options))
+    _match(folder, "decoder", probe, header)
+    stored = ("decoder.", "encoder.") if parts["encoder"]["saved"] else ("decoder.",)
+    extra = sorted(name for name in header if not name.startswith(stored))
+    if extra:
+        raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {extra[0]} it "
+                                  f"holds shape {header[extra[0]]}, config.json makes nothing")
+    return create_decoder(name, vocab_size, encoder.pooled_dim, encoder.grid_dim, **options)
+
+
+def _built(folder: ModelFolder, part: str, build):
+    """``build()`` with the options' own errors as one line naming config.json."""
+    try:
+        return build()
+    except CaptionerError:
+        raise
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # the options' fault (timm asserts on
+        # options it refuses): on meta nothing else runs
+        raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: the {part} options cannot be built "
+                                  f"({' '.join(str(e).split())[:300]})") from None
+
+
+def _match(folder: ModelFolder, part: str, module: nn.Module, header: dict[str, tuple[int, ...]]) -> None:
+    """``module``'s tensors are exactly the weights file's ``part.*`` tensors, shape for shape."""
+    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in stored_state(module).items()}
+    held = {name: shape for name, shape in header.items() if name.startswith(part + ".")}
+    for name in sorted(set(made) | set(held)):
+        if made.get(name) != held.get(name):
+            makes = "nothing" if name not in made else f"shape {made[name]}"
+            holds = "nothing" if name not in held else f"shape {held[name]}"
+            raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {name} it "
+                                      f"holds {holds}, config.json makes {makes}")

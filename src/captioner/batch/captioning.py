@@ -22,7 +22,7 @@ from ..device import resolve_device
 from ..encoders.onnx_runtime import AUTO_ONNX_MIN_IMAGES
 from ..errors import InvalidInputError
 from ..loading import is_exported_model, load_model
-from .inputs import are_shards, expand_image_paths, skipped_note
+from .inputs import are_shards, image_paths, skipped_note
 from .ledger import Ledger
 
 ModelInput = Union[str, Path, CaptionModel, None]
@@ -41,8 +41,12 @@ class CaptionRecord:
 
     def to_dict(self) -> dict:
         """``{"image", "caption", "score", "alternatives"}`` or ``{"image", "error"}`` — for a
-        shard sample ``{"key", "shard", ...}`` in place of ``"image"``: valid JSON values."""
-        name = {"image": self.image} if self.key is None else {"key": self.key, "shard": self.shard}
+        shard sample ``{"key", "shard", ...}`` in place of ``"image"``, for a damaged shard
+        ``{"shard", "error"}``: valid JSON values."""
+        if self.key is not None:
+            name = {"key": self.key, "shard": self.shard}
+        else:
+            name = {"image": self.image} if self.shard is None else {"shard": self.shard}
         if self.caption is None:
             return {**name, "error": self.error}
         return {**name, **self.caption.to_dict()}
@@ -103,6 +107,7 @@ def iter_captions(
         raise InvalidInputError("--attention-out draws over image files; caption the shards without it")
     torch_device = getattr(loaded, "device", None) or resolve_device(device)
     info = distributed.setup(torch_device, backend="gloo")  # under torchrun: only barriers, whatever the device
+    ledger = None
     try:
         captioner = loaded or load_model(model, device=torch_device)
         captioner.decoding_config(options.language)  # a language the model does not know fails before any image
@@ -119,7 +124,7 @@ def iter_captions(
                                       skip_keys=ledger.done, **settings)
         else:
             skipped: list[str] = []
-            all_paths = expand_image_paths(paths, skipped)
+            all_paths = image_paths(paths, skipped)
             if skipped and info.is_main:
                 log(skipped_note(skipped))
             ledger = Ledger(final_output, {path: i for i, path in enumerate(all_paths)}, "image", info)
@@ -135,6 +140,8 @@ def iter_captions(
         yield from ledger.write(records)
         ledger.finish()
     finally:
+        if ledger is not None:
+            ledger.close()  # (a run stopped early: the output stays resumable, and unlocked)
         distributed.cleanup(info)
 
 
@@ -168,13 +175,17 @@ def caption_samples(model: CaptionModel, shards: Sequence[str], options: Optiona
                     num_workers: int = 0) -> Iterator[CaptionRecord]:
     """Records (with ``key`` and ``shard``) for the samples of these WebDataset shards, in
     shard and tar order, except ``skip_keys``; a sample whose image cannot be read gets its
-    ``error``. ``num_workers`` decode whole shards each. :func:`caption_images` for shards."""
+    ``error``, and so does a damaged shard (a record without ``key``, after the samples read
+    before the damage; the next shards go on). ``num_workers`` decode whole shards each.
+    :func:`caption_images` for shards."""
     shards = list(shards)
     samples = ShardSamples(shards, model.preprocess, skip_keys=set(skip_keys))
     loader = _loader(model, samples, batch_size, min(num_workers, len(shards)))
 
-    def record(item: tuple[int, int, str], **result) -> CaptionRecord:
+    def record(item: tuple[int, int, Optional[str]], **result) -> CaptionRecord:
         shard = shards[item[0]]
+        if item[2] is None:  # the shard itself: cut off or unreadable after the samples before
+            return CaptionRecord(shard, shard=shard, **result)
         return CaptionRecord(sample_ref(shard, item[2]), key=item[2], shard=shard, **result)
 
     return _caption_batches(model, loader, record, options or DecodeOptions(), None)

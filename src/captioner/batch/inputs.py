@@ -38,6 +38,20 @@ def expand_image_paths(patterns: Sequence[str], skipped: Optional[list[str]] = N
     return paths
 
 
+class NothingToCaptionError(InvalidInputError):
+    """Paths that name no image at all: an empty folder, or one of other files only
+    (``captioner caption`` says so and exits 1, as when images cannot be read)."""
+
+
+def image_paths(patterns: Sequence[str], skipped: list[str]) -> list[str]:
+    """:func:`expand_image_paths`, and ``NothingToCaptionError`` when the patterns name no image."""
+    paths = expand_image_paths(patterns, skipped)
+    if not paths:
+        why = f" ({skipped_note(skipped)})" if skipped else ""
+        raise NothingToCaptionError(f"nothing to caption: no image files in {', '.join(map(str, patterns))}{why}")
+    return paths
+
+
 def are_shards(patterns: Sequence[str]) -> bool:
     """Whether the inputs are WebDataset shards (all end in ``.tar``); a mix is an error."""
     shards = [is_shard_pattern(str(p)) for p in patterns]

@@ -5,16 +5,53 @@ and captions only the rest; a line cut off by a kill is dropped (its image is ca
 again). Under torchrun each rank appends to its own part file (``out.rank3.jsonl``), merged
 into the output in input order when the run ends — or by the next run, if this one was cut
 short. Error records are never written, so a rerun retries those images.
+
+One run writes an output at a time: the run (its rank 0) holds an exclusive lock on the
+output file from before it reads what is done until its last record, and a second run on the
+same output is refused in one line (two at once wrote every record they shared twice). The
+kernel drops the lock with the process, so a run killed at any moment leaves the output free
+to resume.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
 
 from .. import distributed
 from ..distributed import DistInfo
+from ..errors import CaptionerError, MissingDependencyError
+
+
+class OutputBusyError(CaptionerError, RuntimeError):
+    """An output file another process is writing (it holds the file's lock)."""
+
+
+def lock_output(output: Path) -> IO:
+    """``output`` opened for appending (created if new) with an exclusive lock, held until the
+    handle is closed; ``OutputBusyError`` when another process holds it. POSIX ``flock``: where
+    the platform has no ``fcntl``, or the file system refuses locks, the run is refused rather
+    than left to write unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        raise MissingDependencyError(
+            f"--output {output}: keeping a second run from writing the same output needs POSIX file locks (fcntl), "
+            "which this platform lacks; caption without --output and redirect the printed lines"
+        ) from None
+    handle = open(output, "a", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputBusyError(f"{output} is being written by another captioner run; wait for it to finish, "
+                              "or choose another --output") from None
+    except OSError as e:  # a file system without locks (some network mounts)
+        handle.close()
+        raise OutputBusyError(f"{output}: cannot be locked ({e.strerror or e}); write the output to a local "
+                              "file system") from None
+    return handle
 
 
 def records(path: Path) -> Iterator[tuple[str, dict, str]]:
@@ -104,10 +141,19 @@ class Ledger:
         self.output, self.position, self.field, self.info = output, position, field, info
         self.done: set[str] = set()
         self.sink_path: Optional[Path] = None
+        self._lock: Optional[IO] = None
         if output is None:
             return
-        if info.is_main:  # what an interrupted run left: a cut-off line, part files of its ranks
+        busy = None
+        if info.is_main:
             output.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock = lock_output(output)
+            except OutputBusyError as e:
+                busy = e
+        if distributed.broadcast_flag(busy is not None, info):  # every rank stops, with rank 0's reason
+            raise busy or OutputBusyError(f"{output} is being written by another captioner run")
+        if info.is_main:  # what an interrupted run left: a cut-off line, part files of its ranks
             merge_parts(output, position, field)
         distributed.barrier(info)
         self.done = {name for name, _, _ in records(output)}
@@ -126,9 +172,17 @@ class Ledger:
                 yield record
 
     def finish(self) -> None:
-        """After this process's last record: every rank's part merged into the output."""
+        """After this process's last record: every rank's part merged into the output, and the
+        output's lock released."""
         if self.output is None:
             return
         distributed.barrier(self.info)  # every rank has written its part
         if self.info.is_main:
             merge_parts(self.output, self.position, self.field)
+        self.close()
+
+    def close(self) -> None:
+        """Release the output's lock (a run that stops early: the next one resumes)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -19,7 +19,7 @@ from ..distributed import DistInfo
 from ..errors import InvalidInputError, MissingDependencyError
 from ..loading import load_model
 from .captioning import CaptionRecord
-from .inputs import are_shards, expand_image_paths
+from .inputs import are_shards, image_paths
 from .ledger import Ledger
 
 
@@ -116,48 +116,52 @@ def caption_with_ray(
         raise InvalidInputError("--engine ray reads image files; caption WebDataset shards with the torch engine "
                                 "(torchrun for several processes)")
     skipped: list[str] = []
-    files = expand_image_paths(paths, skipped)
+    files = image_paths(paths, skipped)
     if skipped:
         log(f"left out {len(skipped)} files without an image suffix, e.g. {skipped[0]}")
     ledger = Ledger(Path(output) if output is not None else None, {p: i for i, p in enumerate(files)}, "image",
                     DistInfo())
-    remaining = [p for p in files if p not in ledger.done]
-    if ledger.done:
-        log(f"{len(files) - len(remaining)} images already in {output}; captioning the other {len(remaining)}")
-    if not remaining:
-        return
-    missing = [p for p in remaining if not os.path.isfile(p)]
-    for path in missing:  # Ray would fail the whole read on one missing file
-        yield CaptionRecord(path, error=f"{path}: no such file")
-    remaining = [p for p in remaining if os.path.isfile(p)]
-    name_of = {os.path.abspath(p): p for p in remaining}
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if not num_gpus and actors >= cpus:
-            # Each actor holds a CPU for good; reading needs one more, or the job waits forever.
-            raise InvalidInputError(f"--ray-actors {actors} would hold all {cpus} CPUs of the Ray cluster and leave "
-                                    f"none to read the images: use at most {max(cpus - 1, 1)} CPU actors, or GPUs")
-        dataset = ray.data.read_binary_files([os.path.abspath(p) for p in remaining], include_paths=True)
-        dataset = dataset.map_batches(
-            CaptionPredictor, batch_size=batch_size, concurrency=actors, num_gpus=num_gpus or None,
-            fn_constructor_kwargs={"model": str(model) if model is not None else None, "options": options,
-                                   "batch_size": batch_size, "device": "cuda" if num_gpus else "cpu"},
-        )
-
-        def results() -> Iterator[CaptionRecord]:
-            for row in dataset.iter_rows():
-                image = name_of.get(os.path.abspath(row["path"]), row["path"])
-                if row["error"] is not None:
-                    yield CaptionRecord(image, error=row["error"])
-                else:
-                    score = float("-inf") if row["score"] is None else float(row["score"])
-                    yield CaptionRecord(image, caption=Caption(row["caption"], score,
-                                                               [Alternative(row["caption"], score)]))
-
-        yield from ledger.write(results())
-    finally:
+        remaining = [p for p in files if p not in ledger.done]
+        if ledger.done:
+            log(f"{len(files) - len(remaining)} images already in {output}; captioning the other {len(remaining)}")
+        if not remaining:
+            return
+        missing = [p for p in remaining if not os.path.isfile(p)]
+        for path in missing:  # Ray would fail the whole read on one missing file
+            yield CaptionRecord(path, error=f"{path}: no such file")
+        remaining = [p for p in remaining if os.path.isfile(p)]
+        name_of = {os.path.abspath(p): p for p in remaining}
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            if not num_gpus and actors >= cpus:
+                # Each actor holds a CPU for good; reading needs one more, or the job waits forever.
+                raise InvalidInputError(f"--ray-actors {actors} would hold all {cpus} CPUs of the Ray cluster and "
+                                        f"leave none to read the images: use at most {max(cpus - 1, 1)} CPU actors, "
+                                        "or GPUs")
+            dataset = ray.data.read_binary_files([os.path.abspath(p) for p in remaining], include_paths=True)
+            dataset = dataset.map_batches(
+                CaptionPredictor, batch_size=batch_size, concurrency=actors, num_gpus=num_gpus or None,
+                fn_constructor_kwargs={"model": str(model) if model is not None else None, "options": options,
+                                       "batch_size": batch_size, "device": "cuda" if num_gpus else "cpu"},
+            )
+
+            def results() -> Iterator[CaptionRecord]:
+                for row in dataset.iter_rows():
+                    image = name_of.get(os.path.abspath(row["path"]), row["path"])
+                    if row["error"] is not None:
+                        yield CaptionRecord(image, error=row["error"])
+                    else:
+                        score = float("-inf") if row["score"] is None else float(row["score"])
+                        yield CaptionRecord(image, caption=Caption(row["caption"], score,
+                                                                   [Alternative(row["caption"], score)]))
+
+            yield from ledger.write(results())
+        finally:
+            if started:
+                ray.shutdown()
+    finally:
+        ledger.close()  # the output's lock, also when the run stops early

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SHARD_SUFFIX = ".tar"
+# The metadata key of an example that stands for a damaged shard (cut off, or no tar): its
+# message. Validation reports it like an unreadable image; --skip-invalid drops it.
+SHARD_ERROR = "shard_error"
 
 
 def is_shard_pattern(pattern: str) -> bool:

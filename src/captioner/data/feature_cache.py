@@ -8,6 +8,7 @@ so resident memory stays far below the cache size.
 
 Images are files or WebDataset samples (``SHARD#KEY``); samples are extracted and marked
 done one shard at a time, so an interrupted extraction resumes at the shard it was in.
+``build`` runs the streaming pipeline of ``captioner.data.extraction``.
 
 With ``augment``, row ``i`` holds the features of :func:`~captioner.data.augment.augment_image`
 of ``paths[i]`` with seed ``i``: a cache of augmented views (list an image K times for K views).
@@ -22,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..cache import weights_digest
 from ..errors import InvalidInputError
 from ..io import atomic_write_text
 from .augment import AugmentConfig
-from .images import ImageReadError, PreprocessConfig
+from .device_images import DecodeChoice, plan_jpeg_decoding
+from .examples import is_sample_ref, split_ref
+from .extraction import extract, mode_encoder, pixel_batches
+from .images import DEFAULT_IMAGE_LIMITS, ImageReadError, PreprocessConfig
 from .loaders import AugmentedRows, ImageRows
-from .examples import is_sample_ref
-from .webdataset import ShardImages, shard_runs
+from .webdataset import IMAGE_EXTENSIONS, ShardImages, iter_samples, shard_runs
 
 
 def _done_chunks(folder: Path) -> list[tuple[int, int]]:
@@ -109,8 +111,14 @@ class FeatureCache:
         shard: tuple[int, int] = (0, 1),
         barrier=None,
         precision=None,
+        jpeg_on_device: bool | None = None,
     ) -> "FeatureCache":
         """Extract what is missing (all of it, the rest after an interruption, or nothing).
+
+        One streaming pipeline (``captioner.data.extraction``): a single loader over every
+        missing row (``num_workers`` processes, started once), outputs copied back from the
+        device in blocks, written to the memmaps by a thread, each chunk marked done once its
+        rows are on disk.
 
         ``batch_size``: default 64 on CUDA, 16 on the CPU (ResNet-152 and EfficientNet-Lite0
         encoded 25–50 % more images per second at 16 than at 64 on a 2-core CPU).
@@ -119,6 +127,12 @@ class FeatureCache:
         left to extract, torch elsewhere), ``torch`` or ``onnx`` (CPU only). Same features within float rounding either way, and the same cache key. On a
         2-core CPU, batch 16, ONNX Runtime extracted EfficientNet-Lite0 features 3.8× and
         ResNet-152 1.5× faster than PyTorch eager.
+        ``jpeg_on_device``: decode JPEG files and samples on ``device`` (``data.device_images``;
+        nvJPEG on CUDA), other images on the host. Default: measured (``plan_jpeg_decoding``): on
+        CUDA, for at least ``MEASURE_MIN_IMAGES`` images, when the device's decoder gives this
+        cache's first JPEGs features within the precision bound of the host's; never on the CPU,
+        where it would move the loader workers' libjpeg work into the main process. Augmented
+        views are drawn on the host. meta.json records the choice.
 
         ``precision``: the torch runtime's ``ExtractionChoice`` (``encoders.precision``); default:
         the fastest mode within 1e-2 of fp32 on the CPU, measured on this cache's first images when
@@ -137,6 +151,19 @@ class FeatureCache:
         device = torch.device(device)
         batch_size = batch_size or (64 if device.type == "cuda" else 16)
         missing = n - sum(stop - start for start, stop in _done_chunks(self.folder))
+        if jpeg_on_device is not None:
+            decoding = DecodeChoice(jpeg_on_device, "asked for (jpeg_on_device)")
+        elif self.augment is not None:
+            decoding = DecodeChoice(False, "augmented views are drawn on the host")
+        else:
+            decoding = plan_jpeg_decoding(self.encoder.to(device).eval(), device, missing, self._probe_samples,
+                                          self.preprocess)
+        chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
+                  if i % world == rank and start not in done_chunks]
+        # The loader's workers start here and read ahead while the encoder is set up (an ONNX
+        # Runtime session takes seconds to open, measuring the precision modes on a GPU more).
+        batches = pixel_batches(self.paths, chunks, self.preprocess, device, batch_size, num_workers, self.augment,
+                                decoding.on_device) if chunks else None
         encoder, precision = self._extractor(device, runtime, missing, batch_size, precision)
         mode = precision.mode
         with torch.inference_mode(), mode.running(device.type):
@@ -147,38 +174,21 @@ class FeatureCache:
             arrays = {name: self._memmap(name, shape) for name, shape in shapes.items()}
             atomic_write_text(self.meta_path, json.dumps(
                 {"images": n, "grid": self.with_grid, "encoder": self.encoder.name, "shapes": shapes,
-                 "grid_shape": list(grid_shape) if grid_shape else None, "precision": precision.to_dict()}))
+                 "grid_shape": list(grid_shape) if grid_shape else None, "precision": precision.to_dict(),
+                 "jpeg_decoding": decoding.to_dict()}))
         if barrier is not None:
             barrier()
         if rank != 0:
             arrays = {name: np.load(self.folder / name, mmap_mode="r+") for name in shapes}
-        chunks = [(start, stop) for i, (start, stop) in enumerate(self._chunks(batch_size * 8))
-                  if i % world == rank and start not in done_chunks]
-        use_cuda = device.type == "cuda"
         from tqdm import tqdm
 
         bar = tqdm(total=n, initial=n - sum(stop - start for start, stop in chunks), disable=not progress,
                    desc=f"features {self.encoder.name}", unit="img")
-        for start, stop in chunks:
-            shard = is_sample_ref(self.paths[start])
-            loader = DataLoader(
-                self._rows(start, stop),
-                batch_size=batch_size,
-                num_workers=0 if shard else num_workers,  # a shard is one stream: read where it is written
-                pin_memory=use_cuda,
-            )
-            row = start
-            for pixels, _ in loader:
-                pixels = mode.inputs(pixels.to(device, non_blocking=True))
-                with torch.inference_mode(), mode.running(device.type):
-                    out = encoder(pixels)
-                for name, value in self._outputs(out).items():
-                    arrays[f"{name}.npy"][row : row + len(pixels)] = value.float().cpu().numpy()
-                row += len(pixels)
-                bar.update(len(pixels))
-            for array in arrays.values():
-                array.flush()
-            self._mark_done(start, stop)
+        if batches is not None:
+            run = mode_encoder(encoder, mode, device)
+            extract(lambda pixels: self._outputs(run(pixels)), batches,
+                    {name.removesuffix(".npy"): array for name, array in arrays.items()}, chunks, self._mark_done,
+                    device, batch_size, on_batch=bar.update)
         bar.close()
         return self.open() if world == 1 else self
 
@@ -199,18 +209,31 @@ class FeatureCache:
         """The arrays a batch of the extractor's output fills, by file name (without ``.npy``)."""
         return {"pooled": out.pooled, **({"grid": out.grid} if self.with_grid else {})}
 
-    def _rows(self, start: int, stop: int):
-        """The preprocessed pixels of rows [start, stop): ``(pixels, index)`` items."""
-        if is_sample_ref(self.paths[start]):
-            return ShardImages(self.paths[start:stop], self.preprocess)
-        if self.augment is not None:
-            return AugmentedRows(self.paths[start:stop], self.preprocess, self.augment, first_seed=start)
-        return ImageRows(self.paths[start:stop], self.preprocess)
+    def _probe_samples(self, count: int) -> list[tuple[bytes, str]]:
+        """The bytes and names of the cache's first ``count`` images: files within ``max_file_bytes``,
+        or the first samples of the first shard; what cannot be read is left out."""
+        paths = self.paths[:count]
+        if not is_sample_ref(paths[0]):
+            limit = DEFAULT_IMAGE_LIMITS.max_file_bytes
+            return [(Path(path).read_bytes(), path) for path in paths
+                    if Path(path).is_file() and Path(path).stat().st_size <= limit]
+        samples = []
+        for sample in islice(iter_samples(split_ref(paths[0])[0]), count):
+            data = next((sample.files[suffix] for suffix in IMAGE_EXTENSIONS if suffix in sample.files), None)
+            if data is not None:  # (a member over max_file_bytes is not in files)
+                samples.append((data, sample.name))
+        return samples
 
     def _probe(self, count: int) -> torch.Tensor:
         """The first ``count`` images of the cache, preprocessed as extraction reads them: (count, 3, H, W)."""
-        count = min(count, len(self.paths))
-        return torch.stack([pixels for pixels, _ in islice(iter(self._rows(0, count)), count)])
+        paths = self.paths[:count]
+        if is_sample_ref(paths[0]):
+            rows = ShardImages(paths, self.preprocess)
+        elif self.augment is not None:
+            rows = AugmentedRows(paths, self.preprocess, self.augment)
+        else:
+            rows = ImageRows(paths, self.preprocess)
+        return torch.stack([pixels for pixels, _ in islice(iter(rows), len(paths))])
 
     def _memmap(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         path = self.folder / name

@@ -74,7 +74,9 @@ class ImageLimits:
     ``max_side``: the most pixels along its width or its height. ``max_pixels``: the most
     pixels (width × height) — the decompression-bomb guard, refused above it, never decoded.
     ``max_resized_pixels``: the most pixels of the image the resize policy makes before the
-    crop (``resize: shorter`` scales a 1×12000 strip to 256×3 M). The server passes its own
+    crop (``resize: shorter`` scales a 1×12000 strip to 256×3 M). ``max_file_bytes``: the most
+    bytes of an image held in memory whole before it is decoded — a WebDataset shard's member,
+    refused from its declared size (files on disk are streamed instead). The server passes its own
     (``--max-pixels``); the defaults suit a command run on one machine. Images over a limit
     raise ``ImageTooLargeError``. (PIL refuses past 2 × ``PIL.Image.MAX_IMAGE_PIXELS``,
     357,913,940 pixels, whatever ``max_pixels`` says: a larger limit needs that raised too.)
@@ -83,9 +85,12 @@ class ImageLimits:
     max_side: int = 32_768  # past any single camera frame; longer strips are no photo
     max_pixels: int = 178_956_970  # 2× PIL's default guard: a 12,000×9,000 photo (108 Mpx) passes
     max_resized_pixels: int = 16_777_216  # 4096²: 50 MB of uint8; a 1:256 strip at resize 256
+    # 128 MiB: above any photo under max_pixels (a 108 Mpx JPEG is ~40 MB, a noisy 40 Mpx PNG
+    # ~120 MB); a sparse 2 GB member of a 61 KB shard cost 5 GB to caption before this.
+    max_file_bytes: int = 128 * 2**20
 
     def __post_init__(self):
-        for name in ("max_side", "max_pixels", "max_resized_pixels"):
+        for name in ("max_side", "max_pixels", "max_resized_pixels", "max_file_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ImageConfigError(f"ImageLimits.{name} must be a positive integer, got {value!r}")
@@ -254,6 +259,8 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
     # The checks use the size as stored; EXIF rotation only swaps the sides.
     limits.check(name, pil.size, preprocess)
     try:
+        if pil.format == "PNG":
+            pil = _with_checked_crcs(pil, file)
         if preprocess is not None and not preprocess.pillow_resize:
             # A square request: JPEG picks the largest scale (8, 4, 2) at which *both* sides
             # stay at least this long, so the shorter side never drops below what the resize needs.
@@ -263,6 +270,16 @@ def _decode(file: BinaryIO, name: str, preprocess: Optional[PreprocessConfig], l
         return _shrink(_to_rgb(pil, name), preprocess)
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _with_checked_crcs(pil: Image.Image, file: BinaryIO) -> Image.Image:
+    """A PNG whose every chunk's CRC is checked, reopened for decoding. Pillow checks the
+    checksums only in ``verify()`` — decoding skips the pixel data's — so a PNG with a broken
+    CRC was captioned as if fine; ``verify()`` reads one chunk at a time, and leaves the
+    image unusable: it is opened again from the start."""
+    pil.verify()
+    file.seek(0)
+    return Image.open(file)
 
 
 def _shrink(pil: Image.Image, preprocess: Optional[PreprocessConfig]) -> Image.Image:

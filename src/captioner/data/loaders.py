@@ -1,7 +1,7 @@
 """Training batches: (image, caption) pairs, length-bucketed, from the feature cache or pixels."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -18,20 +18,35 @@ class CaptionPairs:
     padded array."""
 
     def __init__(self, examples: list[Example], rows: list[int], vocab: Vocabulary, max_length: int):
-        encoded, image_rows = [], []
+        encoded, image_rows, languages = [], [], []
         for example, row in zip(examples, rows):
             for caption, language in zip(example.captions, example.caption_languages(vocab.default_language)):
                 encoded.append(vocab.encode(caption, max_length, language))
                 image_rows.append(row)
+                languages.append(vocab.check_language(language))
         self.lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
         # <start> [<2xx>] tokens <end>: a language token makes a caption one longer than max_length + 2
         self.tokens = np.full((len(encoded), int(self.lengths.max(initial=2))), vocab.pad_id, dtype=np.int64)
         for i, ids in enumerate(encoded):
             self.tokens[i, : len(ids)] = ids
         self.image_rows = np.array(image_rows, dtype=np.int64)
+        self.in_default_language = np.array([lang == vocab.default_language for lang in languages], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def epoch_pairs(self, epoch: int, seed: int, other_languages: int) -> np.ndarray:
+        """The pairs an epoch trains on when images are captioned in many languages: every caption
+        of each image in the default language, plus ``other_languages`` of its other captions drawn
+        at random (a new draw each epoch, seeded): multilingual training at a few times the cost of
+        one language's, every language seen over the epochs. The count is the same every epoch."""
+        rng = np.random.default_rng((seed, epoch, 2))
+        keys = rng.random(len(self.lengths))  # a random order within each image's other captions
+        others = np.flatnonzero(~self.in_default_language)
+        order = others[np.lexsort((keys[others], self.image_rows[others]))]  # by image, randomly within it
+        first = np.searchsorted(self.image_rows[order], self.image_rows[order], side="left")
+        picked = order[np.arange(len(order)) - first < other_languages]
+        return np.sort(np.concatenate([np.flatnonzero(self.in_default_language), picked]))
 
     def captions(self, indices: np.ndarray) -> torch.Tensor:
         """Padded token ids (batch, longest in batch)."""
@@ -59,9 +74,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         pool: int = 50,
         shuffle: bool = True,
+        epoch_pairs: Optional[Callable[[int], np.ndarray]] = None,
     ):
         self.world_size = world_size
-        if len(lengths) < self._smallest:
+        self.epoch_pairs = epoch_pairs  # epoch → the pairs it trains on (default: every pair)
+        self.size = len(lengths) if epoch_pairs is None else len(epoch_pairs(0))
+        if self.size < self._smallest:
             raise DatasetError(
                 f"{len(lengths)} training caption(s) with {world_size} process(es): training needs at least "
                 f"{self._smallest} (BatchNorm cannot learn from one sample, and every process needs one); add captions"
@@ -87,7 +105,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def _pool_sizes(self) -> list[int]:
-        n, pool_size = len(self.lengths), self.global_batch_size * self.pool
+        n, pool_size = self.size, self.global_batch_size * self.pool
         sizes = [min(pool_size, n - start) for start in range(0, n, pool_size)]
         if len(sizes) > 1 and sizes[-1] < self._smallest:
             sizes[-2:] = [sum(sizes[-2:])]  # too few to batch alone: join the previous pool
@@ -103,7 +121,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     def global_batches(self) -> list[np.ndarray]:
         """This epoch's batches over all ranks, in training order."""
         rng = np.random.default_rng((self.seed, self.epoch))
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        pairs = np.arange(len(self.lengths)) if self.epoch_pairs is None else self.epoch_pairs(self.epoch)
+        order = pairs[rng.permutation(len(pairs))] if self.shuffle else pairs
         batches, start = [], 0
         for size in self._pool_sizes():
             chunk = order[start : start + size]
@@ -180,20 +199,19 @@ class ImageRows(Dataset):
 
 
 class AugmentedRows(Dataset):
-    """``(pixels, index)`` of augmented views: item ``i`` is ``augment_image(paths[i], seed=first_seed + i)``
-    through the preprocessing (so a chunk of a longer list gets the seeds the whole list would)."""
+    """``(pixels, index)`` of augmented views: item ``i`` is ``augment_image(paths[i], seed=i)``
+    through the preprocessing (so any subset of the items gets the views the whole list would)."""
 
-    def __init__(self, paths: list[str], preprocess: PreprocessConfig, augment: AugmentConfig, first_seed: int = 0):
+    def __init__(self, paths: list[str], preprocess: PreprocessConfig, augment: AugmentConfig):
         self.paths = paths
         self.augment = augment
-        self.first_seed = first_seed
         self.transform = build_transform(preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = augment_image(load_image(self.paths[i]), self.augment, seed=self.first_seed + i)
+        image = augment_image(load_image(self.paths[i]), self.augment, seed=i)
         return self.transform(image), i
 
 

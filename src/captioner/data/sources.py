@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 from pathlib import Path
 
-from .examples import Example
+from .examples import SHARD_ERROR, Example
 from .images import ImageReadError, verify_image
 from .language import normalize_language
 
@@ -286,12 +286,16 @@ def validate_examples(examples: list[Example], check_images: bool = True) -> Dat
     """Find missing/unreadable images, empty captions and duplicate ids in one pass."""
     problems = DatasetProblems()
     seen = set()
-    shard_examples = [e for e in examples if e.image_ref != str(e.path)]
+    shard_examples = [e for e in examples if e.image_ref != str(e.path) and SHARD_ERROR not in e.metadata]
     if shard_examples and check_images:
         from .webdataset import check_images as check_shard_images
 
         check_shard_images(shard_examples, problems)
     for example in examples:
+        if SHARD_ERROR in example.metadata:  # a damaged shard: what it still held are examples of their own
+            problems.unreadable.append(example.metadata[SHARD_ERROR])
+            problems.bad_paths.add(example.image_ref)
+            continue
         if example.image_id in seen or example.split == "__duplicate__":
             problems.duplicate_ids.append(example.image_id)
         seen.add(example.image_id)

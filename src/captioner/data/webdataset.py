@@ -19,6 +19,7 @@ import glob
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from ..errors import CaptionerError, InvalidInputError
-from .examples import SHARD_SUFFIX, Example, sample_ref, split_ref
-from .images import ImageReadError, PreprocessConfig, build_transform, load_image
+from .examples import SHARD_ERROR, SHARD_SUFFIX, Example, sample_ref, split_ref
+from .images import (DEFAULT_IMAGE_LIMITS, ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig,
+                     build_transform, load_image)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the image of a sample: the first of these it has
 _KEY_RULE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -95,11 +97,13 @@ def expand_shards(patterns: Sequence[str] | str) -> list[str]:
 # --- samples -------------------------------------------------------------------------
 @dataclass
 class Sample:
-    """One sample of a shard: its ``key`` and its files by suffix (``{"jpg": b"...", "txt": b"..."}``)."""
+    """One sample of a shard: its ``key`` and its files by suffix (``{"jpg": b"...", "txt": b"..."}``);
+    ``refused``: why members over ``ImageLimits.max_file_bytes`` were left unread, by suffix."""
 
     shard: str
     key: str
     files: dict[str, bytes] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -107,8 +111,11 @@ class Sample:
         return sample_ref(self.shard, self.key)
 
     def image_bytes(self) -> Optional[bytes]:
-        """The sample's image: the first of ``IMAGE_EXTENSIONS`` it has, or None."""
+        """The sample's image: the first of ``IMAGE_EXTENSIONS`` it has, or None. Raises
+        ``ImageTooLargeError`` when that member was too large to be read."""
         for extension in IMAGE_EXTENSIONS:
+            if extension in self.refused:
+                raise ImageTooLargeError(f"{self.name}: {self.refused[extension]}")
             if extension in self.files:
                 return self.files[extension]
         return None
@@ -144,14 +151,29 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     return load_image(data, name=name)
 
 
-def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None) -> Iterator[Sample]:
+def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None,
+                 limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Iterator[Sample]:
     """The samples of one shard in tar order. ``suffixes``: read only these files' bytes
-    (the others are seeked over: reading captions never reads the images). Raises
-    ``ShardError`` for a file that is not a tar or is cut off."""
+    (the others are seeked over: reading captions never reads the images). A member is held
+    in memory whole, so one over ``limits.max_file_bytes`` (a sparse 2 GB ``.jpg`` in a 61 KB
+    shard) is not read: ``Sample.refused`` says why.
+
+    Raises ``ShardError`` for a file that is not a tar and — after yielding every sample
+    before the damage — for one that is cut off or damaged: a member whose data runs past the
+    end of the file (read or seeked over), or an archive that does not end in its end-of-archive
+    block (tarfile itself stops there silently)."""
     wanted = set(suffixes) if suffixes is not None else None
     current: Optional[Sample] = None
+    complete = 0
+
+    def damaged(where: str) -> ShardError:
+        whole = f"{complete} whole sample{'' if complete == 1 else 's'}"
+        return ShardError(f"{shard}: cut off or damaged {where} after {whole}; the rest of the shard cannot be read "
+                          "(rewrite it)")
+
     try:
-        with tarfile.open(shard, "r:*") as tar:
+        with open(shard, "rb") as file, tarfile.open(fileobj=file, mode="r:") as tar:
+            end = os.fstat(file.fileno()).st_size
             for member in tar:
                 if not member.isfile():
                     continue
@@ -164,10 +186,23 @@ def iter_samples(shard: str, suffixes: Optional[Iterable[str]] = None) -> Iterat
                 if current is None or key != current.key:
                     if current is not None:
                         yield current
+                        complete += 1
                     current = Sample(shard, key)
-                if wanted is None or suffix in wanted:
+                if not member.issparse() and member.offset_data + member.size > end:
+                    raise damaged(f"in {member.name}")
+                if wanted is not None and suffix not in wanted:
+                    continue
+                if member.size > limits.max_file_bytes:
+                    current.refused[suffix] = (f"its .{suffix} member is {member.size:,} bytes, over the limit of "
+                                               f"{limits.max_file_bytes:,} (max_file_bytes); not read")
+                else:
                     current.files[suffix] = tar.extractfile(member).read()
+            file.seek(tar.offset)
+            if file.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                raise damaged("at its end")  # the last sample may have had more members: not yielded
     except (tarfile.TarError, EOFError, OSError) as e:
+        if current is not None:
+            raise damaged(f"({e})") from None
         raise ShardError(f"{shard}: not a readable tar shard ({e}); rewrite or remove it") from None
     if current is not None:
         yield current
@@ -182,19 +217,24 @@ def read_webdataset(
 ):
     """The examples of these shards (and of ``val_shards``, all in split ``val``), captions
     read, images not. Without ``val_shards``, ``val_fraction`` puts samples in val by a hash
-    of their key: the same samples whatever the shard order or count of ranks."""
+    of their key: the same samples whatever the shard order or count of ranks. A shard that is
+    cut off or unreadable keeps the samples before the damage and adds one example standing
+    for the damage (its ``metadata[SHARD_ERROR]`` says what), which validation reports."""
     train_shards = expand_shards(patterns)
     held_out = expand_shards(val_shards) if val_shards else []
     caption_files = ["json"] if caption_key else ["txt"]
     examples = []
     for shard in train_shards + [s for s in held_out if s not in train_shards]:
         split = "val" if shard in held_out else "train"
-        for sample in iter_samples(shard, caption_files):
-            if split == "train" and not held_out and val_fraction > 0 and _key_fraction(sample.key) < val_fraction:
-                example_split = "val"
-            else:
-                example_split = split
-            examples.append(Example(sample.key, Path(shard), sample.captions(caption_key), example_split))
+        try:
+            for sample in iter_samples(shard, caption_files):
+                if split == "train" and not held_out and val_fraction > 0 and _key_fraction(sample.key) < val_fraction:
+                    example_split = "val"
+                else:
+                    example_split = split
+                examples.append(Example(sample.key, Path(shard), sample.captions(caption_key), example_split))
+        except ShardError as e:  # the samples before the damage stay; validation reports it like a bad image
+            examples.append(Example("", Path(shard), [], split, {SHARD_ERROR: str(e)}))
     return examples
 
 
@@ -204,22 +244,27 @@ def _key_fraction(key: str) -> float:
 
 
 def check_images(examples, problems) -> None:
-    """Decode the image of every shard example (one pass per shard) and add what fails to
-    ``problems`` as ``SHARD#KEY: cause``; a key the shard lacks is ``missing``."""
+    """Decode the image of every shard example (one pass per shard, up to its last example) and
+    add what fails to ``problems`` as ``SHARD#KEY: cause``; a key the shard lacks is ``missing``."""
     by_shard: dict[str, set[str]] = {}
     for example in examples:
         by_shard.setdefault(str(example.path), set()).add(example.image_id)
     for shard, keys in by_shard.items():
         found = set()
-        for sample in iter_samples(shard):
-            if sample.key not in keys:
-                continue
-            found.add(sample.key)
-            try:
-                sample.image()
-            except ImageReadError as e:
-                problems.unreadable.append(str(e))
-                problems.bad_paths.add(sample.name)
+        try:
+            for sample in iter_samples(shard):
+                if sample.key not in keys:
+                    continue
+                found.add(sample.key)
+                try:
+                    sample.image()
+                except ImageReadError as e:
+                    problems.unreadable.append(str(e))
+                    problems.bad_paths.add(sample.name)
+                if found == keys:
+                    break  # the rest of the shard holds none of them
+        except ShardError as e:  # changed since its captions were read: its missing keys are named below
+            problems.unreadable.append(str(e))
         for key in sorted(keys - found):
             problems.missing.append(sample_ref(shard, key))
             problems.bad_paths.add(sample_ref(shard, key))
@@ -249,6 +294,8 @@ class ShardImages(IterableDataset):
                 while next_index is not None and next_index in pending:  # yield in the refs' order
                     yield self.transform(pending.pop(next_index).image()), next_index
                     next_index = next(order, None)
+                if next_index is None:
+                    break  # a shard cut off after its last wanted sample was skipped with --skip-invalid
             if next_index is not None:
                 raise ImageReadError(f"{self.refs[next_index]}: not in its shard")
 
@@ -256,7 +303,8 @@ class ShardImages(IterableDataset):
 class ShardSamples(IterableDataset):
     """Every sample of these shards for batch captioning, in shard and tar order, except
     ``skip_keys``: ``(pixels or None, (shard index, position in shard, key), error or None)``
-    — a bad image is an error item, never a stopped batch (batch with ``collate_with_errors``).
+    — a bad image is an error item, never a stopped batch (batch with ``collate_with_errors``);
+    so is a damaged shard (key ``None``, after the samples read before the damage).
     DataLoader workers take whole shards each."""
 
     def __init__(self, shards: Sequence[str], preprocess: PreprocessConfig, skip_keys: Collection[str] = ()):
@@ -268,14 +316,18 @@ class ShardSamples(IterableDataset):
         worker = torch.utils.data.get_worker_info()
         first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for index in range(first, len(self.shards), step):
-            for position, sample in enumerate(iter_samples(self.shards[index])):
-                if sample.key in self.skip_keys:
-                    continue
-                item = (index, position, sample.key)
-                try:
-                    yield self.transform(sample.image()), item, None
-                except ImageReadError as e:
-                    yield None, item, str(e)
+            position = 0
+            try:
+                for position, sample in enumerate(iter_samples(self.shards[index])):
+                    if sample.key in self.skip_keys:
+                        continue
+                    item = (index, position, sample.key)
+                    try:
+                        yield self.transform(sample.image()), item, None
+                    except ImageReadError as e:
+                        yield None, item, str(e)
+            except ShardError as e:  # reported like a bad image; the samples before it and later shards go on
+                yield None, (index, position + 1, None), str(e)
 
 
 def _runs_by_shard(refs: Sequence[str]) -> list[tuple[str, list[int]]]:
@@ -359,7 +411,11 @@ class ShardPairStream:
         buffer: list[tuple[Sample, int]] = []
         for shard in shards:
             wanted = self.pairs_of[shard]
+            unseen = set(wanted)
             for sample in iter_samples(shard):
+                if not unseen:
+                    break  # nothing more to read here (a shard cut off later was kept by --skip-invalid)
+                unseen.discard(sample.key)
                 for pair in wanted.get(sample.key, ()):
                     if len(buffer) < self.buffer_size:
                         buffer.append((sample, pair))

@@ -36,6 +36,9 @@ class Decoder(nn.Module):
     needs_grid: bool = False
     has_attention: bool = False
     static_state: tuple[str, ...] = ()
+    # State-dict keys that hold another key's tensor (weight tying, Press & Wolf 2017): saved once,
+    # under the key they name, and tied again when loaded.
+    tied_weights: dict[str, str] = {}
 
     def __init__(self, name: str, config, vocab_size: int, pooled_dim: int, grid_dim: int | None = None):
         super().__init__()
@@ -59,6 +62,16 @@ class Decoder(nn.Module):
     def describe(self) -> dict:
         """What config.json records to rebuild this decoder."""
         return {"name": self.name, "options": asdict(self.config)}
+
+    def tie_output_to_embedding(self) -> None:
+        """Share the word embedding with the output layer (``head``): a vocabulary's rows are
+        stored once, which pays for a large (multilingual, subword) vocabulary."""
+        if self.head.weight.shape != self.embed.weight.shape:
+            raise InvalidInputError(f"decoder {self.name!r}: tie_embeddings needs the output layer's input as wide as "
+                                    f"the embedding ({tuple(self.head.weight.shape)} vs "
+                                    f"{tuple(self.embed.weight.shape)}): set embed_dim equal to hidden_dim")
+        self.head.weight = self.embed.weight
+        self.tied_weights = {"head.weight": "embed.weight"}
 
     @property
     def embedding(self) -> nn.Embedding:

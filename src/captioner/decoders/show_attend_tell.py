@@ -25,6 +25,7 @@ class ShowAttendTellConfig:
     dropout: float = 0.5  # on the LSTM output, before the vocabulary projection
     gate: bool = True  # sigmoid gating scalar beta_t on the context (paper section 4.2.1)
     doubly_stochastic_weight: float = 1.0  # lambda of the (1 - sum_t alpha)^2 penalty; 0 = off
+    tie_embeddings: bool = False  # the output layer shares the embedding's weights (embed_dim == hidden_dim)
     attention_activation: str = "tanh"  # or "relu", as the PyTorch tutorial's Attention (its imported models)
 
 
@@ -44,6 +45,8 @@ class ShowAttendTell(Decoder):
         self.cell = nn.LSTMCell(config.embed_dim + grid_dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_dim, vocab_size)
+        if config.tie_embeddings:
+            self.tie_output_to_embedding()
 
     def init_state(self, features: Features) -> State:
         regions = features.grid

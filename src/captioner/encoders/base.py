@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
@@ -206,7 +207,9 @@ def load_state_dict_file(path: str | Path, encoder: str) -> dict[str, torch.Tens
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a foreign pickle's protocol: refused below in one line, or fine
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # it pickles code or objects: refused, never run
         unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f"it unpickles {unsupported.group(1)}" if unsupported else "it holds pickled objects"

@@ -3,8 +3,8 @@
 Everything is read from the model: the pooled dim from ``head_hidden_size``/``num_features``,
 the region grid from ``forward_features`` (NCHW maps, NHWC maps, or ViT tokens laid back onto
 the patch grid), the stages from ``feature_info`` and the preprocessing from timm's pretrained
-config. Weights come from ``weights_file``, else timm's hub cache, else a download; timm loads
-them as safetensors or with ``torch.load(weights_only=True)`` (``.npz`` with
+config. Weights come from ``weights_file``, else timm's hub cache, else a download; a local
+file is read as safetensors or with ``torch.load(weights_only=True)`` (``.npz`` with
 ``allow_pickle=False``), never by unpickling code.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data.images import PreprocessConfig
-from .base import ENCODERS, OFFLINE_FIX, Encoder, EncoderConfig, PretrainedWeightsUnavailable
+from .base import ENCODERS, OFFLINE_FIX, Encoder, EncoderConfig, PretrainedWeightsUnavailable, load_state_dict_file
 
 PREFIXES = ("timm:", "timm/")
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in a hub repo, in order
@@ -65,9 +65,15 @@ def cached_pretrained_file(pretrained_cfg: dict) -> str | None:
     return None
 
 
-def _file_overlay(path: str) -> dict:
-    # Original JAX .npz files need the model's own loader (custom_load); state dicts do not.
-    return {"file": str(path), "custom_load": str(path).endswith(".npz")}
+def _weights_overlay(path: str, encoder: str) -> dict:
+    """timm's ``pretrained_cfg_overlay`` for a local weights file. A state dict is read here,
+    by ``load_state_dict_file`` (safetensors, or ``weights_only=True``): a file that would
+    unpickle code, or that is damaged, is refused in one line naming it — timm's own loader
+    raises it with a 57-line traceback. Original JAX ``.npz`` files need the model's own loader
+    (``custom_load``, which reads them with ``allow_pickle=False``)."""
+    if str(path).endswith(".npz"):
+        return {"file": str(path), "custom_load": True}
+    return {"state_dict": load_state_dict_file(path, encoder)}
 
 
 def create_timm_model(model_name: str, config: TimmEncoderConfig) -> nn.Module:
@@ -83,7 +89,8 @@ def create_timm_model(model_name: str, config: TimmEncoderConfig) -> nn.Module:
     if config.weights_file:
         if not Path(config.weights_file).is_file():
             raise PretrainedWeightsUnavailable(f"weights_file for encoder timm:{model_name} not found: {config.weights_file}")
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=_file_overlay(config.weights_file),
+        return timm.create_model(model_name, pretrained=True,
+                                 pretrained_cfg_overlay=_weights_overlay(config.weights_file, f"timm:{model_name}"),
                                  **options)
     pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
@@ -92,7 +99,8 @@ def create_timm_model(model_name: str, config: TimmEncoderConfig) -> nn.Module:
         )
     cached = cached_pretrained_file(pretrained_cfg.to_dict())
     if cached:  # load the cached file directly: no network round trip (and no retries offline)
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=_file_overlay(cached), **options)
+        return timm.create_model(model_name, pretrained=True,
+                                 pretrained_cfg_overlay=_weights_overlay(cached, f"timm:{model_name}"), **options)
     try:
         return timm.create_model(model_name, pretrained=True, **options)
     except OSError as e:  # no connection, DNS, HTTP and hub "not found locally" errors are all OSErrors

@@ -5,7 +5,6 @@ captions and confidence (:mod:`captioner.captions`, :mod:`captioner.confidence`)
 model's own code, run on numpy arrays: only the graphs are the export's."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -14,33 +13,50 @@ import numpy as np
 
 from ..captions import Caption, caption_features, caption_in_batches
 from ..confidence import ConfidenceModel
-from ..data.images import ImageInput, PreprocessConfig, preprocess_array
-from ..data.vocab import Vocabulary
+from ..data.images import ImageInput, preprocess_array
 from ..decoding import (
     DecodeOptions, DecodingConfig, DecodingRules, Features, Hypothesis, State, decode, decoding_config_of,
     score_captions,
 )
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingDependencyError
 from ..registry import build_dataclass
 from ..retrieval import Datastore, EncoderIdentity
-from .manifest import NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError, read_manifest
+from ..untrusted import ModelFolder
+from .manifest import (GRAPH_FILES, MANIFEST_FILE, NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError,
+                       read_manifest)
 
 INSTALL_HINT = "pip install 'captioner[onnx]'"
 STEP_COUNTER = "__step__"  # the exported decoder's own count of steps, kept in its state
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, inputs: list[str], outputs: list[str]):
+    """An onnxruntime session of the graph at ``path``, refused in one line when the file is no
+    graph or its input and output names are not the ones the manifest gives."""
     try:
         import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
     except ImportError:
-        raise RuntimeError(f"captioning an exported model needs onnxruntime, which is not installed: {INSTALL_HINT}") \
-            from None
+        raise MissingDependencyError(
+            f"captioning an exported model needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.NoSuchFile,
+            ort_errors.InvalidArgument, ort_errors.NotImplemented) as e:  # what a damaged graph file raises
+        reason = " ".join(str(e).split())[:300]
+        raise ExportedModelError(f"{path}: not a graph onnxruntime can load ({reason}); export the model again") \
+            from None
+    given = [value.name for value in session.get_inputs()]
+    made = {value.name for value in session.get_outputs()}
+    if sorted(given) != sorted(inputs) or not set(outputs) <= made:
+        raise ExportedModelError(
+            f"{path}: the graph reads {given} and returns {sorted(made)}, not the inputs {inputs} and outputs "
+            f"{outputs} {MANIFEST_FILE} names; export the model again")
+    return session
 
 
 class _ExportedDecoder:
@@ -89,30 +105,45 @@ class OnnxCaptioner:
 
     def __init__(self, directory: str | Path, threads: int | None = None):
         self.directory = Path(directory)
-        self.manifest = read_manifest(self.directory)
+        self.manifest = read_manifest(self.directory)  # every entry checked, every path inside the folder
         if threads is None:
             threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-        try:
-            self.vocab = Vocabulary.load(self.directory / VOCAB_FILE)
-            self.preprocess = PreprocessConfig(**json.loads((self.directory / PREPROCESS_FILE).read_text("utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ExportedModelError(f"{self.directory}: unreadable {VOCAB_FILE} or {PREPROCESS_FILE} ({e})") from None
+        folder = ModelFolder(self.directory, ExportedModelError)
+        self.vocab = folder.vocabulary(VOCAB_FILE)
+        self.preprocess = folder.preprocess(folder.read_json(PREPROCESS_FILE), PREPROCESS_FILE)
         if len(self.vocab) != self.manifest["decoder"]["vocab_size"]:
             raise ExportedModelError(
                 f"{self.directory}: {VOCAB_FILE} has {len(self.vocab)} words but the graphs score "
                 f"{self.manifest['decoder']['vocab_size']}; export the model again"
             )
-        sessions = {part: _session(self.directory / name, threads) for part, name in self.manifest["graphs"].items()}
+        sessions = {part: _session(self.directory / self.manifest["graphs"][part], threads,
+                                   self.manifest[part]["inputs"], self.manifest[part]["outputs"])
+                    for part in GRAPH_FILES}
+        self._check_pixels(sessions["encoder"].get_inputs()[0].shape)
         self._encoder = sessions["encoder"]
         self.decoder = _ExportedDecoder(self.manifest, sessions["init_state"], sessions["step"])
-        self.max_length = int(self.manifest["decoding"]["max_length"])
+        self.max_length = self.manifest["decoding"]["max_length"]
         # the model's decoding rules (exports made before they were recorded: captioner's own)
-        self.rules = build_dataclass(DecodingRules, self.manifest["decoding"].get("rules", {}), "manifest decoding rules")
+        try:
+            self.rules = build_dataclass(DecodingRules, self.manifest["decoding"].get("rules", {}), "rules")
+            decoding_config_of(self.vocab, self.max_length, None, self.rules)  # the rules' tokens are the vocabulary's
+        except (InvalidInputError, KeyError, TypeError) as e:
+            raise ExportedModelError(f"{self.directory / MANIFEST_FILE}: decoding.rules: {e}; export the model again") \
+                from None
         confidence_file = self.manifest.get("confidence")
         self.confidence = None if confidence_file is None else ConfidenceModel.load(
-            self.directory, int(self.manifest["encoder"]["pooled_shape"][1]), confidence_file)
+            self.directory, self.manifest["encoder"]["pooled_shape"][1], confidence_file)
         self.datastore = Datastore.load(self.directory, self.encoder_identity()) if self.manifest.get("datastore") \
             else None
+
+    def _check_pixels(self, shape: list) -> None:
+        """The encoder graph takes the crop preprocess.json makes (its sides, when fixed)."""
+        size = self.preprocess.crop_size
+        sides = [side for side in shape[2:] if isinstance(side, int)]
+        if len(shape) != 4 or any(side != size for side in sides):
+            raise ExportedModelError(
+                f"{self.directory / self.manifest['graphs']['encoder']}: takes pixels of shape {shape}, but "
+                f"{PREPROCESS_FILE} makes {size}×{size} crops; export the model again")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, threads: int | None = None) -> "OnnxCaptioner":

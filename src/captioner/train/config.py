@@ -32,6 +32,9 @@ class DataConfig:
     tokenizer: Optional[str] = None  # word tokenizer of every language: ptb | unicode | chars (default: per language)
     vocabulary: str = "word"  # word | bpe | unigram (subword pieces trained on the captions, tokenizer.json)
     vocab_size: int = 4000  # bpe / unigram: pieces, marker tokens included
+    # Many languages: each epoch each image trains on its captions in `language` and this many of its
+    # other languages' captions, drawn anew each epoch (0: every caption, every epoch)
+    other_languages_per_epoch: int = 0
     feature_cache: Optional[str] = None  # default: $CAPTIONER_CACHE/features or ~/.cache/captioner/features
     augment_views: int = 0  # this many augmented views of each image (cached once; made from pixels when the
     # encoder reads pixels); each epoch, each pair reads one of its image's views or the clean image,

@@ -5,27 +5,33 @@ model gets what captioning reads beside its weights — the datastore of its tra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
-from ..data.activation_cache import TopFeatures
 from ..confidence import MIN_HELD_OUT, features_from_cache, fit_confidence
-from ..decoding import DecodeOptions, Features
+from ..data.activation_cache import TopFeatures
+from ..decoding import DecodeOptions
 from ..evaluate import iter_val_features
 from ..model import Captioner
 from ..datastore import build_datastore, tune_rerank
 from ..retrieval import RerankConfig
 from .config import TrainConfig
 
+DATASTORE_BATCH = 64  # images encoded at once when a fine-tuned encoder's features are not cached
 
+
+@torch.inference_mode()
 def finish_model(out: Path, device, train_examples: list, val_examples: list, config: TrainConfig, cache=None,
                  log: Callable[[str], None] = print) -> None:
     """Freeze a fine-tuned encoder (``Encoder.freeze``: captioning then runs it as a frozen one,
     in ONNX Runtime on the CPU), and write the datastore (unless ``config.retrieval.datastore``
     is off) and the confidence into the model folder ``out``. The cache rows are the training
     images, then the val images; an activation cache's are read through the best model's top."""
-    model = Captioner.from_pretrained(out, device)
+    with torch.inference_mode(False):
+        # Ordinary tensors: the frozen encoder's ONNX Runtime twin (``Captioner.encode``, the
+        # pixel path below) checks the weights' version counters, which inference tensors lack.
+        model = Captioner.from_pretrained(out, device)
     if not model.encoder.frozen:
         model.encoder.freeze()
         model.save_pretrained(out)
@@ -36,9 +42,11 @@ def finish_model(out: Path, device, train_examples: list, val_examples: list, co
     train_count = len(train_examples)
 
     def features(rows: range):
+        """Batches of these rows' features: from the cache, or encoded from their images (files or shard samples)."""
         if cache is not None:
             return features_from_cache(cache, rows)
-        return _encoded(model, examples[rows.start : rows.stop], device)
+        return (f for _, f in iter_val_features(model, examples[rows.start : rows.stop], list(rows), None,
+                                                DATASTORE_BATCH, device))
 
     val_rows = range(train_count, len(examples))
     language = model.vocab.default_language
@@ -59,10 +67,3 @@ def finish_model(out: Path, device, train_examples: list, val_examples: list, co
     path = model.confidence.save(out)
     log(f"confidence: {path} (predicts {model.confidence.target} on {len(val_examples)} val images; flags the "
         f"{model.confidence.threshold:.0%} least familiar)")
-
-
-@torch.no_grad()
-def _encoded(model: Captioner, examples: list, device) -> Iterator[Features]:
-    """The examples' features from their images, files or shard samples (``iter_val_features``)."""
-    for _, features in iter_val_features(model, examples, list(range(len(examples))), None, 32, device):
-        yield features

@@ -8,6 +8,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -238,7 +239,11 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         else:
             pairs = CaptionPairs(train_examples, list(range(len(train_examples))), vocab, config.data.max_length)
         val_pairs = CaptionPairs(val_examples, val_rows, vocab, config.data.max_length) if val_examples else None
-        sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size)
+        epoch_pairs = None
+        if config.data.other_languages_per_epoch and objective.rows != "images":
+            epoch_pairs = partial(pairs.epoch_pairs, seed=config.seed, other_languages=config.data.other_languages_per_epoch)
+        sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size,
+                                     epoch_pairs=epoch_pairs)
         batches, cache = make_batches(config, model, paths, pairs, sampler, info, device, examples, say)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
             f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
