@@ -116,5 +116,10 @@ def test_train_onnx_trains_from_an_onnx_extracted_cache(tiny_one_caption, tmp_pa
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert list(cache_root("onnx").glob("efficientnet_lite0-*-64.onnx"))
 
-    assert main([*args, "--out", str(tmp_path / "fine-tune"), "--trainable-blocks", "1"]) == 2
+    # A fine-tuned encoder: ONNX Runtime extracts its frozen stages' activation cache; reading
+    # pixels instead (no activation cache) runs the whole encoder in torch, and --onnx is refused.
+    assert main([*args, "--out", str(tmp_path / "fine-tune"), "--trainable-blocks", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "pixels"), "--trainable-blocks", "1",
+                 "--set", "data.cache_activations=false"]) == 2
     assert "training reads pixels" in capsys.readouterr().err
