@@ -103,7 +103,8 @@ def main() -> None:
     train_pattern = str(work / "train-shards" / f"{{00000..{len(train_shards) - 1:05d}}}.tar")
     for label, extra in (("frozen encoder (feature cache built + 1 epoch)", []),
                          ("fine-tuning (trainable_blocks=1, pixels, 1 epoch)",
-                          ["--trainable-blocks", "1", "--set", "model.preprocess={crop_size: 64, resize_size: 64}"])):
+                          ["--trainable-blocks", "1", "--set", "model.preprocess={crop_size: 64, resize_size: 64}",
+                           "--set", "data.cache_activations=false"])):
         for source, data in (("folder", str(work / "train.csv")), ("shards", train_pattern)):
             out = work / f"run-{len(rows)}"
             seconds = _run(["train", "--data", data, "--out", str(out), "--encoder", "efficientnet_lite0",
