@@ -37,11 +37,14 @@ DEVICE_CHECK_EVERY = 4
 
 
 class Features(NamedTuple):
-    """What a decoder reads: the pooled image feature, and the region grid for attention."""
+    """What a decoder reads: the pooled image feature, the region grid for attention and, for a
+    decoder that reads them (``retrieved_shape``), the captions of each image's nearest datastore
+    images (:func:`captioner.retrieval.with_retrieved`); decoders ignore what they do not read."""
 
     pooled: Any  # (batch, pooled_dim)
     grid: Any = None  # (batch, regions, grid_dim), when the decoder needs it
     grid_shape: Optional[tuple[int, int]] = None  # (h, w) with h * w == regions, when known
+    retrieved: Any = None  # (batch, neighbours, length) int64 token ids, <pad> after each caption's <end>
 
 
 State = dict  # name → array with the batch on dim 0 (or a list of them, or a non-array constant)

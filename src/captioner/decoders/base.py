@@ -12,6 +12,11 @@ A decoder is given the image features and
   keys named in ``static_state`` hold per-image constants that need no reordering.
   A decoder with attention leaves the last step's weights under ``state["attention"]``
   (batch, regions).
+
+A decoder that reads the captions of each image's nearest datastore images (retrieval
+augmentation) says how many and how long in ``retrieved_shape`` and finds them in
+``Features.retrieved``, filled by :func:`captioner.retrieval.with_retrieved` when captioning and by
+the training loop when training; every other decoder has ``retrieved_shape = None`` and ignores them.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class Decoder(nn.Module):
     # State-dict keys that hold another key's tensor (weight tying, Press & Wolf 2017): saved once,
     # under the key they name, and tied again when loaded.
     tied_weights: dict[str, str] = {}
+    retrieved_shape: tuple[int, int] | None = None  # (neighbours, tokens) of Features.retrieved it reads
 
     def __init__(self, name: str, config, vocab_size: int, pooled_dim: int, grid_dim: int | None = None):
         super().__init__()

@@ -52,13 +52,18 @@ class MultiHeadAttention(nn.Module):
         keys, values = self.key_value(x).chunk(2, dim=-1)
         return self._heads(keys), self._heads(values)  # each (batch, heads, L, d_head)
 
-    def forward(self, x, keys, values, causal: bool = False, need_weights: bool = False):
+    def forward(self, x, keys, values, causal: bool = False, need_weights: bool = False, mask=None):
         """x (batch, T, d_model) attends to keys/values (batch, heads, S, d_head)
-        → (batch, T, d_model), and the weights (batch, heads, T, S) when asked for."""
+        → (batch, T, d_model), and the weights (batch, heads, T, S) when asked for. ``mask``
+        (batch, 1, 1, S): 0 where a key may be read, -inf where not (padding)."""
         query = self._heads(self.query(x))  # (batch, heads, T, d_head)
         weights = None
+        if mask is not None:
+            mask = mask.to(query.dtype)  # under autocast the scores are bf16
         if need_weights:
             scores = query @ keys.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (batch, heads, T, S)
+            if mask is not None:
+                scores = scores + mask
             if causal:
                 t, s = scores.shape[-2:]
                 future = torch.ones(t, s, dtype=torch.bool, device=x.device).triu(s - t + 1)
@@ -66,9 +71,15 @@ class MultiHeadAttention(nn.Module):
             weights = scores.softmax(dim=-1)
             mixed = weights @ values
         else:
-            mixed = F.scaled_dot_product_attention(query, keys, values, is_causal=causal)
+            mixed = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal)
         batch, _, length, _ = mixed.shape
         return self.out(mixed.transpose(1, 2).reshape(batch, length, -1)), weights
+
+
+def feed_forward(config: TransformerConfig) -> nn.Sequential:
+    """The position-wise feed-forward block of a layer: d_model → ff_dim → d_model."""
+    return nn.Sequential(nn.Linear(config.d_model, config.ff_dim), nn.GELU(), nn.Dropout(config.dropout),
+                         nn.Linear(config.ff_dim, config.d_model))
 
 
 class DecoderLayer(nn.Module):
@@ -82,21 +93,22 @@ class DecoderLayer(nn.Module):
         self.cross_norm = nn.LayerNorm(d)
         self.cross_attention = MultiHeadAttention(d, config.num_heads)
         self.ff_norm = nn.LayerNorm(d)
-        self.feed_forward = nn.Sequential(
-            nn.Linear(d, config.ff_dim), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.ff_dim, d)
-        )
+        self.feed_forward = feed_forward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, past: tuple | None, memory: tuple, causal: bool, need_weights: bool = False):
+    def forward(self, x, past: tuple | None, memory: tuple, causal: bool, need_weights: bool = False,
+                memory_mask=None):
         """x (batch, T, d); ``past`` cached self-attention (keys, values) or None; ``memory`` the
-        cross-attention (keys, values). Returns x, this layer's self (keys, values), cross weights."""
+        cross-attention (keys, values), ``memory_mask`` which of them to read (see
+        ``MultiHeadAttention``; None: all). Returns x, this layer's self (keys, values), cross weights."""
         h = self.self_norm(x)
         keys, values = self.self_attention.keys_values(h)
         if past is not None:
             keys, values = torch.cat([past[0], keys], dim=2), torch.cat([past[1], values], dim=2)
         attended, _ = self.self_attention(h, keys, values, causal=causal)
         x = x + self.dropout(attended)
-        attended, weights = self.cross_attention(self.cross_norm(x), *memory, need_weights=need_weights)
+        attended, weights = self.cross_attention(self.cross_norm(x), *memory, need_weights=need_weights,
+                                                 mask=memory_mask)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.ff_norm(x)))
         return x, (keys, values), weights
@@ -105,7 +117,7 @@ class DecoderLayer(nn.Module):
 class TransformerDecoder(Decoder):
     needs_grid = True
     has_attention = True
-    static_state = ("memory_keys", "memory_values")
+    static_state = ("memory_keys", "memory_values", "memory_mask")
 
     def __init__(self, name, config: TransformerConfig, vocab_size, pooled_dim, grid_dim=None):
         super().__init__(name, config, vocab_size, pooled_dim, grid_dim)
@@ -138,13 +150,19 @@ class TransformerDecoder(Decoder):
             nn.init.zeros_(module.bias)
 
     # --- pieces -----------------------------------------------------------------------
-    def _memory(self, features: Features) -> torch.Tensor:
+    def _image_slots(self, features: Features) -> torch.Tensor:
+        """The image as memory slots before normalisation: (batch, [1 +] R, d)."""
         if features.grid is None:
             raise ValueError(f"decoder {self.name!r} needs the region grid (Features.grid), got None")
         memory = self.grid_proj(features.grid)  # (batch, R, d)
         if self.pooled_proj is not None:
             memory = torch.cat([self.pooled_proj(features.pooled)[:, None], memory], dim=1)  # (batch, 1 + R, d)
-        return self.dropout(self.memory_norm(memory))
+        return memory
+
+    def _memory(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What every layer cross-attends to: (batch, slots, d), and the mask of the slots it may
+        read (batch, 1, 1, slots), or None when it reads them all."""
+        return self.dropout(self.memory_norm(self._image_slots(features))), None
 
     def _position(self, start: int, length: int) -> torch.Tensor:
         if start + length > self.config.max_positions:
@@ -171,27 +189,31 @@ class TransformerDecoder(Decoder):
     def forward(self, features: Features, tokens: torch.Tensor, return_attention: bool = False) -> DecoderOutput:
         """Teacher forcing, all positions at once. ``return_attention``: also compute the last
         layer's cross-attention weights explicitly (otherwise fused attention kernels are used)."""
-        memory = self._memory(features)
+        memory, mask = self._memory(features)
         x = self.dropout(self.embed(tokens) + self._position(0, tokens.shape[1]))  # (batch, T, d)
         weights = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             memory_kv = layer.cross_attention.keys_values(memory)
-            x, _, weights = layer(x, None, memory_kv, causal=True, need_weights=return_attention and last)
+            x, _, weights = layer(x, None, memory_kv, causal=True, need_weights=return_attention and last,
+                                  memory_mask=mask)
         attention = self._region_attention(weights) if weights is not None else None
         return DecoderOutput(self._logits(x), attention)
 
     def init_state(self, features: Features) -> State:
-        memory = self._memory(features)
+        memory, mask = self._memory(features)
         memory_kv = [layer.cross_attention.keys_values(memory) for layer in self.layers]
         batch, heads = memory.shape[0], self.config.num_heads
         empty = memory.new_zeros(batch, heads, 0, self.config.d_model // heads)  # (batch, heads, 0, d_head)
-        return {
+        state = {
             "memory_keys": [k for k, _ in memory_kv],  # per layer (batch, heads, slots, d_head)
             "memory_values": [v for _, v in memory_kv],
             "keys": [empty] * len(self.layers),  # per layer (batch, heads, steps so far, d_head)
             "values": [empty] * len(self.layers),
         }
+        if mask is not None:
+            state["memory_mask"] = mask  # (batch, 1, 1, slots), a per-image constant as the memory is
+        return state
 
     def step(self, tokens: torch.Tensor, state: State):
         position = state["keys"][0].shape[2]  # tokens read so far
@@ -201,7 +223,8 @@ class TransformerDecoder(Decoder):
             last = i == len(self.layers) - 1
             memory = (state["memory_keys"][i], state["memory_values"][i])
             x, (k, v), weights = layer(
-                x, (state["keys"][i], state["values"][i]), memory, causal=False, need_weights=last
+                x, (state["keys"][i], state["values"][i]), memory, causal=False, need_weights=last,
+                memory_mask=state.get("memory_mask"),
             )
             keys.append(k)
             values.append(v)
