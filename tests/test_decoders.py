@@ -1,11 +1,13 @@
 """Every registered decoder: shapes, gradients, step-vs-teacher-forcing agreement, decoding,
 save/load — plus learning runs for the attention decoders, attention pictures, pretrained
-word vectors and encoder fine-tuning."""
+word vectors and encoder fine-tuning. Every decoder is given retrieved captions (and a model
+a datastore): those that do not read them ignore them."""
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +18,10 @@ from captioner.data.tokenizer import ptb_tokenize
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import Features
 from captioner.decoding import DecodingConfig, beam_search, greedy
+from captioner.errors import InvalidInputError
 from captioner.objectives import CaptionCrossEntropy
+from captioner.model import ModelDirectoryError
+from captioner.retrieval import DATASTORE_FILE, Datastore, DatastoreError
 
 from conftest import train_tiny
 
@@ -29,7 +34,10 @@ TINY_OPTIONS = {
     "transformer": {"d_model": 16, "num_layers": 2, "num_heads": 2, "ff_dim": 32, "max_positions": 24},
     "merge": {"embed_dim": 16, "hidden_dim": 24},
     "one-shot": {"hidden_dim": 24, "max_length": 24},
+    "retrieval-transformer": {"d_model": 16, "num_layers": 2, "num_heads": 2, "ff_dim": 32, "max_positions": 24,
+                              "neighbours": 3, "retrieved_length": 5},
 }
+NEIGHBOURS, RETRIEVED_LENGTH = 3, 5
 DECODERS = list_decoders()
 
 
@@ -39,7 +47,18 @@ def tiny_decoder(name: str, **overrides):
 
 def random_features(batch: int = 3, seed: int = 0) -> Features:
     g = torch.Generator().manual_seed(seed)
-    return Features(torch.randn(batch, POOLED_DIM, generator=g), torch.randn(batch, REGIONS, GRID_DIM, generator=g))
+    return Features(torch.randn(batch, POOLED_DIM, generator=g), torch.randn(batch, REGIONS, GRID_DIM, generator=g),
+                    retrieved=random_retrieved(batch, g))
+
+
+def random_retrieved(batch: int, g: torch.Generator) -> torch.Tensor:
+    """Retrieved captions (batch, neighbours, length): words, <end>, <pad>; the last neighbour has none."""
+    tokens = torch.randint(4, VOCAB, (batch, NEIGHBOURS, RETRIEVED_LENGTH), generator=g)
+    lengths = torch.randint(2, RETRIEVED_LENGTH + 1, (batch, NEIGHBOURS, 1), generator=g)
+    lengths[:, -1] = 0
+    position = torch.arange(RETRIEVED_LENGTH)
+    tokens = torch.where(position == lengths - 1, Vocabulary.end_id, tokens)
+    return torch.where(position >= lengths, Vocabulary.pad_id, tokens)
 
 
 def random_tokens(batch: int = 3, length: int = 9, seed: int = 1) -> torch.Tensor:
@@ -141,7 +160,8 @@ def test_beam_search_batches_independently(name):
     features = random_features(batch=3)
     together = beam_search(decoder, features, DECODING, beam_size=3)
     for i in range(3):
-        alone = beam_search(decoder, Features(features.pooled[i : i + 1], features.grid[i : i + 1]), DECODING, 3)
+        alone = beam_search(decoder, Features(*(f[i : i + 1] if f is not None else None for f in features)),
+                            DECODING, 3)
         assert alone[0][0].tokens == together[i][0].tokens
 
 
@@ -159,8 +179,10 @@ def random_images(tmp_path_factory):
 
 
 def small_captioner(decoder: str, words=("a", "cat", "dog", "on", "red", "mat")) -> Captioner:
+    """A tiny random model; with a datastore of a few captioned random features when its decoder
+    reads retrieved captions."""
     vocab = Vocabulary(words)
-    return Captioner.build(
+    model = Captioner.build(
         "efficientnet_lite0",
         decoder,
         vocab,
@@ -169,6 +191,11 @@ def small_captioner(decoder: str, words=("a", "cat", "dog", "on", "red", "mat"))
         preprocess=PreprocessConfig(crop_size=64, resize_size=64, mean=(0.5,) * 3, std=(0.5,) * 3),
         max_length=8,
     )
+    if model.decoder.retrieved_shape is not None:
+        pooled = np.random.default_rng(0).normal(size=(5, model.encoder.pooled_dim)).astype(np.float32)
+        captions = [{"en": [c]} for c in ("a cat", "a red dog on a mat", "dog", "red mat", "a cat on a red mat")]
+        model.datastore = Datastore.build(pooled, captions, model.encoder_identity(), dims=4)
+    return model
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -226,6 +253,40 @@ def test_one_shot_ignores_the_words():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="max_length"):
         decoder(features, random_tokens(length=25))
+
+
+def test_retrieval_transformer_reads_the_retrieved_captions_padding_masked():
+    decoder = tiny_decoder("retrieval-transformer").eval()
+    features, tokens = random_features(), random_tokens()
+    with torch.no_grad():
+        logits = decoder(features, tokens).logits
+        other = features._replace(retrieved=random_retrieved(3, torch.Generator().manual_seed(5)))
+        assert not torch.allclose(decoder(other, tokens).logits, logits)
+        decoder.neighbour_ranks.weight[-1] += 1.0  # the last neighbour is all <pad>: never read
+        torch.testing.assert_close(decoder(features, tokens).logits, logits)
+        decoder.neighbour_ranks.weight[0] += 1.0
+        assert not torch.allclose(decoder(features, tokens).logits, logits)
+
+
+def test_retrieval_transformer_refuses_without_retrieved_captions(random_images):
+    decoder = tiny_decoder("retrieval-transformer")
+    features, tokens = random_features(), random_tokens()
+    with pytest.raises(InvalidInputError, match=r"Features\.retrieved\) and none were given"):
+        decoder(features._replace(retrieved=None), tokens)
+    with pytest.raises(InvalidInputError, match=r"\(3, 3, 5\), got \(3, 2, 5\)"):
+        decoder.init_state(features._replace(retrieved=features.retrieved[:, :2]))
+    model = small_captioner("retrieval-transformer")
+    model.datastore = None
+    with pytest.raises(DatastoreError, match="has no datastore: make one with `captioner datastore build"):
+        model.caption(random_images[0])
+
+
+def test_a_retrieval_model_folder_without_its_datastore_is_refused(tmp_path):
+    folder = small_captioner("retrieval-transformer").save_pretrained(tmp_path / "model")
+    (folder / DATASTORE_FILE).unlink()
+    with pytest.raises(ModelDirectoryError, match=f"{DATASTORE_FILE} is missing"):
+        Captioner.from_pretrained(folder)
+    assert Captioner.from_pretrained(folder, with_datastore=False).datastore is None  # to build one
 
 
 # --- learning on real images ----------------------------------------------------------

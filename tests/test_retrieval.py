@@ -1,5 +1,6 @@
 """The datastore beside a model: build, add, load and search; consensus reranking; the
-teacher-forced scores it ranks with; confidence fitted to say which captions are right."""
+teacher-forced scores it ranks with; confidence fitted to say which captions are right; the
+retrieved captions a SmallCap-style decoder reads."""
 from __future__ import annotations
 
 import shutil
@@ -12,9 +13,11 @@ import pytest
 
 from captioner import Captioner, DecodeOptions
 from captioner.confidence import ConfidenceModel
+from captioner.data.vocab import Vocabulary
 from captioner.decoding import Features, beam_search, score_captions
 from captioner.retrieval import (
-    DATASTORE_FILE, Datastore, DatastoreError, EncoderIdentity, RerankConfig, consensus, rerank,
+    DATASTORE_FILE, Datastore, DatastoreError, EncoderIdentity, Neighbours, RerankConfig, consensus, rerank,
+    retrieved_tokens,
 )
 
 from conftest import TINY
@@ -73,6 +76,22 @@ def test_consensus_weighs_the_neighbours_captions_by_similarity():
     assert close > far
     flipped = consensus([["a red apple", "a green pear"]], [refs], [[0.1, 0.1, 0.9]], scorer, str.split)[0]
     assert flipped[1] > flipped[0]
+
+
+# --- retrieved captions for a decoder that reads them ----------------------------------------
+def test_retrieved_tokens_are_words_end_then_padding():
+    vocab = Vocabulary(["a", "red", "apple", "ein", "roter", "apfel"], {"en": "ptb", "de": "unicode"})
+    captions = [{"en": ["a red apple"], "de": ["ein roter apfel"]}, {"en": ["apple"]}, {"en": ["a red red red apple"]}]
+    store = Datastore.build(np.eye(3, 4, dtype=np.float32), captions, IDENTITY, dims=2)
+    neighbours = Neighbours(np.array([[0, 1, 2], [2, 0, 1]]), np.array([[0.9, 0.5, -np.inf], [0.9, 0.5, 0.1]]))
+    end, pad = vocab.end_id, vocab.pad_id
+    words = lambda text: [vocab.stoi[w] for w in text.split()]  # noqa: E731
+    english = retrieved_tokens(store, neighbours, vocab, "en", (3, 4))
+    assert english.shape == (2, 3, 4) and english.dtype == np.int64
+    assert english[0].tolist() == [[*words("a red apple"), end], [*words("apple"), end, pad, pad], [pad] * 4]
+    assert english[1, 0].tolist() == [*words("a red red"), end]  # cut to length - 1 words, then <end>
+    german = retrieved_tokens(store, neighbours, vocab, "de", (2, 4))
+    assert german[0].tolist() == [[*words("ein roter apfel"), end], [pad] * 4]  # "apple" has no German caption
 
 
 # --- with a real trained model ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from .decoding import DecodeOptions
 from .metrics import exact_match
 from .model import Captioner
 from .objectives import CaptionCrossEntropy, bad_ending_rate
+from .retrieval import with_retrieved
 
 
 @dataclass
@@ -137,6 +138,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
     predictions, references = {}, {}
     loss_sum, token_sum = 0.0, 0
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
+        features = with_retrieved(model, features, language)  # once, for the captions and the loss
         n = features.pooled.shape[0]
         results = model.generate(features, options)
         for i, hypotheses in enumerate(results):
@@ -151,7 +153,8 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
         local = {row: i for i, row in enumerate(rows[offset : offset + n])}
         select = torch.tensor([local[r] for r in pairs.image_rows[pair_index]], device=device)
         pair_features = Features(
-            features.pooled[select], features.grid[select] if features.grid is not None else None
+            features.pooled[select], features.grid[select] if features.grid is not None else None,
+            retrieved=features.retrieved[select] if features.retrieved is not None else None,
         )
         result = cross_entropy(model, pair_features, pairs.captions(pair_index).to(device))
         loss_sum += float(result.logs["loss"]) * int(result.weight)

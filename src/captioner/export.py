@@ -39,6 +39,7 @@ from .errors import CaptionerError
 from .io import atomic_write_text
 from .model import Captioner
 from .exported.manifest import (
+    FEATURES,
     FORMAT,
     FORMAT_VERSION,
     GRAPH_FILES,
@@ -49,6 +50,7 @@ from .exported.manifest import (
     VOCAB_FILE,
 )
 from .data.resize import FILTERS
+from .data.vocab import Vocabulary
 from .version import __version__
 
 QUANTIZATIONS = ("int8",)
@@ -105,12 +107,14 @@ def unflatten(values, slots: list[Slot]) -> dict:
 
 
 class _InitState(nn.Module):
-    def __init__(self, decoder: Decoder, slots: list[Slot]):
-        super().__init__()
-        self.decoder, self.slots = decoder, slots
+    """The ``inputs`` (names of ``Features`` fields), in order → every state value."""
 
-    def forward(self, pooled, grid=None):
-        return tuple(flatten(self.decoder.init_state(Features(pooled, grid)), self.slots))
+    def __init__(self, decoder: Decoder, slots: list[Slot], inputs: list[str]):
+        super().__init__()
+        self.decoder, self.slots, self.inputs = decoder, slots, inputs
+
+    def forward(self, *values):
+        return tuple(flatten(self.decoder.init_state(Features(**dict(zip(self.inputs, values)))), self.slots))
 
 
 class _Step(nn.Module):
@@ -189,7 +193,7 @@ def _run(session, what: str, feeds: dict, outputs: list[str]) -> list[np.ndarray
 
 def _step_limit(decoder: Decoder, features: Features, vocab_size: int) -> tuple[int | None, str | None]:
     """How many steps the decoder takes before it refuses (its ValueError), if within the probe."""
-    state = decoder.init_state(Features(features.pooled[:1], None if features.grid is None else features.grid[:1]))
+    state = decoder.init_state(Features(*(v[:1] if isinstance(v, torch.Tensor) else v for v in features)))
     tokens = torch.full((1,), vocab_size - 1, dtype=torch.long)
     for step in range(STEP_PROBE):
         try:
@@ -251,12 +255,12 @@ class _DecoderExport:
         return log_probs, {k: v for k, v in new.items() if k in known}  # extras (attention) are outputs only
 
     def _export_init(self, trace: Features) -> bytes:
-        inputs = ["pooled", "grid"] if self.decoder.needs_grid else ["pooled"]
-        args = (trace.pooled, trace.grid) if self.decoder.needs_grid else (trace.pooled,)
+        inputs = [name for name in FEATURES if getattr(trace, name) is not None]
+        args = tuple(getattr(trace, name) for name in inputs)
         names = [s.name for s in self.slots]
         values = flatten(self.decoder.init_state(trace), self.slots)
         dynamic = {**_dynamic_axes(inputs, list(args), {}), **_dynamic_axes(names, values, self.growing)}
-        return _export_graph(_InitState(self.decoder, self.slots), args, inputs, names, dynamic)
+        return _export_graph(_InitState(self.decoder, self.slots, inputs), args, inputs, names, dynamic)
 
     @property
     def step_outputs(self) -> list[str]:
@@ -276,7 +280,7 @@ class _DecoderExport:
     def _check(self, init, step, features: Features) -> None:
         """The graphs against torch on another batch size, for more steps than traced."""
         names = [s.name for s in self.slots]
-        given = {"pooled": features.pooled, "grid": features.grid}
+        given = features._asdict()
         state = self.decoder.init_state(features)
         what = f"{self.refusal}: init_state"
         got = _run(init, what, {name: given[name].numpy() for name in self.inputs}, names)
@@ -354,6 +358,10 @@ def export_model(model: Captioner | str | Path | None, out: str | Path, *, quant
             f"preprocess.interpolation {model.preprocess.interpolation!r} is not reproduced by the torch-free runtime "
             f"(it resizes with {' or '.join(sorted(FILTERS))}); export a model trained with one of those"
         )
+    if model.decoder.retrieved_shape is not None and model.datastore is None:
+        raise ExportError(f"decoder {model.decoder.name!r} reads the captions of each image's nearest datastore "
+                          "images, and this model has no datastore to export beside it: make one with "
+                          "`captioner datastore build`")
     was_training = model.training
     exported = _cpu_float_copy(model).eval()
     try:
@@ -372,8 +380,12 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
     encoder_graph = export_onnx(model.encoder, size)
     pooled, grid = _encoder_check(model, encoder_graph, pixels)
 
+    shape = model.decoder.retrieved_shape
+    retrieved = None if shape is None else _retrieved_example(len(pixels), shape, len(model.vocab), g)
+
     def rows(part: slice) -> Features:  # the decoder sees the grid only when it reads one, as in Captioner.encode
-        return Features(pooled[part], grid[part] if model.decoder.needs_grid else None)
+        return Features(pooled[part], grid[part] if model.decoder.needs_grid else None,
+                        retrieved=None if retrieved is None else retrieved[part])
 
     decoder = _DecoderExport(model.decoder, rows(slice(0, TRACE_BATCH)), rows(slice(TRACE_BATCH, None)),
                              len(model.vocab))
@@ -411,8 +423,20 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
         "decoding": {**_decoding_summary(model.decoding_config()), "rules": asdict(model.decoding)},
         "confidence": CONFIDENCE_FILE if model.confidence is not None else None,
         "datastore": DATASTORE_FILE if model.datastore is not None else None,
+        "retrieved": None if shape is None else {"neighbours": shape[0], "length": shape[1]},
     }
     return files, manifest
+
+
+def _retrieved_example(batch: int, shape: tuple[int, int], vocab_size: int, generator) -> torch.Tensor:
+    """Retrieved captions to trace and check with, (batch, neighbours, length): word ids, then
+    ``<end>``, then ``<pad>``, of every length (a neighbour without a caption too)."""
+    neighbours, length = shape
+    tokens = torch.randint(4, vocab_size, (batch, neighbours, length), generator=generator)
+    lengths = torch.randint(0, length + 1, (batch, neighbours, 1), generator=generator)  # words + <end>
+    position = torch.arange(length)
+    tokens = torch.where(position == lengths - 1, Vocabulary.end_id, tokens)
+    return torch.where(position >= lengths, Vocabulary.pad_id, tokens)
 
 
 def _decoding_summary(config) -> dict:

@@ -15,7 +15,7 @@ from torch import nn
 from .captions import Caption, caption_features, caption_in_batches
 from .version import __version__
 from .confidence import CONFIDENCE_FILE, ConfidenceModel
-from .retrieval import DATASTORE_FILE, Datastore, EncoderIdentity
+from .retrieval import DATASTORE_FILE, Datastore, EncoderIdentity, with_retrieved
 from .data.images import ImageInput, PreprocessConfig, build_transform
 from .data.vocab import Vocabulary
 from .decoders import Decoder, Features, create_decoder
@@ -227,10 +227,13 @@ class Captioner(nn.Module):
     def generate(self, features: Features, options: DecodeOptions | None = None, generator=None,
                  **decode_options) -> list[list[Hypothesis]]:
         """Decode from features as ``options`` say (see :class:`~captioner.decoding.DecodeOptions`:
-        beam search, width 3, by default), in eval mode; ``generator`` seeds sampling."""
+        beam search, width 3, by default), in eval mode; ``generator`` seeds sampling. A decoder
+        that reads retrieved captions gets them from the model's datastore unless ``features``
+        carry them (:func:`~captioner.retrieval.with_retrieved`)."""
         options = DecodeOptions.of(options, **decode_options)
         device = self.device
         features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
+        features = with_retrieved(self, features, options.language)
         with self._evaluating():
             return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
@@ -240,6 +243,7 @@ class Captioner(nn.Module):
         (:func:`captioner.decoding.score_captions`), in eval mode."""
         device = self.device
         features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
+        features = with_retrieved(self, features, language)
         with self._evaluating():
             return score_captions(self.decoder, features, self.decoding_config(language), captions)
 
@@ -408,6 +412,10 @@ class Captioner(nn.Module):
                 and model.datastore is None:
             raise ModelDirectoryError(f"{directory}/{CONFIDENCE_FILE} reads the model's datastore, and "
                                       f"{DATASTORE_FILE} is missing: restore it, or delete {CONFIDENCE_FILE}")
+        if with_datastore and model.decoder.retrieved_shape is not None and model.datastore is None:
+            raise ModelDirectoryError(f"{directory}: decoder {model.decoder.name!r} reads the captions of each "
+                                      f"image's nearest datastore images, and {DATASTORE_FILE} is missing: restore "
+                                      "it, or make one with `captioner datastore build`")
         return model.to(device).eval()
 
     def _load_weights(self, state: dict[str, torch.Tensor], directory: Path, with_encoder: bool) -> None:

@@ -16,7 +16,9 @@ signal.
 
 ``captioner datastore build`` makes one from a dataset, ``captioner datastore add`` adds a
 user's own captioned images (their art style, their domain): :mod:`captioner.datastore`;
-captioning uses it when present.
+captioning uses it when present. A decoder that reads retrieved captions (SmallCap's, Ramos et
+al. 2023: ``decoder.retrieved_shape``) gets its neighbours' captions from it
+(:func:`with_retrieved`), so adding images changes what that model can copy.
 Torch-free: the torch model and the exported runtime (which carries the file) search alike.
 """
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from array_api_compat import array_namespace, device as array_device
 
-from .decoding import host_array
+from .decoding import Features, host_array
 from .errors import CaptionerError
 from .io import atomic_write
 
@@ -134,10 +137,14 @@ class Datastore:
         return keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
 
     # --- searching ---------------------------------------------------------------------------
-    def search(self, pooled, k: int = DEFAULT_NEIGHBOURS) -> Neighbours:
-        """The ``k`` most similar rows of each image's pooled feature (a torch tensor or numpy array)."""
+    def search(self, pooled, k: int = DEFAULT_NEIGHBOURS, exclude: Optional[np.ndarray] = None) -> Neighbours:
+        """The ``k`` most similar rows of each image's pooled feature (a torch tensor or numpy array).
+        ``exclude`` (images, rows) bool: rows an image may not find (they come last, at similarity
+        -inf, only when fewer than ``k`` others are left)."""
         queries = self._project(host_array(pooled))  # (images, dims)
         similarity = queries @ self.keys.astype(np.float32).T  # (images, rows)
+        if exclude is not None:
+            similarity[exclude] = -np.inf
         k = min(k, len(self))
         rows = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(similarity, rows, axis=1), axis=1, kind="stable")
@@ -276,7 +283,6 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
     voted = store.neighbour_captions(neighbours, language)  # per image: (caption, similarity), nearest first
     tokenize = lambda text: vocab.tokenize(text, language)  # noqa: E731
     key = lambda text: " ".join(tokenize(text))  # noqa: E731  (captions compare as words)
-    marker_ids = set(vocab.language_ids.values())
     candidates = []
     for hypotheses, captions in zip(results, voted):
         seen = {key(vocab.decode(h.tokens, language)) for h in hypotheses}
@@ -284,8 +290,7 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
         for caption, _ in captions:
             if not config.neighbour_captions or len(extra) >= config.most_candidates:
                 break
-            words = vocab.encode(caption, language=language)[1:-1]  # without <start> … <end>
-            words = words[1:] if words and words[0] in marker_ids else words  # and the language token
+            words = word_ids(vocab, caption, language)
             if key(caption) not in seen and vocab.unk_id not in words and words:
                 seen.add(key(caption))
                 extra.append(words)
@@ -346,5 +351,50 @@ def length_normalised(log_prob: float, tokens: int) -> float:
     return log_prob / max(tokens, 1)
 
 
+def word_ids(vocab, caption: str, language: str) -> list[int]:
+    """A caption's token ids without the markers (``<start>``, the language token, ``<end>``)."""
+    ids = vocab.encode(caption, language=language)
+    return ids[2 if vocab.language_token_id(language) is not None else 1 : -1]
+
+
+# --- retrieved captions for a decoder that reads them ----------------------------------------
+def retrieved_tokens(store: Datastore, neighbours: Neighbours, vocab, language: str,
+                     shape: tuple[int, int]) -> np.ndarray:
+    """The captions of each image's ``shape[0]`` nearest ``neighbours``, nearest first, as token
+    ids (images, neighbours, length) int64: each neighbour's first caption in ``language``, its
+    words cut to ``length - 1`` then ``<end>``, ``<pad>`` after. A neighbour that is missing (a
+    store of fewer rows, an excluded row) or has no caption in ``language`` is all ``<pad>``."""
+    count, length = shape
+    tokens = np.full((len(neighbours.rows), count, length), vocab.pad_id, dtype=np.int64)
+    for i, (rows, similarity) in enumerate(zip(neighbours.rows, neighbours.similarity)):
+        for j, (row, near) in enumerate(zip(rows[:count], similarity[:count])):
+            captions = store.captions[store.groups[row]].get(language) if np.isfinite(near) else None
+            if captions:
+                ids = [*word_ids(vocab, captions[0], language)[: length - 1], vocab.end_id]
+                tokens[i, j, : len(ids)] = ids
+    return tokens
+
+
+def with_retrieved(model, features: Features, language: Optional[str] = None) -> Features:
+    """``features`` with ``retrieved`` filled when ``model``'s decoder reads retrieved captions
+    (``decoder.retrieved_shape``): the captions in ``language`` (default: the model's first) of
+    each image's nearest images in ``model.datastore``, as arrays of the features' engine and
+    device. Other decoders' features, and features that already carry them (training's, which
+    leave each image itself out), come back unchanged."""
+    shape = model.decoder.retrieved_shape
+    if shape is None or features.retrieved is not None:
+        return features
+    if model.datastore is None:
+        raise DatastoreError(f"decoder {model.decoder.name!r} reads the captions of each image's nearest datastore "
+                             "images, and this model has no datastore: make one with `captioner datastore build "
+                             "--model DIR --data CAPTIONS`")
+    language = model.vocab.check_language(language)
+    neighbours = model.datastore.search(features.pooled, shape[0])
+    tokens = retrieved_tokens(model.datastore, neighbours, model.vocab, language, shape)
+    xp = array_namespace(features.pooled)
+    return features._replace(retrieved=xp.asarray(tokens, device=array_device(features.pooled)))
+
+
 __all__ = ["DATASTORE_FILE", "Datastore", "DatastoreError", "EncoderIdentity", "Neighbours", "RerankConfig",
-           "Reranked", "consensus", "length_normalised", "rerank"]
+           "Reranked", "consensus", "length_normalised", "rerank", "retrieved_tokens", "with_retrieved",
+           "word_ids"]

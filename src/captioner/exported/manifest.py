@@ -4,7 +4,10 @@
                             state layout, decoding ids (written last: a folder with a
                             manifest is a complete export)
     DIR/encoder.onnx        pixels (batch, 3, crop, crop) → pooled, grid
-    DIR/init_state.onnx     pooled[, grid] → the decoder state, flattened
+    DIR/init_state.onnx     pooled[, grid][, retrieved] → the decoder state, flattened
+                            (retrieved: the datastore captions a SmallCap-style decoder reads,
+                            (batch, neighbours, length) token ids; the manifest's ``retrieved``
+                            gives that shape, or is null)
     DIR/step.onnx           tokens (batch,), state → log_probs (batch, vocab), next state
     DIR/vocab.json          the model's vocabulary
     DIR/preprocess.json     the model's preprocessing (its config.json ``preprocess`` block)
@@ -33,7 +36,8 @@ GRAPH_FILES = {"encoder": "encoder.onnx", "init_state": "init_state.onnx", "step
 VOCAB_FILE, PREPROCESS_FILE = "vocab.json", "preprocess.json"
 STATE_PREFIX, NEXT_SUFFIX = "state.", ".next"
 REQUIRED_KEYS = frozenset({"graphs", "encoder", "decoder", "init_state", "step", "state", "decoding", "quantization"})
-FEATURES = ("pooled", "grid")  # what init_state may read
+FEATURES = ("pooled", "grid", "retrieved")  # what init_state may read
+MAX_NEIGHBOURS, MAX_RETRIEVED_LENGTH = 1000, 1024  # of the retrieved captions a decoder reads
 TOKENS, LOG_PROBS = "tokens", "log_probs"  # the step's token input and its first output
 
 
@@ -153,6 +157,21 @@ def _check_entries(entries: _Entries) -> None:
     folder.check_lengths(MANIFEST_FILE, "decoding.", entries.get("decoding.max_length", object, "a whole number"),
                          entries.get("decoding.min_length", object, "a whole number"))
     _check_state_layout(entries)
+    _check_retrieved(entries)
+
+
+def _check_retrieved(entries: _Entries) -> None:
+    """A decoder that reads retrieved captions names their shape and has its datastore beside it."""
+    retrieved = entries.manifest.get("retrieved")
+    reads = "retrieved" in entries.manifest["init_state"]["inputs"]
+    if reads != (retrieved is not None):
+        raise entries.fail("retrieved", "{neighbours, length} exactly when init_state reads retrieved captions",
+                           retrieved)
+    if reads:
+        entries.whole("retrieved.neighbours", 1, MAX_NEIGHBOURS)
+        entries.whole("retrieved.length", 2, MAX_RETRIEVED_LENGTH)
+        if entries.manifest.get("datastore") is None:
+            raise entries.fail("datastore", "the datastore file whose captions the decoder reads", None)
 
 
 def _check_state_layout(entries: _Entries) -> None:

@@ -20,7 +20,7 @@ from ..decoding import (
 )
 from ..errors import InvalidInputError, MissingDependencyError
 from ..registry import build_dataclass
-from ..retrieval import Datastore, EncoderIdentity
+from ..retrieval import Datastore, EncoderIdentity, with_retrieved
 from ..untrusted import ModelFolder
 from .manifest import (GRAPH_FILES, MANIFEST_FILE, NEXT_SUFFIX, PREPROCESS_FILE, VOCAB_FILE, ExportedModelError,
                        read_manifest)
@@ -70,6 +70,8 @@ class _ExportedDecoder:
         self.static_state = frozenset(slot["name"] for slot in manifest["state"] if slot["static"])
         self.step_limit = manifest["decoder"]["step_limit"]
         self.step_limit_reason = manifest["decoder"]["step_limit_reason"]
+        retrieved = manifest.get("retrieved")  # absent from exports of decoders that read no retrieved captions
+        self.retrieved_shape = None if retrieved is None else (retrieved["neighbours"], retrieved["length"])
         self._init, self._step = init_session, step_session
         self._init_inputs = manifest["init_state"]["inputs"]
         self._init_outputs = manifest["init_state"]["outputs"]
@@ -77,7 +79,10 @@ class _ExportedDecoder:
         self._step_outputs = manifest["step"]["outputs"]
 
     def init_state(self, features: Features) -> State:
-        given = {"pooled": features.pooled, "grid": features.grid}
+        given = {"pooled": features.pooled, "grid": features.grid, "retrieved": features.retrieved}
+        missing = [name for name in self._init_inputs if given[name] is None]
+        if missing:
+            raise InvalidInputError(f"decoder {self.name!r} reads Features.{missing[0]}, and none was given")
         feeds = {name: given[name] for name in self._init_inputs}
         return {**dict(zip(self._init_outputs, self._init.run(self._init_outputs, feeds))), STEP_COUNTER: 0}
 
@@ -169,10 +174,12 @@ class OnnxCaptioner:
                  **decode_options) -> list[list[Hypothesis]]:
         """Decode from features as ``options`` say (:class:`~captioner.decoding.DecodeOptions`)."""
         options = DecodeOptions.of(options, **decode_options)
+        features = with_retrieved(self, features, options.language)
         return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
     def score_captions(self, features: Features, captions, language: str | None = None) -> list[list[Hypothesis]]:
         """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced."""
+        features = with_retrieved(self, features, language)
         return score_captions(self.decoder, features, self.decoding_config(language), captions)
 
     def encoder_identity(self) -> EncoderIdentity:
