@@ -289,6 +289,31 @@ def test_a_retrieval_model_folder_without_its_datastore_is_refused(tmp_path):
     assert Captioner.from_pretrained(folder, with_datastore=False).datastore is None  # to build one
 
 
+def test_retrieval_transformer_learns_to_copy_its_nearest_neighbours_caption():
+    """SmallCap's mechanism alone: the images are noise and the caption to write is the nearest
+    neighbour's, a new one every time; only reading the retrieved captions can learn that."""
+    torch.manual_seed(0)
+    decoder = tiny_decoder("retrieval-transformer", d_model=32, ff_dim=64, dropout=0.0)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    for step in range(400):
+        features = random_features(batch=32, seed=100 + step)
+        nearest = features.retrieved[:, 0]  # (batch, length): words, <end>, <pad>
+        tokens = torch.cat([torch.full((32, 1), Vocabulary.start_id), nearest], dim=1)  # <start> words <end>
+        logits = decoder(features, tokens[:, :-1]).logits  # (batch, length, vocab)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                                 ignore_index=Vocabulary.pad_id)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    features = random_features(batch=50, seed=1)  # unseen captions
+    with torch.no_grad():
+        written = [h[0].tokens for h in greedy(decoder.eval(), features, DECODING)]
+    nearest = [[t for t in row if t not in (Vocabulary.end_id, Vocabulary.pad_id)]
+               for row in features.retrieved[:, 0].tolist()]
+    copied = sum(w == n for w, n in zip(written, nearest)) / len(nearest)
+    assert copied >= 0.9, f"copied the nearest neighbour's caption for {copied:.0%} of the images"
+
+
 # --- learning on real images ----------------------------------------------------------
 def exact_matches(model_dir, data) -> dict[int, float]:
     rows = list(csv.DictReader(open(data)))
@@ -312,6 +337,14 @@ LEARNING_RUNS = {
         60,
         ["--set", "optim.lr=3e-3",
          "--set", "model.decoder_options={d_model: 64, num_layers: 2, num_heads: 4, ff_dim: 128, dropout: 0.1}"],
+    ),
+    # Trains with its training images' datastore (each image reads 2 others' captions) and
+    # captions with the datastore written beside it.
+    "retrieval-transformer": (
+        60,
+        ["--set", "optim.lr=3e-3",
+         "--set", "model.decoder_options={d_model: 64, num_layers: 2, num_heads: 4, ff_dim: 128, dropout: 0.1, "
+                  "neighbours: 2, retrieved_length: 12}"],
     ),
 }
 
@@ -349,6 +382,19 @@ def test_attention_pictures_via_cli(name, trained_attention_models, tiny_one_cap
             picture.verify()
         with Image.open(png) as picture:
             assert picture.format == "PNG" and picture.width > 100 and picture.height > 100
+
+
+def test_a_trained_retrieval_model_exports_with_its_datastore(trained_attention_models, tiny_one_caption, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from captioner.export import export_model
+    from captioner.exported import OnnxCaptioner
+
+    model = Captioner.from_pretrained(trained_attention_models["retrieval-transformer"])
+    runtime = OnnxCaptioner(export_model(model, tmp_path / "onnx"), threads=1)
+    assert len(runtime.datastore) == len(model.datastore) == 31  # the training images
+    images = [r["image"] for r in csv.DictReader(open(tiny_one_caption))][:6]
+    assert [c.text for c in runtime.caption(images, beam_size=3)] == [c.text for c in model.caption(images, beam_size=3)]
 
 
 def test_attention_pictures_refused_without_attention(random_images, tmp_path, capsys):

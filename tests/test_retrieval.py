@@ -1,26 +1,36 @@
 """The datastore beside a model: build, add, load and search; consensus reranking; the
 teacher-forced scores it ranks with; confidence fitted to say which captions are right; the
-retrieved captions a SmallCap-style decoder reads."""
+retrieved captions a SmallCap-style decoder reads, when captioning and when training."""
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from captioner import Captioner, DecodeOptions
 from captioner.confidence import ConfidenceModel
+from captioner.data.loaders import CaptionPairs
+from captioner.data.sources import Example
 from captioner.data.vocab import Vocabulary
+from captioner.datastore import own_rows_neighbours
 from captioner.decoding import Features, beam_search, score_captions
 from captioner.retrieval import (
     DATASTORE_FILE, Datastore, DatastoreError, EncoderIdentity, Neighbours, RerankConfig, consensus, rerank,
     retrieved_tokens,
 )
+from captioner.errors import InvalidInputError
+from captioner.train.config import ConfigError, RetrievalConfig, TrainConfig
+from captioner.train.retrieval import PairRetrieved, training_retrieval
 
-from conftest import TINY
+from conftest import TINY, train_tiny
 
 IDENTITY = EncoderIdentity("toy", "digest", "crop_size=8")
 
@@ -79,6 +89,19 @@ def test_consensus_weighs_the_neighbours_captions_by_similarity():
 
 
 # --- retrieved captions for a decoder that reads them ----------------------------------------
+def test_training_images_retrieve_neither_themselves_nor_what_they_leave_out():
+    store, pooled = _store()
+    found = own_rows_neighbours(store, pooled, k=5, chunk=16)  # chunks of another size than the store
+    assert found.rows.shape == (40, 5) and np.isfinite(found.similarity).all()
+    assert not (found.rows == np.arange(40)[:, None]).any()
+    assert (found.rows == store.search(pooled, 6).rows[:, 1:]).all()  # the others, in the search's order
+    labels = np.arange(40) % 10  # the caption groups "thing i % 10"
+    found = own_rows_neighbours(store, pooled, k=5, labels=labels)
+    assert not (labels[found.rows] == labels[:, None]).any()
+    tiny = own_rows_neighbours(*_store(rows=3), k=5)  # fewer others than asked: the rest at -inf
+    assert tiny.rows.shape == (3, 3) and (tiny.similarity[:, 2] == -np.inf).all()
+
+
 def test_retrieved_tokens_are_words_end_then_padding():
     vocab = Vocabulary(["a", "red", "apple", "ein", "roter", "apfel"], {"en": "ptb", "de": "unicode"})
     captions = [{"en": ["a red apple"], "de": ["ein roter apfel"]}, {"en": ["apple"]}, {"en": ["a red red red apple"]}]
@@ -92,6 +115,96 @@ def test_retrieved_tokens_are_words_end_then_padding():
     assert english[1, 0].tolist() == [*words("a red red"), end]  # cut to length - 1 words, then <end>
     german = retrieved_tokens(store, neighbours, vocab, "de", (2, 4))
     assert german[0].tolist() == [[*words("ein roter apfel"), end], [pad] * 4]  # "apple" has no German caption
+
+
+def test_each_pair_reads_its_images_neighbours_in_its_language():
+    tables = {"en": np.arange(3 * 2 * 4).reshape(3, 2, 4), "de": -np.arange(3 * 2 * 4).reshape(3, 2, 4)}
+    retrieved = PairRetrieved(tables, image_rows=np.array([0, 0, 1, 2]), languages=np.array(["en", "de", "de", "en"]))
+    batch = retrieved(np.array([3, 1, 2]))
+    assert batch.dtype == torch.int64 and batch.shape == (3, 2, 4)
+    assert batch.tolist() == [tables["en"][2].tolist(), tables["de"][0].tolist(), tables["de"][1].tolist()]
+
+
+class _PooledCache:
+    """A built feature cache's rows as ``features_from_cache`` reads them (pooled features only)."""
+
+    grid_shape = None
+
+    def __init__(self, pooled: np.ndarray):
+        self.pooled = pooled
+
+    def rows(self, rows: np.ndarray):
+        return torch.from_numpy(self.pooled[rows]), None
+
+
+def _train_retrieval(leave_out: str = "image", artists=("a", "a", "a", "b", "b", "b"), frozen: bool = True,
+                     **retrieval) -> tuple[SimpleNamespace, np.ndarray]:
+    """``training_retrieval`` over six images captioned "w0" … "w5" whose features cluster by
+    artist; returns the model (its datastore set) and the images each image's pair reads (6, 2)."""
+    vocab = Vocabulary([f"w{i}" for i in range(len(artists))])
+    examples = [Example(f"img{i}", Path(f"{i}.png"), [f"w{i}"], metadata={"artist": a} if a else {})
+                for i, a in enumerate(artists)]
+    rng = np.random.default_rng(0)
+    centre = {"a": np.eye(8)[0] * 5, "b": np.eye(8)[1] * 5, None: np.eye(8)[2] * 5}
+    pooled = np.stack([centre[a] + rng.normal(0, 0.3, 8) for a in artists]).astype(np.float32)
+    model = SimpleNamespace(encoder=SimpleNamespace(frozen=frozen), vocab=vocab, datastore=None,
+                            decoder=SimpleNamespace(name="retrieval-transformer", retrieved_shape=(2, 3)),
+                            encoder_identity=lambda: IDENTITY)
+    config = TrainConfig(retrieval=RetrievalConfig(leave_out=leave_out, **retrieval))
+    pairs = CaptionPairs(examples, list(range(len(examples))), vocab, max_length=5)
+    retrieved = training_retrieval(model, config, _PooledCache(pooled), examples, pairs, log=lambda message: None)
+    tokens = retrieved(np.arange(len(pairs))).numpy()  # (pairs, 2, 3): each neighbour's word, <end>, <pad>
+    assert (tokens[:, :, 1:] == [vocab.end_id, vocab.pad_id]).all()
+    return model, np.vectorize(lambda i: int(vocab.itos[i][1:]))(tokens[:, :, 0])
+
+
+def test_training_images_read_their_nearest_others_captions_leaving_out_themselves_or_their_artist():
+    model, read = _train_retrieval("image")
+    assert len(model.datastore) == 6  # the training images: what the finished model captions with
+    assert [sorted(row) for row in read.tolist()] == [[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]]
+    _, read = _train_retrieval("artist")  # the nearest others are their own artist's: all left out
+    for image, row in enumerate(read.tolist()):
+        assert len(set(row)) == 2 and set(row) <= ({3, 4, 5} if image < 3 else {0, 1, 2})
+
+
+def test_training_a_retrieval_decoder_refuses_what_it_cannot_learn_from():
+    with pytest.raises(ConfigError, match=r"retrieval.leave_out: 1 training images have no 'artist' field "
+                                          r"\(e.g. 'img5'\)"):
+        _train_retrieval("artist", artists=("a", "a", "a", "b", "b", None))
+    with pytest.raises(ConfigError, match="retrieval.datastore must stay true"):
+        _train_retrieval(datastore=False)
+    with pytest.raises(InvalidInputError, match=r"a frozen encoder \(trainable_blocks: 0\)"):
+        _train_retrieval(frozen=False)
+
+
+@pytest.fixture(scope="module")
+def artists_data(tmp_path_factory) -> Path:
+    """The tiny set as a Karpathy file with an ``artist`` per image (three of them) and every
+    fourth image in val."""
+    images = {}
+    for row in csv.DictReader(open(TINY / "captions.csv")):
+        images.setdefault(row["image"], row["caption"])
+    entries = [{"filepath": str(TINY), "filename": name, "split": "val" if i % 4 == 0 else "train",
+                "artist": "abc"[i % 3], "sentences": [{"raw": caption}]} for i, (name, caption) in enumerate(images.items())]
+    path = tmp_path_factory.mktemp("artists") / "dataset.json"
+    path.write_text(json.dumps({"images": entries}), encoding="utf-8")
+    return path
+
+
+def test_a_retrieval_decoder_trains_validates_and_captions_with_its_training_images(artists_data, tmp_path, capsys):
+    out = train_tiny(artists_data, tmp_path / "run", "retrieval-transformer", 2, [
+        "--set", "retrieval.leave_out=artist",
+        "--set", "model.decoder_options={d_model: 32, num_layers: 1, num_heads: 2, ff_dim: 64, neighbours: 2, "
+                 "retrieved_length: 8}"])
+    assert "each reads its 2 nearest others' captions (leaving out its own artist)" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["epoch"] for r in records if "CIDEr" in r] == [1, 2]  # val images captioned with the datastore
+    entries = json.loads(artists_data.read_text(encoding="utf-8"))["images"]
+    model = Captioner.from_pretrained(out)
+    assert len(model.datastore) == sum(e["split"] == "train" for e in entries)
+    assert (out / "last" / DATASTORE_FILE).is_file()  # every checkpoint carries it (--resume, the best model)
+    val = [str(TINY / e["filename"]) for e in entries if e["split"] == "val"]
+    assert all(c.text for c in model.caption(val, beam_size=2))
 
 
 # --- with a real trained model ---------------------------------------------------------------

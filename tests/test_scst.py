@@ -67,7 +67,10 @@ def test_rescoring_gives_the_sampling_distributions_log_probs_for_every_decoder(
     vocab = Vocabulary([f"w{i}" for i in range(30)])
     model = Captioner.build("efficientnet_lite0", decoder, vocab, encoder_options={"pretrained": False},
                             max_length=6).eval()
-    features = Features(torch.randn(5, model.encoder.pooled_dim), torch.randn(5, 4, model.encoder.grid_dim))
+    shape = model.decoder.retrieved_shape  # a decoder that reads retrieved captions is given some
+    retrieved = torch.randint(4, len(vocab), (5, *shape)) if shape is not None else None
+    features = Features(torch.randn(5, model.encoder.pooled_dim), torch.randn(5, 4, model.encoder.grid_dim),
+                        retrieved=retrieved)
     objective = SelfCritical(*_prepared([["w1 w2"]] * 5), vocab, samples=1, baseline="greedy")
     captions = objective.draw(model, features).samples
     rescored = objective.sequence_log_probs(model, model, features, [c[0] for c in captions])

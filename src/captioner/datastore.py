@@ -12,7 +12,9 @@ import numpy as np
 
 from .captions import caption_signals
 from .decoding import DecodeOptions, host_array
-from .retrieval import DATASTORE_FILE, DEFAULT_DIMS, DEFAULT_NEIGHBOURS, Datastore, DatastoreError, RerankConfig
+from .retrieval import (
+    DATASTORE_FILE, DEFAULT_DIMS, DEFAULT_NEIGHBOURS, Datastore, DatastoreError, Neighbours, RerankConfig,
+)
 
 
 # --- building from a dataset, tuning on validation images ---------------------------------
@@ -42,6 +44,25 @@ def build_datastore(model, examples: Sequence, features, dims: int = DEFAULT_DIM
             captions.append(entry)
         groups.append(group_of[key])
     return Datastore.build(pooled, captions, model.encoder_identity(), dims, groups, rerank)
+
+
+def own_rows_neighbours(store: Datastore, pooled: np.ndarray, k: int, labels: Optional[np.ndarray] = None,
+                        chunk: int = 1024) -> Neighbours:
+    """The ``k`` nearest rows of each of the store's own images (``pooled``: their features, row
+    i of the store being image i), the image itself left out and, with ``labels`` (one per
+    image), every image that shares its label: what an image retrieves when its decoder
+    learns to read retrieved captions, which at caption time never include the image's own."""
+    rows, similarity = [], []
+    for start in range(0, len(pooled), chunk):
+        stop = min(start + chunk, len(pooled))
+        exclude = np.zeros((stop - start, len(store)), dtype=bool)  # (chunk, rows)
+        exclude[np.arange(stop - start), np.arange(start, stop)] = True
+        if labels is not None:
+            exclude |= labels[start:stop, None] == labels[None, :]
+        found = store.search(pooled[start:stop], k, exclude)
+        rows.append(found.rows)
+        similarity.append(found.similarity)
+    return Neighbours(np.concatenate(rows), np.concatenate(similarity))
 
 
 RERANK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -130,4 +151,4 @@ def datastore_command(action: str, model_dir, data, images=None, format=None, sp
     return model.datastore.save(model_dir)
 
 
-__all__ = ["build_datastore", "datastore_command", "example_captions", "tune_rerank"]
+__all__ = ["build_datastore", "datastore_command", "example_captions", "own_rows_neighbours", "tune_rerank"]

@@ -39,12 +39,15 @@ class FeatureBatches:
     With ``views`` (a cache of K augmented views of every image of the dataset, view-major, in
     the dataset's order, so every split of one dataset shares it) and ``positions`` (each cache
     row's place in the dataset), each pair reads its image's clean features or one of its K
-    views (``draw_views``)."""
+    views (``draw_views``). ``retrieved`` (pair indices → (batch, neighbours, length) token ids),
+    set for a decoder that reads retrieved captions (``captioner.train.retrieval``), fills
+    ``Features.retrieved``."""
 
     def __init__(self, cache: FeatureCache, pairs: CaptionPairs, sampler: BucketBatchSampler, device,
                  views: FeatureCache | None = None, view_count: int = 0, positions: np.ndarray | None = None):
         self.cache, self.pairs, self.sampler, self.device = cache, pairs, sampler, device
         self.views, self.view_count, self.positions = views, view_count, positions
+        self.retrieved = None
 
     def __len__(self):
         return len(self.sampler)
@@ -73,7 +76,10 @@ class FeatureBatches:
     def __iter__(self):
         for indices, view in draw_views(self.sampler, self.view_count):
             parts = self._with_views(self.pairs.image_rows[indices], view)
-            yield self._inputs(parts), self.pairs.captions(indices).to(self.device, non_blocking=True)
+            inputs = self._inputs(parts)
+            if self.retrieved is not None:
+                inputs = inputs._replace(retrieved=self.retrieved(indices).to(self.device, non_blocking=True))
+            yield inputs, self.pairs.captions(indices).to(self.device, non_blocking=True)
 
 
 class ActivationBatches(FeatureBatches):

@@ -30,6 +30,7 @@ class CaptionPairs:
         for i, ids in enumerate(encoded):
             self.tokens[i, : len(ids)] = ids
         self.image_rows = np.array(image_rows, dtype=np.int64)
+        self.languages = np.array(languages)  # each pair's caption language
         self.in_default_language = np.array([lang == vocab.default_language for lang in languages], dtype=bool)
 
     def __len__(self) -> int:

@@ -40,6 +40,7 @@ from .config import TrainConfig, save_config
 from .finish import finish_model
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
+from .retrieval import check_training_retrieval, training_retrieval
 from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
 
@@ -229,6 +230,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if model is None:
             model = build_model(config, vocab)
         model.to(device)
+        if model.decoder.retrieved_shape is not None:  # what it cannot train with, before any extraction
+            check_training_retrieval(model, config, train_examples)
         if info.is_main:
             save_config(config, run.config_file)
             save_cider_df(run.out, train_examples, vocab)
@@ -245,6 +248,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         sampler = BucketBatchSampler(pairs.lengths, config.batch_size, config.seed, info.rank, info.world_size,
                                      epoch_pairs=epoch_pairs)
         batches, cache = make_batches(config, model, paths, pairs, sampler, info, device, examples, say)
+        if model.decoder.retrieved_shape is not None:  # its datastore, and each pair's retrieved captions
+            batches.retrieved = training_retrieval(model, config, cache, train_examples, pairs, say)
         say(f"train: {len(train_examples)} images, {len(pairs)} {objective.rows} a pass; "
             f"val: {len(val_examples)} images; vocabulary {len(vocab)}; "
             f"{model.encoder.name} → {model.decoder.name} on {device}"

@@ -36,6 +36,7 @@ from ..errors import CaptionerError
 from ..io import atomic_write, atomic_write_text, fsync_path
 from ..data.vocab import SUBWORD_FILE
 from ..model import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, Captioner
+from ..retrieval import DATASTORE_FILE
 
 STATE_FILE = "training_state.pt"
 LAST_LINK = "last"
@@ -206,10 +207,12 @@ def _point_last_at(run: RunFolder, folder: Path) -> None:
 def _publish_best(run: RunFolder) -> None:
     """Copy the committed checkpoint's model files into ``out/``, each file atomically and
     ``config.json`` last; ``config.json`` and ``vocab.json`` do not change within a run, so
-    ``out/`` is the previous best or the new one at every instant."""
+    ``out/`` is the previous best or the new one at every instant. A checkpoint's datastore (the
+    training images', which a decoder that reads retrieved captions needs) comes along."""
     source = run.committed()
     subwords = [SUBWORD_FILE] if (source / SUBWORD_FILE).is_file() else []  # before the vocab.json naming it
-    for name in (WEIGHTS_FILE, *subwords, VOCAB_FILE, CONFIG_FILE):
+    datastore = [DATASTORE_FILE] if (source / DATASTORE_FILE).is_file() else []
+    for name in (WEIGHTS_FILE, *datastore, *subwords, VOCAB_FILE, CONFIG_FILE):
         atomic_write(run.out / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
 
 
