@@ -15,9 +15,8 @@ from captioner.data.tokenizer import ptb_tokenize
 from captioner.data.vocab import SubwordVocabulary, Vocabulary, create_vocabulary, vocabulary_for
 from captioner.errors import InvalidInputError, UnknownNameError
 from captioner.metrics import evaluate_captions
-from captioner.model import default_model_dir
 
-from conftest import TINY
+from conftest import FIXTURES, TINY
 
 LANGUAGES = {"en": "ptb", "de": "unicode", "ja": "chars"}
 CAPTIONS = [("a dog face", "en"), ("a cat face", "en"), ("Hundegesicht", "de"), ("Katzengesicht", "de"),
@@ -69,8 +68,8 @@ def test_language_codes_are_checked_and_spelled_as_cldr():
 
 
 # --------------------------------------------------------------------------------------------- vocabularies
-def test_bundled_vocabulary_loads_as_english_ptb_and_encodes_as_before():
-    path = default_model_dir() / "vocab.json"
+def test_a_vocabulary_from_before_languages_loads_as_english_ptb_and_encodes_as_before():
+    path = FIXTURES / "vocab-before-languages.json"  # the English bundled model's, round 3
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert set(raw) == {"itos"}  # written before languages existed
     vocab = Vocabulary.load(path)
