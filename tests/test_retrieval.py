@@ -258,6 +258,31 @@ def test_reranking_picks_the_caption_the_neighbours_agree_on(model, tmp_path):
     assert text(kept[0]) == own and text(weak[0]) != "slice of pizza"
 
 
+def test_evaluate_scores_the_reranked_captions_caption_writes(model, tmp_path):
+    """``captioner evaluate`` scores what ``caption`` writes: reranked by the datastore unless
+    ``retrieval=False`` (a datastore that calls every image "slice of pizza", weighed heavily)."""
+    from captioner.evaluate import evaluate_model
+
+    images = sorted((TINY / "images").glob("emoji_*.png"))[:4]
+    data = tmp_path / "captions.csv"
+    data.write_text("image,caption,split\n" + "".join(f"{p},slice of pizza,test\n" for p in images), encoding="utf-8")
+    pooled = model.encode_images(images).pooled.numpy()
+    far = pooled[:1] + np.random.default_rng(0).normal(scale=5.0, size=(20, pooled.shape[1]))  # n-gram rarity
+    others = [{"en": [c]} for c in ("cat face", "dog face", "a clock on a wall", "rocket", "red apple tree")] * 4
+    store = Datastore.build(np.concatenate([np.repeat(pooled, 4, axis=0), far]).astype(np.float32),
+                            [{"en": ["slice of pizza"]}] * 16 + others, model.encoder_identity(), dims=8,
+                            rerank=RerankConfig(neighbours=4, weight=5.0))
+    model.datastore, saved = store, model.datastore
+    try:
+        reranked = evaluate_model(model, data, beam_size=3)
+        own = evaluate_model(model, data, beam_size=3, retrieval=False)
+        captioned = [c.text for c in model.caption(images)]
+    finally:
+        model.datastore = saved
+    assert captioned == ["slice of pizza"] * 4 and reranked.scores["exact_match"] == 1.0
+    assert own.scores["exact_match"] < 1.0
+
+
 def test_datastore_commands_build_and_add_without_retraining(trained_show_tell, tmp_path):
     run = tmp_path / "model"
     shutil.copytree(trained_show_tell, run, ignore=shutil.ignore_patterns("checkpoints", "last"))

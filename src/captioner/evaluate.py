@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .captions import caption_signals
 from .data.examples import is_sample_ref
 from .data.loaders import ImageRows
 from .data.webdataset import ShardImages
@@ -123,7 +124,8 @@ def iter_val_features(model, examples, rows, cache, batch_size, device):
 def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: DecodeOptions, device,
                       metrics=("BLEU", "ROUGE_L", "CIDEr")):
     """Generate a caption for every example (decoding as ``options`` say, in ``options.language``,
-    default the vocabulary's first) and score them against its references in that language,
+    default the vocabulary's first; reranked with the model's datastore when it has one and
+    ``options.retrieval``, as ``captioner caption`` does) and score them against its references in that language,
     split into words by its tokenizer; the teacher-forced cross-entropy on the same images too.
 
     Returns (record of metrics + loss, predictions {image_id: caption}); leaves ``model`` in eval mode.
@@ -140,13 +142,16 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
         features = with_retrieved(model, features, language)  # once, for the captions and the loss
         n = features.pooled.shape[0]
-        results = model.generate(features, options)
-        for i, hypotheses in enumerate(results):
+        if options.retrieval and getattr(model, "datastore", None) is not None:  # as `caption` does: reranked
+            texts = [c.text for c in caption_signals(model, features, options)[0]]
+        else:
+            texts = [vocab.decode(hypotheses[0].tokens, language) for hypotheses in model.generate(features, options)]
+        for i, text in enumerate(texts):
             example = examples[offset + i]
             in_language = [c for c, lang in zip(example.captions, example.caption_languages(vocab.default_language))
                            if lang == language]
             if in_language:  # an image without a reference in this language is not scored
-                predictions[example.image_id] = vocab.decode(hypotheses[0].tokens, language)
+                predictions[example.image_id] = text
                 references[example.image_id] = in_language
         # Teacher-forced loss on every caption of these images.
         pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]

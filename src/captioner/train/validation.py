@@ -15,6 +15,6 @@ from ..evaluate import caption_and_score
 def validate(model, val_examples, val_rows, val_pairs, cache, config, device) -> dict:
     """Metrics of one epoch's model on the val split (``record`` keys for metrics.jsonl)."""
     record, _ = caption_and_score(model, val_examples, val_rows, val_pairs, cache, config.batch_size,
-                                  DecodeOptions(beam_size=config.val_beam_size), device)
+                                  DecodeOptions(beam_size=config.val_beam_size, retrieval=False), device)  # the decoder's own
     model.train()
     return record
