@@ -107,7 +107,7 @@ def add_to_datastore(model: Captioner, chosen, features: list, share: float, opt
             model.datastore = saved
         rest = [i for i in range(len(chosen)) if not added[i]]
         split[name] = score(ARTIST_SPLIT, np.arange(len(rest)), [predicted[i] for i in rest],
-                            [emoji[i] for i in rest], ["all"] * len(rest))["all"]
+                            [emoji[i] for i in rest], ["held out"] * len(rest))["all"]
     return {"added_images": int(added.sum()), "scored_images": int((~added).sum()), **split}
 
 
