@@ -325,3 +325,48 @@ def test_confidence_ranks_right_captions_above_wrong_ones():
     assert 0.3 < confidence[right].mean() and confidence[~right].mean() < 0.3  # a probability, not a rank
     photo = model.familiarity(pooled[:1] + 50)[0]
     assert model.is_low(0.9, photo) and not model.is_low(0.9, model.familiarity(pooled[:1])[0])
+
+
+def test_the_datastore_translates_captions_its_groups_hold_in_two_languages():
+    """Each group holds one image's captions in several languages: a caption in one language
+    finds the groups that hold it, and their captions in another, those of the most groups first."""
+    groups = [{"en": ["Dog face"], "de": ["Hundegesicht"]}, {"en": ["dog face"], "de": ["Hundegesicht", "Hund"]},
+              {"en": ["cat"], "de": ["Katze"]}, {"en": ["bird"]}, {"de": ["Vogel"]}]
+    store = Datastore.build(np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32), groups, IDENTITY, dims=2)
+    key = lambda text: " ".join(text.lower().split())  # noqa: E731
+    assert store.languages() == {"en", "de"}
+    assert store.translations(["dog  face", "cat", "bird", "fish"], "en", "de", key) == [
+        ["Hundegesicht", "Hund"], ["Katze"], [], []]
+    store.add(np.ones((1, 4), np.float32), [{"en": ["cat"], "fr": ["chat"]}])
+    assert store.languages() == {"en", "de", "fr"} and store.translations(["cat"], "en", "fr", key) == [["chat"]]
+
+
+def test_captions_in_another_language_translate_the_first_languages_through_the_datastore(trained_en_de):
+    """A datastore that pairs every image's English caption with *another* image's German one: in
+    German the model writes the datastore's translation of its English caption (with that
+    caption's confidence signals), not its own German; without retrieval, its own German."""
+    model = Captioner.from_pretrained(trained_en_de)
+    rows = list(csv.DictReader(open(TINY / "captions_en_de.csv", encoding="utf-8")))
+    english = {r["image"]: r["caption"] for r in rows if r["language"] == "en"}
+    german = {r["image"]: r["caption"] for r in rows if r["language"] == "de"}
+    images = sorted(english)
+    shifted = {image: german[images[(i + 1) % len(images)]] for i, image in enumerate(images)}
+    paths = [str(TINY / image) for image in images]
+    features = model.encode_images(paths)
+    store = Datastore.build(features.pooled.numpy(), [{"en": [english[i]], "de": [shifted[i]]} for i in images],
+                            model.encoder_identity(), dims=8, rerank=RerankConfig(neighbours=3, weight=0.0))
+    model.datastore = store
+    own_english = model.caption(paths, beam_size=1)
+    assert [c.text for c in own_english] == [model.vocab.decode(model.vocab.encode(english[i])) for i in images]
+    translated = model.caption(paths, beam_size=1, language="de")
+    assert [c.text for c in translated] == [model.vocab.decode(model.vocab.encode(shifted[i], language="de"))
+                                            for i in images]
+    from captioner.captions import caption_signals
+
+    _, english_signals = caption_signals(model, features, DecodeOptions(beam_size=1))
+    _, german_signals = caption_signals(model, features, DecodeOptions(beam_size=1, language="de"))
+    assert set(german_signals) == {"consensus", "agreement", "similarity", "margin", "word_probability"}
+    assert german_signals == english_signals  # what the confidence reads: the translated caption's
+    own_german = model.caption(paths, beam_size=1, language="de", retrieval=False)
+    assert [c.text for c in own_german] == [model.vocab.decode(model.vocab.encode(german[i], language="de"))
+                                            for i in images]

@@ -113,18 +113,40 @@ def caption_signals(model: "CaptionModel", features: Features,
     wide = options if options.sample else DecodeOptions.of(options, n_best=options.beam_size)
     results = model.generate(features, wide)
     values: dict[str, list[float]] = {}
+    pivot, preferred = None, None
     if store is not None:
         from .retrieval import rerank
 
-        reranked = rerank(model, features, results, options.language, store.rerank)
+        pivot, preferred = _translations(model, features, options)
+        reranked = rerank(model, features, results, options.language, store.rerank, preferred)
         results = [r.hypotheses for r in reranked]
         values = {"consensus": [r.consensus for r in reranked], "agreement": [r.agreement for r in reranked],
                   "similarity": [r.similarity for r in reranked], "margin": [r.margin for r in reranked]}
     else:
         values["margin"] = [h[0].score - h[1].score if len(h) > 1 else 0.0 for h in results]
     values["word_probability"] = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
+    if pivot is not None:
+        # A translated caption is as likely right as the caption it translates: its signals stand.
+        for name, measured in values.items():
+            values[name] = [p if translated else v for v, p, translated in zip(measured, pivot[name], preferred)]
     captions = captions_from_results([h[: options.n_best] for h in results], model.vocab, features, options.language)
     return captions, values
+
+
+def _translations(model: "CaptionModel", features: Features, options: DecodeOptions):
+    """Captions in another language of a multilingual model, through its datastore: caption in the
+    model's first language (usually its best: the one every epoch trains), then take the
+    captions in ``options.language`` of the datastore groups that hold that caption
+    (``Datastore.translations``). Returns the first language's signals and, per image, the
+    translations (``None, None`` when the language is the first, or the datastore holds captions
+    in only one of the two)."""
+    vocab, store = model.vocab, model.datastore
+    language, first = vocab.check_language(options.language), vocab.default_language
+    if options.sample or language == first or not {language, first} <= store.languages():
+        return None, None
+    captions, values = caption_signals(model, features, DecodeOptions.of(options, language=first, n_best=1))
+    key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
+    return values, store.translations([c.text for c in captions], first, language, key)
 
 
 def caption_features(model: "CaptionModel", features: Features, options: DecodeOptions) -> list[Caption]:

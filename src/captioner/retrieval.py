@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -87,6 +88,8 @@ class Datastore:
         self.identity = identity
         self.rerank = rerank or RerankConfig()  # how captioning uses it (tuned on validation images)
         self._scorers: dict[str, object] = {}  # language → CiderD over the groups' captions
+        self._memories: dict[tuple, dict[str, list[str]]] = {}  # (source, target) → translation memory
+        self._languages: Optional[set[str]] = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -131,6 +134,8 @@ class Datastore:
         self.keys = np.concatenate([self.keys, self._project(pooled).astype(np.float16)])
         self.groups = np.concatenate([self.groups, np.arange(first, first + len(pooled), dtype=np.int32)])
         self._scorers.clear()
+        self._memories.clear()
+        self._languages = None
 
     def _project(self, pooled: np.ndarray) -> np.ndarray:
         keys = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.projection  # (images, dims)
@@ -166,6 +171,26 @@ class Datastore:
             documents = [[" ".join(tokenize(c)) for c in group.get(language, [])] for group in self.captions]
             self._scorers[language] = CiderD.from_corpus([d for d in documents if d] or [["-"]])
         return self._scorers[language]
+
+    def languages(self) -> set[str]:
+        """The languages the groups' captions are in."""
+        if self._languages is None:
+            self._languages = {language for group in self.captions for language in group}
+        return self._languages
+
+    def translations(self, captions: Sequence[str], source: str, target: str, key) -> list[list[str]]:
+        """The datastore as a translation memory: each group holds one image's captions in several
+        languages, so a caption in ``source`` that some groups hold (compared as ``key``: its words)
+        has those groups' captions in ``target`` as translations. Per caption, its translations,
+        those of the most groups first (none for a caption no group holds)."""
+        if (source, target) not in self._memories:
+            votes: dict[str, Counter] = {}
+            for group in self.captions:
+                for caption in group.get(source, []):
+                    votes.setdefault(key(caption), Counter()).update(group.get(target, []))
+            self._memories[source, target] = {k: [c for c, _ in v.most_common()] for k, v in votes.items() if v}
+        memory = self._memories[source, target]
+        return [memory.get(key(caption), []) for caption in captions]
 
     # --- the file ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -273,27 +298,39 @@ class Reranked:
     margin: float  # the best candidate's rerank score minus the second's (0 when alone)
 
 
-def rerank(model, features, results: Sequence[Sequence], language: Optional[str], config: RerankConfig) -> list[Reranked]:
+def rerank(model, features, results: Sequence[Sequence], language: Optional[str], config: RerankConfig,
+           preferred: Optional[Sequence[Sequence[str]]] = None) -> list[Reranked]:
     """Rerank each image's n-best ``results`` (decoding's hypotheses) with ``model.datastore``:
     add the neighbours' captions the model can write (scored by ``model.score_captions``),
-    then order every candidate by length-normalised log-probability + weight × consensus."""
+    then order every candidate by length-normalised log-probability + weight × consensus.
+    ``preferred``: per image, captions in ``language`` that join as candidates and rank ahead of
+    every other (the translations of the caption in the model's first language: ``translate``)."""
     store, vocab = model.datastore, model.vocab
     language = vocab.check_language(language)
     neighbours = store.search(features.pooled, config.neighbours)
     voted = store.neighbour_captions(neighbours, language)  # per image: (caption, similarity), nearest first
     tokenize = lambda text: vocab.tokenize(text, language)  # noqa: E731
     key = lambda text: " ".join(tokenize(text))  # noqa: E731  (captions compare as words)
-    candidates = []
-    for hypotheses, captions in zip(results, voted):
+    preferred = preferred or [[] for _ in results]
+    candidates, first = [], []
+    for hypotheses, captions, translations in zip(results, voted, preferred):
         seen = {key(vocab.decode(h.tokens, language)) for h in hypotheses}
         extra = []
+        for caption in translations:
+            words = word_ids(vocab, caption, language)
+            if key(caption) not in seen and vocab.unk_id not in words and words:
+                seen.add(key(caption))
+                extra.append(words)
+        first.append({key(c) for c in translations})
+        extra_from_neighbours = 0
         for caption, _ in captions:
-            if not config.neighbour_captions or len(extra) >= config.most_candidates:
+            if not config.neighbour_captions or extra_from_neighbours >= config.most_candidates:
                 break
             words = word_ids(vocab, caption, language)
             if key(caption) not in seen and vocab.unk_id not in words and words:
                 seen.add(key(caption))
                 extra.append(words)
+                extra_from_neighbours += 1
         candidates.append(extra)
     scored = model.score_captions(features, candidates, language)
     scorer = store.scorer(language, tokenize)
@@ -302,13 +339,13 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
         pool = [h for h in [*hypotheses, *scored[i]] if math.isfinite(h.log_prob)] or list(hypotheses)
         texts = [vocab.decode(h.tokens, language) for h in pool]
         agree = consensus([texts], [[c for c, _ in captions]], [[w for _, w in captions]], scorer, tokenize)[0]
-        if config.keeps_order:
+        if config.keeps_order and not first[i]:
             ranked = [(h.score, c, h, t) for h, c, t in zip(pool, agree, texts)]
         else:
             ranked = sorted(
                 ((length_normalised(h.log_prob, len(h.token_log_probs)) + config.weight * c, c, h, t)
                  for h, c, t in zip(pool, agree, texts)),
-                key=lambda item: -item[0],
+                key=lambda item: (key(item[3]) not in first[i], -item[0]),
             )
         best_words = key(ranked[0][3])
         rows = neighbours.rows[i]
