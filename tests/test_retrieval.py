@@ -325,6 +325,11 @@ def test_confidence_ranks_right_captions_above_wrong_ones():
     assert 0.3 < confidence[right].mean() and confidence[~right].mean() < 0.3  # a probability, not a rank
     photo = model.familiarity(pooled[:1] + 50)[0]
     assert model.is_low(0.9, photo) and not model.is_low(0.9, model.familiarity(pooled[:1])[0])
+    # Past the flag the fit extrapolates: the same signals on an unfamiliar image score far lower.
+    sure = {name: v[:1] for name, v in values.items()} | {"agreement": [1.0], "word_probability": [1.0]}
+    familiar, unfamiliar = (model.confidence({**sure, "familiarity": [f]})[0]
+                            for f in (model.familiarity(pooled[:1])[0], photo))
+    assert familiar > 0.5 and unfamiliar <= familiar / (model.threshold * (len(model.held_out_scores) + 1)) + 1e-6
 
 
 def test_the_datastore_translates_captions_its_groups_hold_in_two_languages():

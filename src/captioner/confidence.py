@@ -16,7 +16,8 @@ Signals, each measured on the model's own features, words and datastore:
 The signals are standardised over the validation images and combined by a logistic regression
 fitted there to say whether each validation caption was right (exact when the dataset names
 its images — emoji, classes — else among the better half by CIDEr-D): the confidence is that
-probability. The flag stands apart: the image's familiarity is below that of all but
+probability, scaled down for an image the flag marks (its familiarity percentile over the
+threshold: the fit never saw such images, so a photo is not "99 % right"). The flag: the image's familiarity is below that of all but
 ``threshold`` (1 %) of the validation images — a false-alarm rate fixed up front, not tuned on
 out-of-domain images, so no photos are needed to fit it.
 
@@ -99,7 +100,12 @@ class ConfidenceModel:
         score = self.score(values)
         if self.calibration == "percentile":
             return _percentile(self.held_out_scores, score)
-        return (1.0 / (1.0 + np.exp(-np.clip(score, -30, 30)))).astype(np.float32)
+        right = 1.0 / (1.0 + np.exp(-np.clip(score, -30, 30)))
+        # The fit saw only in-domain images; past the flag it extrapolates (a photo whose emoji name
+        # every neighbour shares would score high). There it is scaled by how familiar the image is:
+        # its familiarity percentile over the threshold (below every validation image: ~0.075 at 1 %).
+        known = _percentile(self.held_out_scores, values["familiarity"])
+        return (right * np.minimum(1.0, known / self.threshold)).astype(np.float32)
 
     def is_low(self, confidence: float, familiarity: float) -> bool:
         """Whether a caption is flagged (``low_confidence``): an image less familiar than all but
