@@ -11,7 +11,8 @@ milliseconds per stage.
 ``--compare BASELINE CANDIDATE ...`` instead times one image end to end through
 ``Captioner.caption`` (file → caption, the default runtime, what ``captioner caption`` runs)
 for each model directory in the same run, in interleaved rounds so machine load hits each
-alike, and prints each median as a multiple of the first (``bundled`` names the bundled model):
+alike, and prints each median as a multiple of the first (``bundled`` names the bundled model;
+``DIR@LANG`` captions in that language of a multilingual model):
 
     python -m benchmarks.timing.bench_latency --compare bundled runs/new-model --repeats 100
 """
@@ -128,28 +129,33 @@ def main() -> None:
 
 
 def compare(directories: list[str], image: str, repeats: int, beam_size: int) -> None:
-    """One-image latency of each model, end to end, in interleaved rounds; ratios to the first."""
-    models = [Captioner.from_pretrained(None if d == "bundled" else d) for d in directories]
+    """One-image latency of each model, end to end, in interleaved rounds; ratios to the first.
+    ``DIR@LANG`` captions in that language of a multilingual model (``bundled@de``)."""
+    runs = [d.rpartition("@")[::2] if "@" in d else (d, None) for d in directories]
+    loaded: dict[str, Captioner] = {}
+    for directory, _ in runs:
+        if directory not in loaded:
+            loaded[directory] = Captioner.from_pretrained(None if directory == "bundled" else directory)
+    models = [(loaded[directory], language) for directory, language in runs]
     samples: list[list[float]] = [[] for _ in models]
-    for model in models:  # warm-up: the first call builds the ONNX Runtime session
-        model.caption(image, beam_size=beam_size)
-        model.caption(image, beam_size=beam_size)
+    for model, language in models:  # warm-up: the first call builds the ONNX Runtime session
+        model.caption(image, beam_size=beam_size, language=language)
+        model.caption(image, beam_size=beam_size, language=language)
     for _ in range(repeats):
-        for model, times in zip(models, samples):
+        for (model, language), times in zip(models, samples):
             start = time.perf_counter()
-            model.caption(image, beam_size=beam_size)
+            model.caption(image, beam_size=beam_size, language=language)
             times.append((time.perf_counter() - start) * 1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} rounds, beam {beam_size}, {image}")
     print("\n| model | encoder, input | caption | median ms | p90 ms | × first |")
     print("|---|---|---|---:|---:|---:|")
     baseline = statistics.median(samples[0])
-    for directory, model, times in zip(directories, models, samples):
+    for directory, (model, language), times in zip(directories, models, samples):
         times.sort()
         median = statistics.median(times)
         print(f"| {directory} | {model.encoder.name}, {model.preprocess.crop_size} px | "
-              f"{model.caption(image, beam_size=beam_size).text} | {median:.1f} | "
+              f"{model.caption(image, beam_size=beam_size, language=language).text} | {median:.1f} | "
               f"{times[int(0.9 * (len(times) - 1))]:.1f} | {median / baseline:.2f} |")
-
 
 if __name__ == "__main__":
     main()
