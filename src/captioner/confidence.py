@@ -16,8 +16,9 @@ Signals, each measured on the model's own features, words and datastore:
 The signals are standardised over the validation images and combined by a logistic regression
 fitted there to say whether each validation caption was right (exact when the dataset names
 its images — emoji, classes — else among the better half by CIDEr-D): the confidence is that
-probability, scaled down for an image the flag marks (its familiarity percentile over the
-threshold: the fit never saw such images, so a photo is not "99 % right"). The flag: the image's familiarity is below that of all but
+probability, scaled down for an image the flag marks (by e for every standard deviation of the
+validation familiarity it lies past the flag: the fit never saw such images, so a photo is not
+"99 % right"). The flag: the image's familiarity is below that of all but
 ``threshold`` (1 %) of the validation images — a false-alarm rate fixed up front, not tuned on
 out-of-domain images, so no photos are needed to fit it.
 
@@ -102,10 +103,15 @@ class ConfidenceModel:
             return _percentile(self.held_out_scores, score)
         right = 1.0 / (1.0 + np.exp(-np.clip(score, -30, 30)))
         # The fit saw only in-domain images; past the flag it extrapolates (a photo whose emoji name
-        # every neighbour shares would score high). There it is scaled by how familiar the image is:
-        # its familiarity percentile over the threshold (below every validation image: ~0.075 at 1 %).
-        known = _percentile(self.held_out_scores, values["familiarity"])
-        return (right * np.minimum(1.0, known / self.threshold)).astype(np.float32)
+        # every neighbour shares would score high). There the probability decays by e for every
+        # standard deviation of the validation images' familiarity the image lies beyond the flag.
+        return (right * self._in_domain(np.asarray(values["familiarity"], dtype=np.float64))).astype(np.float32)
+
+    def _in_domain(self, familiarity: np.ndarray) -> np.ndarray:
+        """1 up to the flag's familiarity, then exp(-distance past it / the validation spread)."""
+        edge = float(np.quantile(self.held_out_scores, self.threshold))
+        spread = float(self.signal_std[self.signals.index("familiarity")])
+        return np.exp(np.minimum(0.0, familiarity - edge) / max(spread, 1e-6))
 
     def is_low(self, confidence: float, familiarity: float) -> bool:
         """Whether a caption is flagged (``low_confidence``): an image less familiar than all but
