@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -375,3 +376,31 @@ def test_captions_in_another_language_translate_the_first_languages_through_the_
     own_german = model.caption(paths, beam_size=1, language="de", retrieval=False)
     assert [c.text for c in own_german] == [model.vocab.decode(model.vocab.encode(german[i], language="de"))
                                             for i in images]
+
+
+def test_reranking_drops_hopeless_candidates_without_changing_its_top_places(model):
+    """Neighbours' captions that provably rank below the beam's second place stop being scored
+    (``floors``); the two best places, their scores and the signals are what a full scoring gives."""
+    images = sorted((TINY / "images").glob("*.png"))[:6]
+    features = model.encode_images(images)
+    rng = np.random.default_rng(1)
+    pooled = np.repeat(features.pooled.numpy(), 3, axis=0) + rng.normal(scale=0.05, size=(18, features.pooled.shape[1]))
+    captions = [{"en": [c]} for c in ("cat face", "dog face", "a clock on a wall", "rocket", "red apple", "a cup")] * 3
+    model.datastore, saved = Datastore.build(pooled.astype(np.float32), captions, model.encoder_identity(), dims=8), \
+        model.datastore
+    try:
+        results = model.generate(features, DecodeOptions(n_best=3))
+        for config in (RerankConfig(neighbours=6, weight=0.0), RerankConfig(neighbours=6, weight=0.5)):
+            pruned = rerank(model, features, results, None, config, keep=2)
+            full = rerank(model, features, results, None, config, keep=10**6)
+            for p, f in zip(pruned, full):
+                assert [(h.tokens, h.score) for h in p.hypotheses[:2]] == [(h.tokens, h.score) for h in f.hypotheses[:2]]
+                assert (p.consensus, p.agreement, p.similarity, p.margin) == (f.consensus, f.agreement, f.similarity,
+                                                                             f.margin)
+        everything = [[list(range(5, 9))] for _ in images]
+        assert all(math.isfinite(h[0].log_prob) for h in model.score_captions(features, everything, None,
+                                                                              [[-math.inf]] * len(images)))
+        assert all(h[0].log_prob == -math.inf for h in model.score_captions(features, everything, None,
+                                                                            [[0.0]] * len(images)))
+    finally:
+        model.datastore = saved

@@ -118,7 +118,8 @@ def caption_signals(model: "CaptionModel", features: Features,
         from .retrieval import rerank
 
         pivot, preferred = _translations(model, features, options)
-        reranked = rerank(model, features, results, options.language, store.rerank, preferred)
+        reranked = rerank(model, features, results, options.language, store.rerank, preferred,
+                          keep=max(2, options.n_best))
         results = [r.hypotheses for r in reranked]
         values = {"consensus": [r.consensus for r in reranked], "agreement": [r.agreement for r in reranked],
                   "similarity": [r.similarity for r in reranked], "margin": [r.margin for r in reranked]}
@@ -209,4 +210,5 @@ class CaptionModel(Protocol):
                  **decode) -> list[list[Hypothesis]]: ...
 
     def score_captions(self, features: Features, captions: Sequence[Sequence[Sequence[int]]],
-                       language: Optional[str] = None) -> list[list[Hypothesis]]: ...
+                       language: Optional[str] = None,
+                       floors: Optional[Sequence[Sequence[float]]] = None) -> list[list[Hypothesis]]: ...

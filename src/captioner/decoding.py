@@ -568,18 +568,58 @@ def beam_search(decoder: StepDecoder, features: Features, config: DecodingConfig
 
 @_without_gradients
 def score_captions(decoder: StepDecoder, features: Features, config: DecodingConfig,
-                   captions: Sequence[Sequence[Sequence[int]]]) -> list[list[Hypothesis]]:
+                   captions: Sequence[Sequence[Sequence[int]]],
+                   floors: Optional[Sequence[Sequence[float]]] = None) -> list[list[Hypothesis]]:
     """How likely the model finds given captions: ``captions[i]`` are word-id lists (no markers)
     for image ``i``; each comes back as a :class:`Hypothesis` with the log-probability of its words
     and ``<end>``, teacher-forced through ``init_state`` / ``step`` under the search's rules (a
     banned id, such as ``<unk>``, or an empty caption scores -inf). Captions longer than
-    ``config.max_length`` cannot be generated and score -inf too."""
+    ``config.max_length`` cannot be generated and score -inf too.
+
+    ``floors`` (one per caption, or None): a caption whose length-normalised log-probability
+    is sure to end below its floor (its running sum over its length already is: later tokens
+    only lower it) stops being scored and comes back at -inf, and the loop ends once every
+    caption has ended or been dropped — a reranker that needs only the captions that can beat
+    its candidates skips the rest of the steps."""
     engine = _Engine(features.pooled)
     xp = engine.xp
     flat = [(i, list(c)) for i, image_captions in enumerate(captions) for c in image_captions]
     results: list[list[Hypothesis]] = [[] for _ in captions]
     if not flat:
         return results
+    image = engine.constant(np.asarray([i for i, _ in flat], dtype=np.int64))
+    state = _map_state(decoder.init_state(features), lambda a: array_namespace(a).take(a, image, axis=0))
+    state, tokens = _feed_prefix(decoder, state, engine, len(flat), config)
+    steps = min(max(len(c) for _, c in flat) + 1, config.max_length + 1)
+    targets = np.full((len(flat), steps), config.pad_id, dtype=np.int64)
+    for row, (_, caption) in enumerate(flat):
+        ids = caption[: steps - 1] + [config.end_id]
+        targets[row, : len(ids)] = ids
+    targets = engine.constant(targets)
+    masks = _Masks(engine, config, decoder.vocab_size)
+    lengths = np.asarray([len(c) + 1 for _, c in flat], dtype=np.float64)  # the words and <end>
+    floor = (np.asarray([f for image_floors in floors for f in image_floors], dtype=np.float64)
+             if floors is not None else None)
+    dropped = np.zeros(len(flat), dtype=bool)
+    chosen, running = [], None
+    for step in range(steps):
+        log_probs, state = decoder.step(tokens, state)
+        tokens = targets[:, step]
+        chosen.append(xp.take_along_axis(masks.prepare(log_probs, step), tokens[:, None], axis=1)[:, 0])
+        if floor is None or step + 1 == steps:
+            continue
+        scored = xp.where(engine.constant(step < lengths), chosen[-1], xp.zeros_like(chosen[-1]))
+        running = scored if running is None else running + scored  # each caption's sum over its length
+        if (step + 1) % engine.check_every == 0:
+            dropped |= np.asarray(engine.to_host(running), dtype=np.float64) / lengths < floor
+            if np.all(dropped | (lengths <= step + 1)):
+                break
+    chosen = xp.stack(chosen, axis=1).tolist()  # (captions, steps scored)
+    for row, (i, caption) in enumerate(flat):
+        used = chosen[row][: len(caption) + 1]  # the words and <end>
+        total = sum(used) if len(caption) <= config.max_length and not dropped[row] else -math.inf
+        results[i].append(Hypothesis(caption, total, total, None, used))
+    return results
     image = engine.constant(np.asarray([i for i, _ in flat], dtype=np.int64))
     state = _map_state(decoder.init_state(features), lambda a: array_namespace(a).take(a, image, axis=0))
     state, tokens = _feed_prefix(decoder, state, engine, len(flat), config)

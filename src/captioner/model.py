@@ -238,14 +238,15 @@ class Captioner(nn.Module):
             return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
     @torch.inference_mode()
-    def score_captions(self, features: Features, captions, language: str | None = None) -> list[list[Hypothesis]]:
+    def score_captions(self, features: Features, captions, language: str | None = None,
+                       floors=None) -> list[list[Hypothesis]]:
         """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced
-        (:func:`captioner.decoding.score_captions`), in eval mode."""
+        (:func:`captioner.decoding.score_captions`, ``floors`` included), in eval mode."""
         device = self.device
         features = Features(*(f.to(device) if isinstance(f, torch.Tensor) else f for f in features))
         features = with_retrieved(self, features, language)
         with self._evaluating():
-            return score_captions(self.decoder, features, self.decoding_config(language), captions)
+            return score_captions(self.decoder, features, self.decoding_config(language), captions, floors)
 
     def encoder_identity(self) -> EncoderIdentity:
         """What makes this model's pooled features comparable to another's (a datastore checks it)."""

@@ -299,12 +299,15 @@ class Reranked:
 
 
 def rerank(model, features, results: Sequence[Sequence], language: Optional[str], config: RerankConfig,
-           preferred: Optional[Sequence[Sequence[str]]] = None) -> list[Reranked]:
+           preferred: Optional[Sequence[Sequence[str]]] = None, keep: int = 2) -> list[Reranked]:
     """Rerank each image's n-best ``results`` (decoding's hypotheses) with ``model.datastore``:
     add the neighbours' captions the model can write (scored by ``model.score_captions``),
     then order every candidate by length-normalised log-probability + weight × consensus.
     ``preferred``: per image, captions in ``language`` that join as candidates and rank ahead of
-    every other (the translations of the caption in the model's first language: ``translate``)."""
+    every other (the translations of the caption in the model's first language: ``translate``).
+    The ``keep`` best places come out as a full scoring would give them; a neighbour's caption
+    that provably ranks below the beam's ``keep``-th is dropped while it is scored (``floors``
+    of :func:`captioner.decoding.score_captions`): most are, after a token or two."""
     store, vocab = model.datastore, model.vocab
     language = vocab.check_language(language)
     neighbours = store.search(features.pooled, config.neighbours)
@@ -332,21 +335,27 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
                 extra.append(words)
                 extra_from_neighbours += 1
         candidates.append(extra)
-    scored = model.score_captions(features, candidates, language)
     scorer = store.scorer(language, tokenize)
+    own = [[vocab.decode(h.tokens, language) for h in hypotheses] for hypotheses in results]
+    texts = [o + [vocab.decode(words, language) for words in extra] for o, extra in zip(own, candidates)]
+    agree = consensus(texts, [[c for c, _ in captions] for captions in voted],
+                      [[w for _, w in captions] for captions in voted], scorer, tokenize)
+    rank = lambda h, c: length_normalised(h.log_prob, len(h.token_log_probs)) + config.weight * c  # noqa: E731
+    floors = []  # a neighbour's caption that cannot reach the beam's `keep`-th place is not scored to the end
+    for hypotheses, agreed, translated in zip(results, agree, first):
+        beam = sorted((rank(h, c) for h, c in zip(hypotheses, agreed) if math.isfinite(h.log_prob)), reverse=True)
+        bar = beam[keep - 1] if len(beam) >= keep and not translated else -math.inf
+        floors.append([bar - config.weight * c for c in agreed[len(hypotheses):]])
+    scored = model.score_captions(features, candidates, language, floors)
     out = []
-    for i, (hypotheses, captions) in enumerate(zip(results, voted)):
-        pool = [h for h in [*hypotheses, *scored[i]] if math.isfinite(h.log_prob)] or list(hypotheses)
-        texts = [vocab.decode(h.tokens, language) for h in pool]
-        agree = consensus([texts], [[c for c, _ in captions]], [[w for _, w in captions]], scorer, tokenize)[0]
+    for i, hypotheses in enumerate(results):
+        every = list(zip([*hypotheses, *scored[i]], agree[i], texts[i]))
+        pool = [(h, c, t) for h, c, t in every if math.isfinite(h.log_prob)] or every[: len(hypotheses)]
         if config.keeps_order and not first[i]:
-            ranked = [(h.score, c, h, t) for h, c, t in zip(pool, agree, texts)]
+            ranked = [(h.score, c, h, t) for h, c, t in pool]
         else:
-            ranked = sorted(
-                ((length_normalised(h.log_prob, len(h.token_log_probs)) + config.weight * c, c, h, t)
-                 for h, c, t in zip(pool, agree, texts)),
-                key=lambda item: (key(item[3]) not in first[i], -item[0]),
-            )
+            ranked = sorted(((rank(h, c), c, h, t) for h, c, t in pool),
+                            key=lambda item: (key(item[3]) not in first[i], -item[0]))
         best_words = key(ranked[0][3])
         rows = neighbours.rows[i]
         agreeing = sum(any(key(c) == best_words for c in store.captions[store.groups[r]].get(language, []))

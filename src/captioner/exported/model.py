@@ -177,10 +177,12 @@ class OnnxCaptioner:
         features = with_retrieved(self, features, options.language)
         return decode(self.decoder, features, self.decoding_config(options.language), options, generator)
 
-    def score_captions(self, features: Features, captions, language: str | None = None) -> list[list[Hypothesis]]:
-        """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced."""
+    def score_captions(self, features: Features, captions, language: str | None = None,
+                       floors=None) -> list[list[Hypothesis]]:
+        """The model's log-probabilities of given captions (per image, word-id lists), teacher-forced
+        (``floors``: :func:`captioner.decoding.score_captions`)."""
         features = with_retrieved(self, features, language)
-        return score_captions(self.decoder, features, self.decoding_config(language), captions)
+        return score_captions(self.decoder, features, self.decoding_config(language), captions, floors)
 
     def encoder_identity(self) -> EncoderIdentity:
         """The exported encoder's name and weights digest (recorded at export) and preprocessing."""
