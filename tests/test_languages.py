@@ -327,3 +327,25 @@ def test_each_epoch_trains_the_default_language_and_a_draw_of_the_others():
     sampler.set_epoch(3)
     assert sorted(int(i) for batch in sampler for i in batch) == sorted(draws[3].tolist())
     assert len(sampler) == len(list(sampler))
+
+
+def test_a_subword_captions_words_and_attention_are_per_word():
+    """Pieces join into the words a reader sees (no ``▁`` marker), each word's attention the mean
+    of its pieces'; a word vocabulary keeps one row per token."""
+    import numpy as np
+
+    from captioner.captions import word_attention
+
+    vocab = create_vocabulary("bpe", CAPTIONS, languages=LANGUAGES, vocab_size=40)
+    pieces = lambda text: vocab.encode(text, language="de")[2:-1]  # noqa: E731  (no markers)
+    ids = pieces("Hundegesicht Katzengesicht")
+    assert len(ids) > 2  # 40 pieces: each word is several
+    attention = np.random.default_rng(0).dirichlet(np.ones(6), size=len(ids)).astype(np.float32)
+    words, per_word = word_attention(vocab, ids, attention, "de")
+    assert words == ["hundegesicht", "katzengesicht"] and per_word.shape == (2, 6)
+    first = len(pieces("Hundegesicht"))
+    assert np.allclose(per_word.sum(1), 1.0) and np.allclose(per_word[0], attention[:first].mean(0))
+    plain = create_vocabulary("word", CAPTIONS, languages=LANGUAGES, min_count=1)
+    ids = plain.encode("a dog face", language="en")[2:-1]
+    words, same = word_attention(plain, ids, attention[: len(ids)], "en")
+    assert words == ["a", "dog", "face"] and np.array_equal(same, attention[:3])

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
+from array_api_compat import array_namespace
+
 from .decoding import DecodeOptions, Features, Hypothesis
 
 
@@ -51,13 +53,33 @@ class Caption:
         ``tokens`` and ``score``), text from ``vocab`` in ``language`` (how its words join);
         ``extra`` fills the other fields."""
         best = hypotheses[0]
+        words, attention = word_attention(vocab, list(best.tokens), extra.pop("attention", None), language)
         return cls(
             text=vocab.decode(best.tokens, language),
             score=best.score,
             alternatives=[Alternative(vocab.decode(h.tokens, language), h.score) for h in hypotheses],
-            words=[vocab.itos[t] for t in best.tokens],
+            words=words,
+            attention=attention,
             **extra,
         )
+
+
+def word_attention(vocab, tokens: list[int], attention, language: Optional[str] = None) -> tuple[list[str], Any]:
+    """A caption's words and, when given (tokens × regions), each word's attention: the mean over
+    its pieces for a subword vocabulary (pieces are joined into the words a reader sees, the
+    ``▁`` marker gone), the token's own row for a word vocabulary."""
+    starts = vocab.word_starts
+    groups: list[list[int]] = []
+    for position, token in enumerate(tokens):
+        if starts[token] or not groups:
+            groups.append([position])
+        else:
+            groups[-1].append(position)
+    words = [vocab.decode([tokens[p] for p in group], language) for group in groups]
+    if attention is None or len(groups) == len(tokens) or len(attention) < len(tokens):
+        return words, attention
+    xp = array_namespace(attention)
+    return words, xp.stack([xp.mean(attention[g[0] : g[-1] + 1], axis=0) for g in groups])
 
     def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
         """``{"caption", "score", "confidence", "low_confidence", "alternatives"}``, JSON values
