@@ -63,24 +63,6 @@ class Caption:
             **extra,
         )
 
-
-def word_attention(vocab, tokens: list[int], attention, language: Optional[str] = None) -> tuple[list[str], Any]:
-    """A caption's words and, when given (tokens × regions), each word's attention: the mean over
-    its pieces for a subword vocabulary (pieces are joined into the words a reader sees, the
-    ``▁`` marker gone), the token's own row for a word vocabulary."""
-    starts = vocab.word_starts
-    groups: list[list[int]] = []
-    for position, token in enumerate(tokens):
-        if starts[token] or not groups:
-            groups.append([position])
-        else:
-            groups[-1].append(position)
-    words = [vocab.decode([tokens[p] for p in group], language) for group in groups]
-    if attention is None or len(groups) == len(tokens) or len(attention) < len(tokens):
-        return words, attention
-    xp = array_namespace(attention)
-    return words, xp.stack([xp.mean(attention[g[0] : g[-1] + 1], axis=0) for g in groups])
-
     def to_dict(self, attention: bool = False, digits: int = 4) -> dict:
         """``{"caption", "score", "confidence", "low_confidence", "alternatives"}``, JSON values
         only (a -inf or NaN score is ``None``, so are both confidence fields for a model without
@@ -100,6 +82,24 @@ def word_attention(vocab, tokens: list[int], attention, language: Optional[str] 
                 "weights": [[round(float(w), digits) for w in row] for row in self.attention.tolist()],
             }
         return result
+
+
+def word_attention(vocab, tokens: list[int], attention, language: Optional[str] = None) -> tuple[list[str], Any]:
+    """A caption's words and, when given (tokens × regions), each word's attention: the mean over
+    its pieces for a subword vocabulary (pieces are joined into the words a reader sees, the
+    ``▁`` marker gone), the token's own row for a word vocabulary."""
+    starts = vocab.word_starts
+    groups: list[list[int]] = []
+    for position, token in enumerate(tokens):
+        if starts[token] or not groups:
+            groups.append([position])
+        else:
+            groups[-1].append(position)
+    words = [vocab.decode([tokens[p] for p in group], language) for group in groups]
+    if attention is None or len(groups) == len(tokens) or len(attention) < len(tokens):
+        return words, attention
+    xp = array_namespace(attention)
+    return words, xp.stack([xp.mean(attention[g[0] : g[-1] + 1], axis=0) for g in groups])
 
 
 def mean_word_probability(token_log_probs: Sequence[float], words: int) -> float:
