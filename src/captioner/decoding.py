@@ -620,27 +620,6 @@ def score_captions(decoder: StepDecoder, features: Features, config: DecodingCon
         total = sum(used) if len(caption) <= config.max_length and not dropped[row] else -math.inf
         results[i].append(Hypothesis(caption, total, total, None, used))
     return results
-    image = engine.constant(np.asarray([i for i, _ in flat], dtype=np.int64))
-    state = _map_state(decoder.init_state(features), lambda a: array_namespace(a).take(a, image, axis=0))
-    state, tokens = _feed_prefix(decoder, state, engine, len(flat), config)
-    steps = min(max(len(c) for _, c in flat) + 1, config.max_length + 1)
-    targets = np.full((len(flat), steps), config.pad_id, dtype=np.int64)
-    for row, (_, caption) in enumerate(flat):
-        ids = caption[: steps - 1] + [config.end_id]
-        targets[row, : len(ids)] = ids
-    targets = engine.constant(targets)
-    masks = _Masks(engine, config, decoder.vocab_size)
-    chosen = []
-    for step in range(steps):
-        log_probs, state = decoder.step(tokens, state)
-        tokens = targets[:, step]
-        chosen.append(xp.take_along_axis(masks.prepare(log_probs, step), tokens[:, None], axis=1)[:, 0])
-    chosen = xp.stack(chosen, axis=1).tolist()  # (captions, steps)
-    for row, (i, caption) in enumerate(flat):
-        used = chosen[row][: len(caption) + 1]  # the words and <end>
-        total = sum(used) if len(caption) <= config.max_length else -math.inf
-        results[i].append(Hypothesis(caption, total, total, None, used))
-    return results
 
 
 def decode(decoder: StepDecoder, features: Features, config: DecodingConfig, options: DecodeOptions,
