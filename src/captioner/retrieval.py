@@ -304,7 +304,7 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
     add the neighbours' captions the model can write (scored by ``model.score_captions``),
     then order every candidate by length-normalised log-probability + weight × consensus.
     ``preferred``: per image, captions in ``language`` that join as candidates and rank ahead of
-    every other (the translations of the caption in the model's first language: ``translate``).
+    every other (the translations of the caption in the model's first language: ``Datastore.translations``).
     The ``keep`` best places come out as a full scoring would give them; a neighbour's caption
     that provably ranks below the beam's ``keep``-th is dropped while it is scored (``floors``
     of :func:`captioner.decoding.score_captions`): most are, after a token or two."""
