@@ -95,8 +95,10 @@ def word_attention(vocab, tokens: list[int], attention, language: Optional[str] 
             groups.append([position])
         else:
             groups[-1].append(position)
+    if len(groups) == len(tokens):  # one token a word: the tokens as they are (markers a model writes too)
+        return [vocab.itos[t] for t in tokens], attention
     words = [vocab.decode([tokens[p] for p in group], language) for group in groups]
-    if attention is None or len(groups) == len(tokens) or len(attention) < len(tokens):
+    if attention is None or len(attention) < len(tokens):
         return words, attention
     xp = array_namespace(attention)
     return words, xp.stack([xp.mean(attention[g[0] : g[-1] + 1], axis=0) for g in groups])
