@@ -142,11 +142,8 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
         features = with_retrieved(model, features, language)  # once, for the captions and the loss
         n = features.pooled.shape[0]
-        if options.retrieval and getattr(model, "datastore", None) is not None:  # as `caption` does: reranked
-            texts = [c.text for c in caption_signals(model, features, options)[0]]
-        else:
-            texts = [vocab.decode(hypotheses[0].tokens, language) for hypotheses in model.generate(features, options)]
-        for i, text in enumerate(texts):
+        captions = caption_signals(model, features, options)[0]  # as `caption` does (reranked when it does)
+        for i, text in enumerate(c.text for c in captions):
             example = examples[offset + i]
             in_language = [c for c, lang in zip(example.captions, example.caption_languages(vocab.default_language))
                            if lang == language]
