@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .captions import caption_signals
-from .decoding import DecodeOptions, host_array
+from .decoding import DecodeOptions, Features, host_array
 from .retrieval import (
     DATASTORE_FILE, DEFAULT_DIMS, DEFAULT_NEIGHBOURS, Datastore, DatastoreError, Neighbours, RerankConfig,
 )
@@ -100,7 +100,9 @@ def tune_rerank(model, features: Sequence, references: Sequence[Sequence[str]], 
 
 # --- the datastore command --------------------------------------------------------------
 def _dataset_features(model, data, images, format, split: Optional[str], batch_size: int):
-    """The examples of a captions file (of ``split``, or all) and batches of their features."""
+    """The examples of a captions file (of ``split``, or all) and batches of their pooled features
+    (the region grids, 25 times larger, are dropped as each batch is encoded: a datastore keeps
+    pooled features only, and 20,000 images' grids would take gigabytes)."""
     from .data.sources import DatasetError, read_dataset, split_examples, validate_examples
 
     examples = read_dataset(data, images, format)
@@ -112,7 +114,8 @@ def _dataset_features(model, data, images, format, split: Optional[str], batch_s
     if problems:
         raise DatasetError(f"{data} has problems:\n{problems.report()}")
     paths = [e.image_ref for e in examples]
-    return examples, [model.encode_images(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+    return examples, [Features(host_array(model.encode_images(paths[i : i + batch_size]).pooled))
+                      for i in range(0, len(paths), batch_size)]
 
 
 def datastore_command(action: str, model_dir, data, images=None, format=None, split: Optional[str] = "train",
