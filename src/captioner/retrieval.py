@@ -24,6 +24,7 @@ Torch-free: the torch model and the exported runtime (which carries the file) se
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -90,6 +91,7 @@ class Datastore:
         self._scorers: dict[str, object] = {}  # language → CiderD over the groups' captions
         self._memories: dict[tuple, dict[str, list[str]]] = {}  # (source, target) → translation memory
         self._languages: Optional[set[str]] = None
+        self._keys32: Optional[tuple[np.ndarray, np.ndarray]] = None  # (keys, keys as float32)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -147,7 +149,9 @@ class Datastore:
         ``exclude`` (images, rows) bool: rows an image may not find (they come last, at similarity
         -inf, only when fewer than ``k`` others are left)."""
         queries = self._project(host_array(pooled))  # (images, dims)
-        similarity = queries @ self.keys.astype(np.float32).T  # (images, rows)
+        if self._keys32 is None or self._keys32[0] is not self.keys:  # numpy multiplies fp16 slowly: convert once
+            self._keys32 = (self.keys, self.keys.astype(np.float32))
+        similarity = queries @ self._keys32[1].T  # (images, rows)
         if exclude is not None:
             similarity[exclude] = -np.inf
         k = min(k, len(self))
@@ -313,7 +317,7 @@ def rerank(model, features, results: Sequence[Sequence], language: Optional[str]
     neighbours = store.search(features.pooled, config.neighbours)
     voted = store.neighbour_captions(neighbours, language)  # per image: (caption, similarity), nearest first
     tokenize = lambda text: vocab.tokenize(text, language)  # noqa: E731
-    key = lambda text: " ".join(tokenize(text))  # noqa: E731  (captions compare as words)
+    key = functools.lru_cache(maxsize=None)(lambda text: " ".join(tokenize(text)))  # captions compare as words
     preferred = preferred or [[] for _ in results]
     candidates, first = [], []
     for hypotheses, captions, translations in zip(results, voted, preferred):
@@ -375,13 +379,14 @@ def consensus(candidates: Sequence[Sequence[str]], references: Sequence[Sequence
               weights: Sequence[Sequence[float]], scorer, tokenize) -> list[np.ndarray]:
     """Per image, each candidate's CIDEr-D against each of the image's neighbour captions, averaged
     with the ``weights`` of those captions (their neighbours' similarity); 0 without any."""
+    words = functools.lru_cache(maxsize=None)(lambda text: " ".join(tokenize(text)))  # each caption split once
     flat, index, singles = [], [], []
     for cands, refs, w in zip(candidates, references, weights):
         for c in cands:
             for r in refs:
-                flat.append(" ".join(tokenize(c)))
+                flat.append(words(c))
                 index.append(len(singles))
-                singles.append([" ".join(tokenize(r))])
+                singles.append([words(r)])
     scores = scorer.score(flat, singles, index=index) if flat else np.zeros(0)
     out, position = [], 0
     for cands, refs, w in zip(candidates, references, weights):
