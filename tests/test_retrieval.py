@@ -404,3 +404,47 @@ def test_reranking_drops_hopeless_candidates_without_changing_its_top_places(mod
                                                                             [[0.0]] * len(images)))
     finally:
         model.datastore = saved
+
+
+def test_a_one_language_model_captions_in_the_languages_its_datastore_translates_into(model, tmp_path):
+    """An English model whose datastore keeps Japanese and Arabic captions beside English ones
+    captions in those too: its English caption, translated through the datastore (that caption's
+    signals); an English caption no stored image carries gives the nearest image's caption, with
+    the word probability and margin of a caption the decoder did not write (0). Evaluation
+    scores it with the language's tokenizer; retrieval off or an unknown language: one line."""
+    from captioner.captions import caption_languages, caption_signals, check_language
+    from captioner.evaluate import evaluate_model
+
+    paths = sorted((TINY / "images").glob("emoji_*.png"))
+    english = [c.text for c in model.caption(paths, beam_size=1, retrieval=False)]
+    unique = [i for i, text in enumerate(english) if english.count(text) == 1][:5]
+    paths, english = [paths[i] for i in unique], [english[i] for i in unique]
+    assert len(paths) == 5
+    japanese = [f"絵文字{'一二三四五'[i]}" for i in range(5)]
+    groups = [{"en": ["a caption nobody writes" if i == 0 else text], "ja": [japanese[i]], "ar": [f"رمز {i}"]}
+              for i, text in enumerate(english)]
+    features = model.encode_images(paths)
+    store = Datastore.build(features.pooled.numpy(), groups, model.encoder_identity(), dims=4,
+                            rerank=RerankConfig(neighbours=2, weight=0.0, neighbour_captions=False))
+    model.datastore, saved = store, model.datastore
+    try:
+        assert list(caption_languages(model)) == ["en", "ar", "ja"]
+        assert caption_languages(model)["ja"] == "chars" and check_language(model, "JA") == "ja"
+        captions = model.caption(paths, beam_size=1, language="ja")
+        assert [c.text for c in captions] == japanese
+        _, signals = caption_signals(model, features, DecodeOptions(beam_size=1, language="ja"))
+        _, pivot = caption_signals(model, features, DecodeOptions(beam_size=1))
+        assert signals["word_probability"][0] == 0.0 and signals["margin"][0] == 0.0 < pivot["word_probability"][0]
+        assert {k: v[1:] for k, v in signals.items()} == {k: v[1:] for k, v in pivot.items()}
+        with pytest.raises(InvalidInputError, match=r"'ja' is not one .* knows en \(ar, ja only through its datastore"):
+            model.caption(paths[0], language="ja", retrieval=False)
+        with pytest.raises(InvalidInputError, match="knows en, ar, ja$"):
+            model.caption(paths[0], language="ko")
+        data = tmp_path / "captions.csv"
+        data.write_text("image,caption,split,language\n" + "".join(
+            f"{p},{e},test,en\n{p},{j},test,ja\n" for p, e, j in zip(paths, english, japanese)), encoding="utf-8")
+        scored = evaluate_model(model, data, beam_size=1, language="ja")
+    finally:
+        model.datastore = saved
+    assert scored.scores["language"] == "ja" and scored.scores["tokenizer"] == "chars"
+    assert scored.scores["exact_match"] == 1.0 and "loss" not in scored.scores

@@ -11,7 +11,9 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from array_api_compat import array_namespace
 
-from .decoding import DecodeOptions, Features, Hypothesis
+from .data.language import normalize_language, tokenizer_for
+from .decoding import DecodeOptions, Features, Hypothesis, host_array
+from .errors import InvalidInputError
 
 
 def _json_score(score: float) -> Optional[float]:
@@ -133,6 +135,8 @@ def caption_signals(model: "CaptionModel", features: Features,
     whole n-best), rerank with the model's datastore when it has one and ``options.retrieval``
     (:func:`captioner.retrieval.rerank`), keep ``options.n_best``. The signals: word probability,
     margin to the second candidate and, with a datastore, consensus, agreement and similarity."""
+    if check_language(model, options.language, options.retrieval) not in model.vocab.languages:
+        return _translated(model, features, options)
     store = model.datastore if options.retrieval else None
     wide = options if options.sample else DecodeOptions.of(options, n_best=options.beam_size)
     results = model.generate(features, wide)
@@ -172,6 +176,63 @@ def _translations(model: "CaptionModel", features: Features, options: DecodeOpti
     captions, values = caption_signals(model, features, DecodeOptions.of(options, language=first, n_best=1))
     key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
     return values, store.translations([c.text for c in captions], first, language, key)
+
+
+def caption_languages(model: "CaptionModel") -> dict[str, str]:
+    """The languages ``model`` captions in, each with the word tokenizer its captions are scored
+    with: its vocabulary's (the first the default), then those its datastore translates into —
+    a datastore that keeps each image's captions in several languages, the model's first among
+    them, is a translation memory (:func:`_translated`)."""
+    languages = dict(model.vocab.languages)
+    store = model.datastore
+    if store is not None and model.vocab.default_language in store.languages():
+        for language in sorted(store.languages()):
+            languages.setdefault(language, tokenizer_for(language))
+    return languages
+
+
+def check_language(model: "CaptionModel", language: Optional[str], retrieval: bool = True) -> str:
+    """``language`` spelled as ``model`` knows it (``None``: its first); a language it does not
+    caption in — or one only its datastore translates into, with ``retrieval`` off — raises one
+    line naming those it does."""
+    if language is None:
+        return model.vocab.default_language
+    code = normalize_language(language)
+    known = caption_languages(model) if retrieval else model.vocab.languages
+    if code in known:
+        return code
+    through = sorted(set(caption_languages(model)) - set(model.vocab.languages))
+    raise InvalidInputError(
+        f"language {language!r} is not one this model captions in; it knows {', '.join(known)}"
+        + (f" ({', '.join(through)} only through its datastore, which retrieval=False turns off)"
+           if through and not retrieval else "")
+    )
+
+
+def _translated(model: "CaptionModel", features: Features, options: DecodeOptions):
+    """Captions in a language only the model's datastore holds: each image's caption in the
+    model's first language (decoded and reranked as usual), translated through the datastore
+    (:meth:`~captioner.retrieval.Datastore.translations`: the captions in ``options.language``
+    of the stored images that carry that caption, the most often stored first; the n-best are
+    the other translations). The signals are the first-language caption's. Where no stored
+    image carries the caption (the decoder wrote a new one), the caption in ``options.language``
+    of the nearest image that has one stands, with word probability and margin 0 — the decoder
+    wrote none of it — so the confidence is low."""
+    vocab, store = model.vocab, model.datastore
+    language, first = check_language(model, options.language), vocab.default_language
+    pivots, values = caption_signals(model, features, DecodeOptions.of(options, language=first))
+    key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
+    translated = store.translations([c.text for c in pivots], first, language, key)
+    missing = [i for i, texts in enumerate(translated) if not texts]
+    if missing:
+        nearest = store.neighbour_captions(store.search(host_array(features.pooled)[missing], 64), language)
+        for i, found in zip(missing, nearest):
+            translated[i] = [found[0][0]] if found else [pivots[i].text]  # (a store with no caption in reach)
+            values["word_probability"][i] = 0.0
+            values["margin"][i] = 0.0
+    captions = [Caption(texts[0], pivot.score, [Alternative(t, pivot.score) for t in texts[: options.n_best]])
+                for pivot, texts in zip(pivots, translated)]
+    return captions, values
 
 
 def caption_features(model: "CaptionModel", features: Features, options: DecodeOptions) -> list[Caption]:

@@ -50,7 +50,8 @@ def _add_decoding(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-retrieval", dest="retrieval", action="store_false",
                        help="do not rerank with the model's datastore (when it has one)")
     group.add_argument("--language", default=defaults.language,
-                       help="a multilingual model's caption language, e.g. de or ja (default: its first)")
+                       help="caption language, e.g. de or ja: one the model writes, or one its datastore "
+                            "translates into (default: its first)")
 
 
 def _decode_options(args):

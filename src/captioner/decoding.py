@@ -70,9 +70,10 @@ class DecodeOptions:
     is the GNMT alpha (0 ranks by log-probability); ``no_repeat_ngram_size`` n bans any n-gram
     a caption already holds; ``max_length`` caps the words (``None``: the model's own limit).
     ``sample=True`` draws one caption per image from the model's distribution instead
-    (``temperature``, ``top_k``: 0 = the whole vocabulary). ``language``: which of a
-    multilingual model's languages to caption in (``None``: its first; a model of one
-    language needs none). ``retrieval``: rerank with the model's datastore when it has one
+    (``temperature``, ``top_k``: 0 = the whole vocabulary). ``language``: which of the
+    model's languages to caption in — its vocabulary's, or one its datastore translates into
+    (:func:`captioner.captions.caption_languages`; ``None``: its first; a model of one language
+    needs none). ``retrieval``: rerank with the model's datastore when it has one
     (:mod:`captioner.retrieval`).
     """
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .captions import caption_signals
+from .captions import caption_languages, caption_signals, check_language
 from .data.examples import is_sample_ref
 from .data.loaders import ImageRows
 from .data.webdataset import ShardImages
@@ -79,8 +79,8 @@ def evaluate_model(
         torch_device = resolve_device(device)
         model = Captioner.from_pretrained(model, device=torch_device)
     options = DecodeOptions.of(options, **decode_options)
-    language = model.vocab.check_language(options.language)
-    tokenizer = model.vocab.tokenizer_of(language)
+    language = check_language(model, options.language, options.retrieval)
+    tokenizer = caption_languages(model)[language]
     examples = split_examples(read_dataset(data, images, format), split)
     if not examples:
         raise DatasetError(f"{data} has no {split!r} examples")
@@ -90,7 +90,8 @@ def evaluate_model(
         raise DatasetError(f"{data} has problems:\n{problems.report()}")
     groups = _groups(examples, by, data) if by else None
     rows = list(range(len(examples)))
-    pairs = CaptionPairs(examples, rows, model.vocab, model.max_length)
+    # The teacher-forced loss needs captions the decoder writes: none in a language the datastore translates into.
+    pairs = CaptionPairs(examples, rows, model.vocab, model.max_length) if language in model.vocab.languages else None
     record, predictions = caption_and_score(
         model, examples, rows, pairs, None, batch_size, options, torch_device, metrics=ALL_METRICS,
     )
@@ -126,21 +127,23 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
     """Generate a caption for every example (decoding as ``options`` say, in ``options.language``,
     default the vocabulary's first; reranked with the model's datastore when it has one and
     ``options.retrieval``, as ``captioner caption`` does) and score them against its references in that language,
-    split into words by its tokenizer; the teacher-forced cross-entropy on the same images too.
+    split into words by its tokenizer; the teacher-forced cross-entropy on the same images too
+    (``pairs``: their encoded captions; ``None`` in a language only the datastore holds: no loss).
 
     Returns (record of metrics + loss, predictions {image_id: caption}); leaves ``model`` in eval mode.
     """
     from .metrics import evaluate_captions
 
     vocab = model.vocab
-    language = vocab.check_language(options.language)
-    tokenizer = vocab.tokenizer_of(language)
+    language = check_language(model, options.language, options.retrieval)
+    tokenizer = caption_languages(model)[language]
+    written = language if language in vocab.languages else vocab.default_language  # what the decoder writes
     model.eval()
     cross_entropy = CaptionCrossEntropy(vocab.pad_id)
     predictions, references = {}, {}
     loss_sum, token_sum = 0.0, 0
     for offset, features in iter_val_features(model, examples, rows, cache, batch_size, device):
-        features = with_retrieved(model, features, language)  # once, for the captions and the loss
+        features = with_retrieved(model, features, written)  # once, for the captions and the loss
         n = features.pooled.shape[0]
         captions = caption_signals(model, features, options)[0]  # as `caption` does (reranked when it does)
         for i, text in enumerate(c.text for c in captions):
@@ -150,6 +153,8 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
             if in_language:  # an image without a reference in this language is not scored
                 predictions[example.image_id] = text
                 references[example.image_id] = in_language
+        if pairs is None:
+            continue
         # Teacher-forced loss on every caption of these images.
         pair_index = np.nonzero(np.isin(pairs.image_rows, np.asarray(rows[offset : offset + n])))[0]
         local = {row: i for i, row in enumerate(rows[offset : offset + n])}
@@ -164,8 +169,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
     scores = evaluate_captions(predictions, references, metrics=metrics, tokenizer=tokenizer, language=language)
     val_loss = loss_sum / max(token_sum, 1)
     record = {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(min(val_loss, 50)),
+        **({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))} if pairs is not None else {}),
         "exact_match": exact_match(predictions, references, tokenizer),
         "bad_ending": bad_ending_rate(predictions.values()),
         **{k: v for k, v in scores.items() if isinstance(v, float)},

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed
-from ..captions import Caption, CaptionModel
+from ..captions import Caption, CaptionModel, check_language
 from ..data.examples import sample_ref
 from ..data.loaders import ImageRows, collate_with_errors
 from ..data.webdataset import ShardSamples, expand_shards
@@ -110,7 +110,7 @@ def iter_captions(
     ledger = None
     try:
         captioner = loaded or load_model(model, device=torch_device)
-        captioner.decoding_config(options.language)  # a language the model does not know fails before any image
+        check_language(captioner, options.language, options.retrieval)  # a language it does not know: before any image
         if runtime is not None and not exported:
             captioner.use_runtime(runtime)
         final_output = Path(output) if output is not None else None

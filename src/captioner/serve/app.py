@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..version import __version__
+from ..captions import caption_languages, check_language
 from ..data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform, load_image
 from ..decoding import DecodeOptions
 from ..errors import InvalidInputError
@@ -185,7 +186,7 @@ def _model_info(model: Captioner, model_id: str) -> dict:
         "vocab_size": len(model.vocab),
         "has_attention": bool(model.decoder.has_attention),
         "max_length": model.max_length,
-        "languages": list(model.vocab.languages),  # the first is the default; the page offers them all
+        "languages": list(caption_languages(model)),  # the first is the default; the page offers them all
         "preprocess": model.preprocess.to_dict(),
         # {"threshold", "domain", "held_out_images"}: the page names the domain under the threshold
         "confidence": model.confidence.describe() if model.confidence is not None else None,
@@ -295,7 +296,7 @@ def create_app(
             options = DecodeOptions.of(beam_size=_pick(beam_size, beam_size_query, defaults.beam_size),
                                        n_best=_pick(n_best, n_best_query, defaults.n_best),
                                        language=_pick(language, language_query, defaults.language))
-            model.decoding_config(options.language)  # a language the model does not know: 400, before any decoding
+            check_language(model, options.language)  # a language the model does not know: 400, before any decoding
         except InvalidInputError as e:
             raise HTTPException(400, str(e)) from None
         want_attention = _pick(attention, attention_query, False)
@@ -315,7 +316,7 @@ def create_app(
             "results": [
                 caption_to_json(caption, name, want_attention) for caption, (name, _) in zip(results, uploads)
             ],
-            "language": model.vocab.check_language(options.language),
+            "language": check_language(model, options.language),
             "model": model_id,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }
