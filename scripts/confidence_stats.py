@@ -3,7 +3,8 @@ directory (``captioner train`` does this itself for new models; this is for mode
 before it did, such as the bundled one).
 
 Feature statistics come from the model's training images, calibration from its held-out
-validation images, both read from the dataset it was trained on (only its ``--sources``):
+validation images captioned as ``caption`` does (reranked by the model's datastore when it has
+one), both read from the dataset it was trained on (only its ``--sources``):
 
     python scripts/confidence_stats.py --data data/emoji/dataset.json \\
         --sources google,noto,openmoji --domain "emoji art" [--model DIR] [--train-stride 3]
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from captioner import Captioner, DecodeOptions
 from captioner.confidence import DEFAULT_DOMAIN, DEFAULT_THRESHOLD, features_from_images, fit_confidence
-from captioner.data.sources import split_image_paths
+from captioner.data.sources import read_dataset, split_examples, split_image_paths
 from captioner.model import default_model_dir
 
 
@@ -33,15 +34,19 @@ def main() -> None:
 
     sources = set(args.sources.split(",")) if args.sources else None
     train = split_image_paths(args.data, "train", sources)[:: args.train_stride]
-    held_out = split_image_paths(args.data, "val", sources)
+    held_out = [e for e in split_examples(read_dataset(args.data), "val")
+                if sources is None or e.metadata.get("artist") in sources]
     if not train or not held_out:
         raise SystemExit(f"{args.data}: {len(train)} train and {len(held_out)} val images of sources {args.sources}")
     model = Captioner.from_pretrained(args.model)
     directory = Path(args.model) if args.model else default_model_dir()
+    language = model.vocab.default_language  # calibrated on the captions the decoder writes
+    references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
+                  for e in held_out]
     started = time.perf_counter()
     model.confidence = fit_confidence(
-        model, features_from_images(model, train), features_from_images(model, held_out),
-        DecodeOptions(beam_size=args.beam_size), threshold=args.threshold, domain=args.domain,
+        model, features_from_images(model, train), features_from_images(model, [str(e.path) for e in held_out]),
+        references, DecodeOptions(beam_size=args.beam_size), threshold=args.threshold, domain=args.domain,
     )
     path = model.confidence.save(directory)
     print(f"wrote {path} ({path.stat().st_size} bytes): statistics of {len(train)} training images, "

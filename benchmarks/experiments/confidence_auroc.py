@@ -1,6 +1,7 @@
 """How well the confidence tells held-out emoji from photographs: AUROC of the shipped confidence
-and of each signal it reads, and the share of each set flagged ``low_confidence``. (How well it
-tells right captions from wrong ones on unseen artists: ``benchmarks.experiments.emoji_ablation``.)
+and of each signal it reads, and the share of each set flagged ``low_confidence``; and how well
+it tells the held-out emoji's exact captions from wrong ones (AUROC of the confidence between
+them; on artists no run saw: ``benchmarks.experiments.emoji_ablation``).
 
 In-domain: the model's held-out test split (emoji never seen in training) of its own sources;
 out-of-domain: the photographs that ship with scikit-image, matplotlib and (when installed)
@@ -28,7 +29,7 @@ import torch
 
 from captioner import Captioner, DecodeOptions
 from captioner.captions import caption_features, caption_signals
-from captioner.data.sources import split_image_paths
+from captioner.data.sources import read_dataset, split_examples
 
 # scikit-image's photographs (its synthetic images — logo, colour wheel, chessboard, phantom — left out).
 SKIMAGE_PHOTOS = (
@@ -63,11 +64,13 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+def measure(model: Captioner, paths: list[str], beam_size: int,
+            batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[str]]:
     """Each signal the confidence reads (higher = more in-domain), the shipped confidence and its
-    flag, per image, captioned as ``captioner caption`` does."""
+    flag, per image, captioned as ``captioner caption`` does; and the captions."""
     options = DecodeOptions(beam_size=beam_size)
     columns: dict[str, list[float]] = {}
+    texts: list[str] = []
     for start in range(0, len(paths), batch_size):
         features = model.encode_images(paths[start : start + batch_size])
         _, values = caption_signals(model, features, options)
@@ -75,9 +78,16 @@ def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int 
         captions = caption_features(model, features, options)
         values["confidence (shipped)"] = [c.confidence for c in captions]
         values["flagged"] = [float(c.low_confidence) for c in captions]
+        texts += [c.text for c in captions]
         for name, column in values.items():
             columns.setdefault(name, []).extend(column)
-    return {k: np.asarray(v, dtype=float) for k, v in columns.items()}
+    return {k: np.asarray(v, dtype=float) for k, v in columns.items()}, texts
+
+
+def test_examples(data: Path, sources: str) -> list:
+    """The dataset's test examples drawn by ``sources`` (comma-separated artists)."""
+    wanted = set(sources.split(","))
+    return [e for e in split_examples(read_dataset(data), "test") if e.metadata.get("artist") in wanted]
 
 
 def main() -> None:
@@ -97,12 +107,14 @@ def main() -> None:
     model = Captioner.from_pretrained(args.model, device=args.device)
     if model.confidence is None:
         raise SystemExit("the model has no confidence.safetensors: write it with scripts/confidence_stats.py")
-    sets = {"held-out emoji": split_image_paths(args.data, "test", set(args.sources.split(",")))}
+    examples = {"held-out emoji": test_examples(args.data, args.sources)}
     if args.other_sources:
-        sets["unseen artists' emoji"] = split_image_paths(args.data, "test", set(args.other_sources.split(",")))
+        examples["unseen artists' emoji"] = test_examples(args.data, args.other_sources)
+    sets = {name: [str(e.path) for e in found] for name, found in examples.items()}
     sets["photos"] = photo_paths() + [str(p) for p in args.extra_photos]
     started = time.perf_counter()
-    scores = {name: measure(model, paths, args.beam_size) for name, paths in sets.items()}
+    measured = {name: measure(model, paths, args.beam_size) for name, paths in sets.items()}
+    scores = {name: columns for name, (columns, _) in measured.items()}
     seconds = time.perf_counter() - started
     photos = scores["photos"]
     threshold = model.confidence.threshold
@@ -123,6 +135,16 @@ def main() -> None:
     missed = [Path(p).name for p, f in zip(sets["photos"], photos["flagged"]) if not f]
     if missed:
         print("photos not flagged: " + ", ".join(missed))
+    language = model.vocab.default_language
+    words = lambda text: " ".join(model.vocab.tokenize(text, language))  # noqa: E731
+    report["exact_vs_wrong"] = {}
+    for name, found in examples.items():
+        texts, confidence = measured[name][1], scores[name]["confidence (shipped)"]
+        exact = np.array([words(t) in {words(c) for c, lang in zip(e.captions, e.caption_languages(language))
+                                       if lang == language} for t, e in zip(texts, found)])
+        value = auroc(confidence[exact], confidence[~exact]) if 0 < exact.sum() < len(exact) else float("nan")
+        report["exact_vs_wrong"][name] = {"auroc": value, "exact": float(exact.mean())}
+        print(f"exact vs wrong captions, {name}: AUROC {value:.4f} ({exact.sum()} of {len(exact)} exact)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
