@@ -277,7 +277,7 @@ def test_one_model_learns_two_languages(trained_en_de):
         expected = [model.vocab.decode(model.vocab.encode(c, language=lang))
                     for e in examples for c, lang in zip(e.captions, e.languages) if lang == language]
         assert [c.text for c in captions] == expected
-    with pytest.raises(InvalidInputError, match="^language 'ja' is not one this model was trained on; it knows en, de$"):
+    with pytest.raises(InvalidInputError, match="^language 'ja' is not one this model captions in; it knows en, de$"):
         model.caption(str(examples[0].path), language="ja")
 
 
@@ -297,7 +297,7 @@ def test_caption_command_refuses_an_unknown_language_in_one_line(trained_en_de, 
     image = str(TINY / "images" / "chelsea.jpg")
     assert main(["caption", image, "--model", str(trained_en_de), "--language", "ja"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "captioner caption: error: language 'ja' is not one this model was trained on; it knows en, de"
+    assert err == "captioner caption: error: language 'ja' is not one this model captions in; it knows en, de"
     assert main(["caption", image, "--model", str(trained_en_de), "--language", "de"]) == 0
 
 
