@@ -204,7 +204,7 @@ def check_language(model: "CaptionModel", language: Optional[str], retrieval: bo
     through = sorted(set(caption_languages(model)) - set(model.vocab.languages))
     raise InvalidInputError(
         f"language {language!r} is not one this model captions in; it knows {', '.join(known)}"
-        + (f" ({', '.join(through)} only through its datastore, which retrieval=False turns off)"
+        + (f" ({', '.join(through)} only through its datastore, which --no-retrieval or retrieval=False turns off)"
            if through and not retrieval else "")
     )
 
