@@ -35,7 +35,8 @@ def test_bundled_model_captions_in_ten_languages_through_its_datastore(bundled):
 
     assert list(caption_languages(bundled)) == ["en", "ar", "de", "es", "fr", "hi", "ja", "ko", "ru", "zh"]
     heart = EXAMPLES / "emoji-heart-on-fire.png"
-    expected = {"de": "herz in flammen", "ja": "燃えるハート", "ar": "قلب يحترق", "hi": "दिल जलना", "zh": "火上之心"}
+    expected = {"de": "herz in flammen", "ja": "燃えるハート", "ar": "قلب يحترق", "hi": "दिल जलना",
+                "zh": "火上之心"}
     assert {language: bundled.caption(heart, language=language).text for language in expected} == expected
     dog = bundled.caption(EXAMPLES / "emoji-dog-face.png", language="ko")
     assert dog.text == "강아지 얼굴" and not dog.low_confidence
