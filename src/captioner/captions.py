@@ -135,8 +135,9 @@ def caption_signals(model: "CaptionModel", features: Features,
     whole n-best), rerank with the model's datastore when it has one and ``options.retrieval``
     (:func:`captioner.retrieval.rerank`), keep ``options.n_best``. The signals: word probability,
     margin to the second candidate and, with a datastore, consensus, agreement and similarity."""
-    if check_language(model, options.language, options.retrieval) not in model.vocab.languages:
-        return _translated(model, features, options)
+    language = check_language(model, options.language, options.retrieval)
+    if language not in model.vocab.languages:
+        return _translated(model, features, options, language)
     store = model.datastore if options.retrieval else None
     wide = options if options.sample else DecodeOptions.of(options, n_best=options.beam_size)
     results = model.generate(features, wide)
@@ -145,7 +146,7 @@ def caption_signals(model: "CaptionModel", features: Features,
     if store is not None:
         from .retrieval import rerank
 
-        pivot, preferred = _translations(model, features, options)
+        pivot, preferred = _translations(model, features, options, language)
         reranked = rerank(model, features, results, options.language, store.rerank, preferred,
                           keep=max(2, options.n_best))
         results = [r.hypotheses for r in reranked]
@@ -162,20 +163,27 @@ def caption_signals(model: "CaptionModel", features: Features,
     return captions, values
 
 
-def _translations(model: "CaptionModel", features: Features, options: DecodeOptions):
+def _first_language_captions(model: "CaptionModel", features: Features, options: DecodeOptions, language: str):
+    """Each image's caption in the model's first language (captioned as ``options`` say), its
+    signals, and its translations into ``language`` through the model's datastore
+    (``Datastore.translations``: the captions in ``language`` of the groups that hold it)."""
+    vocab, first = model.vocab, model.vocab.default_language
+    captions, values = caption_signals(model, features, DecodeOptions.of(options, language=first))
+    key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
+    return captions, values, model.datastore.translations([c.text for c in captions], first, language, key)
+
+
+def _translations(model: "CaptionModel", features: Features, options: DecodeOptions, language: str):
     """Captions in another language of a multilingual model, through its datastore: caption in the
     model's first language (usually its best: the one every epoch trains), then take the
-    captions in ``options.language`` of the datastore groups that hold that caption
-    (``Datastore.translations``). Returns the first language's signals and, per image, the
-    translations (``None, None`` when the language is the first, or the datastore holds captions
-    in only one of the two)."""
-    vocab, store = model.vocab, model.datastore
-    language, first = vocab.check_language(options.language), vocab.default_language
-    if options.sample or language == first or not {language, first} <= store.languages():
+    captions in ``language`` of the datastore groups that hold that caption. Returns the first
+    language's signals and, per image, the translations (``None, None`` when the language is
+    the first, or the datastore holds captions in only one of the two)."""
+    first = model.vocab.default_language
+    if options.sample or language == first or not {language, first} <= model.datastore.languages():
         return None, None
-    captions, values = caption_signals(model, features, DecodeOptions.of(options, language=first, n_best=1))
-    key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
-    return values, store.translations([c.text for c in captions], first, language, key)
+    _, values, translations = _first_language_captions(model, features, DecodeOptions.of(options, n_best=1), language)
+    return values, translations
 
 
 def caption_languages(model: "CaptionModel") -> dict[str, str]:
@@ -209,20 +217,17 @@ def check_language(model: "CaptionModel", language: Optional[str], retrieval: bo
     )
 
 
-def _translated(model: "CaptionModel", features: Features, options: DecodeOptions):
-    """Captions in a language only the model's datastore holds: each image's caption in the
+def _translated(model: "CaptionModel", features: Features, options: DecodeOptions, language: str):
+    """Captions in a ``language`` only the model's datastore holds: each image's caption in the
     model's first language (decoded and reranked as usual), translated through the datastore
-    (:meth:`~captioner.retrieval.Datastore.translations`: the captions in ``options.language``
-    of the stored images that carry that caption, the most often stored first; the n-best are
-    the other translations). The signals are the first-language caption's. Where no stored
-    image carries the caption (the decoder wrote a new one), the caption in ``options.language``
-    of the nearest image that has one stands, with word probability and margin 0 — the decoder
-    wrote none of it — so the confidence is low."""
-    vocab, store = model.vocab, model.datastore
-    language, first = check_language(model, options.language), vocab.default_language
-    pivots, values = caption_signals(model, features, DecodeOptions.of(options, language=first))
-    key = lambda text: " ".join(vocab.tokenize(text, first))  # noqa: E731
-    translated = store.translations([c.text for c in pivots], first, language, key)
+    (:meth:`~captioner.retrieval.Datastore.translations`: the captions in ``language`` of the
+    stored images that carry that caption, the most often stored first; the n-best are the
+    other translations). The signals are the first-language caption's. Where no stored image
+    carries the caption (the decoder wrote a new one), the caption in ``language`` of the
+    nearest image that has one stands, with word probability and margin 0 — the decoder wrote
+    none of it — so the confidence is low."""
+    store = model.datastore
+    pivots, values, translated = _first_language_captions(model, features, options, language)
     missing = [i for i, texts in enumerate(translated) if not texts]
     if missing:
         nearest = store.neighbour_captions(store.search(host_array(features.pooled)[missing], 64), language)
