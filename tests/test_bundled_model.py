@@ -31,9 +31,9 @@ def test_bundled_model_is_small_and_complete():
 def test_bundled_model_captions_in_ten_languages_through_its_datastore(bundled):
     """Its decoder writes English; its datastore keeps each training drawing's CLDR name in ten
     languages, so a caption in another language is the English caption translated."""
-    from captioner.captions import caption_languages
+    from captioner.captions import model_languages
 
-    assert list(caption_languages(bundled)) == ["en", "ar", "de", "es", "fr", "hi", "ja", "ko", "ru", "zh"]
+    assert list(model_languages(bundled)) == ["en", "ar", "de", "es", "fr", "hi", "ja", "ko", "ru", "zh"]
     heart = EXAMPLES / "emoji-heart-on-fire.png"
     expected = {"de": "herz in flammen", "ja": "燃えるハート", "ar": "قلب يحترق", "hi": "दिल जलना",
                 "zh": "火上之心"}

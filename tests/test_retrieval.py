@@ -412,7 +412,7 @@ def test_a_one_language_model_captions_in_the_languages_its_datastore_translates
     signals); an English caption no stored image carries gives the nearest image's caption, with
     the word probability and margin of a caption the decoder did not write (0). Evaluation
     scores it with the language's tokenizer; retrieval off or an unknown language: one line."""
-    from captioner.captions import caption_languages, caption_signals, check_language
+    from captioner.captions import caption_signals, check_language, model_languages
     from captioner.evaluate import evaluate_model
 
     paths = sorted((TINY / "images").glob("emoji_*.png"))
@@ -428,8 +428,8 @@ def test_a_one_language_model_captions_in_the_languages_its_datastore_translates
                             rerank=RerankConfig(neighbours=2, weight=0.0, neighbour_captions=False))
     model.datastore, saved = store, model.datastore
     try:
-        assert list(caption_languages(model)) == ["en", "ar", "ja"]
-        assert caption_languages(model)["ja"] == "chars" and check_language(model, "JA") == "ja"
+        assert list(model_languages(model)) == ["en", "ar", "ja"]
+        assert model_languages(model)["ja"] == "chars" and check_language(model, "JA") == "ja"
         captions = model.caption(paths, beam_size=1, language="ja")
         assert [c.text for c in captions] == japanese
         _, signals = caption_signals(model, features, DecodeOptions(beam_size=1, language="ja"))

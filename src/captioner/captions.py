@@ -186,7 +186,7 @@ def _translations(model: "CaptionModel", features: Features, options: DecodeOpti
     return values, translations
 
 
-def caption_languages(model: "CaptionModel") -> dict[str, str]:
+def model_languages(model: "CaptionModel") -> dict[str, str]:
     """The languages ``model`` captions in, each with the word tokenizer its captions are scored
     with: its vocabulary's (the first the default), then those its datastore translates into —
     a datastore that keeps each image's captions in several languages, the model's first among
@@ -206,10 +206,10 @@ def check_language(model: "CaptionModel", language: Optional[str], retrieval: bo
     if language is None:
         return model.vocab.default_language
     code = normalize_language(language)
-    known = caption_languages(model) if retrieval else model.vocab.languages
+    known = model_languages(model) if retrieval else model.vocab.languages
     if code in known:
         return code
-    through = sorted(set(caption_languages(model)) - set(model.vocab.languages))
+    through = sorted(set(model_languages(model)) - set(model.vocab.languages))
     raise InvalidInputError(
         f"language {language!r} is not one this model captions in; it knows {', '.join(known)}"
         + (f" ({', '.join(through)} only through its datastore, which --no-retrieval or retrieval=False turns off)"

@@ -72,7 +72,7 @@ class DecodeOptions:
     ``sample=True`` draws one caption per image from the model's distribution instead
     (``temperature``, ``top_k``: 0 = the whole vocabulary). ``language``: which of the
     model's languages to caption in — its vocabulary's, or one its datastore translates into
-    (:func:`captioner.captions.caption_languages`; ``None``: its first; a model of one language
+    (:func:`captioner.captions.model_languages`; ``None``: its first; a model of one language
     needs none). ``retrieval``: rerank with the model's datastore when it has one
     (:mod:`captioner.retrieval`).
     """

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .captions import caption_languages, caption_signals, check_language
+from .captions import caption_signals, check_language, model_languages
 from .data.examples import is_sample_ref
 from .data.loaders import ImageRows
 from .data.webdataset import ShardImages
@@ -80,7 +80,7 @@ def evaluate_model(
         model = Captioner.from_pretrained(model, device=torch_device)
     options = DecodeOptions.of(options, **decode_options)
     language = check_language(model, options.language, options.retrieval)
-    tokenizer = caption_languages(model)[language]
+    tokenizer = model_languages(model)[language]
     examples = split_examples(read_dataset(data, images, format), split)
     if not examples:
         raise DatasetError(f"{data} has no {split!r} examples")
@@ -136,7 +136,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
 
     vocab = model.vocab
     language = check_language(model, options.language, options.retrieval)
-    tokenizer = caption_languages(model)[language]
+    tokenizer = model_languages(model)[language]
     written = language if language in vocab.languages else vocab.default_language  # what the decoder writes
     model.eval()
     cross_entropy = CaptionCrossEntropy(vocab.pad_id)

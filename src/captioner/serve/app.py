@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..version import __version__
-from ..captions import caption_languages, check_language
+from ..captions import check_language, model_languages
 from ..data.images import ImageLimits, ImageReadError, ImageTooLargeError, PreprocessConfig, build_transform, load_image
 from ..decoding import DecodeOptions
 from ..errors import InvalidInputError
@@ -186,7 +186,7 @@ def _model_info(model: Captioner, model_id: str) -> dict:
         "vocab_size": len(model.vocab),
         "has_attention": bool(model.decoder.has_attention),
         "max_length": model.max_length,
-        "languages": list(caption_languages(model)),  # the first is the default; the page offers them all
+        "languages": list(model_languages(model)),  # the first is the default; the page offers them all
         "preprocess": model.preprocess.to_dict(),
         # {"threshold", "domain", "held_out_images"}: the page names the domain under the threshold
         "confidence": model.confidence.describe() if model.confidence is not None else None,
