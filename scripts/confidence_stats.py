@@ -41,8 +41,7 @@ def main() -> None:
     model = Captioner.from_pretrained(args.model)
     directory = Path(args.model) if args.model else default_model_dir()
     language = model.vocab.default_language  # calibrated on the captions the decoder writes
-    references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
-                  for e in held_out]
+    references = [e.captions_in(language, language) for e in held_out]
     started = time.perf_counter()
     model.confidence = fit_confidence(
         model, features_from_images(model, train), features_from_images(model, [str(e.path) for e in held_out]),

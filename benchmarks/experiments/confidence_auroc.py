@@ -84,7 +84,7 @@ def measure(model: Captioner, paths: list[str], beam_size: int,
     return {k: np.asarray(v, dtype=float) for k, v in columns.items()}, texts
 
 
-def test_examples(data: Path, sources: str) -> list:
+def artists_test_examples(data: Path, sources: str) -> list:
     """The dataset's test examples drawn by ``sources`` (comma-separated artists)."""
     wanted = set(sources.split(","))
     return [e for e in split_examples(read_dataset(data), "test") if e.metadata.get("artist") in wanted]
@@ -107,9 +107,9 @@ def main() -> None:
     model = Captioner.from_pretrained(args.model, device=args.device)
     if model.confidence is None:
         raise SystemExit("the model has no confidence.safetensors: write it with scripts/confidence_stats.py")
-    examples = {"held-out emoji": test_examples(args.data, args.sources)}
+    examples = {"held-out emoji": artists_test_examples(args.data, args.sources)}
     if args.other_sources:
-        examples["unseen artists' emoji"] = test_examples(args.data, args.other_sources)
+        examples["unseen artists' emoji"] = artists_test_examples(args.data, args.other_sources)
     sets = {name: [str(e.path) for e in found] for name, found in examples.items()}
     sets["photos"] = photo_paths() + [str(p) for p in args.extra_photos]
     started = time.perf_counter()
@@ -140,8 +140,8 @@ def main() -> None:
     report["exact_vs_wrong"] = {}
     for name, found in examples.items():
         texts, confidence = measured[name][1], scores[name]["confidence (shipped)"]
-        exact = np.array([words(t) in {words(c) for c, lang in zip(e.captions, e.caption_languages(language))
-                                       if lang == language} for t, e in zip(texts, found)])
+        exact = np.array([words(t) in {words(c) for c in e.captions_in(language, language)}
+                          for t, e in zip(texts, found)])
         value = auroc(confidence[exact], confidence[~exact]) if 0 < exact.sum() < len(exact) else float("nan")
         report["exact_vs_wrong"][name] = {"auroc": value, "exact": float(exact.mean())}
         print(f"exact vs wrong captions, {name}: AUROC {value:.4f} ({exact.sum()} of {len(exact)} exact)")

@@ -49,7 +49,7 @@ LANGUAGE = "en"
 
 
 def english(example) -> list[str]:
-    return [c for c, lang in zip(example.captions, example.caption_languages(LANGUAGE)) if lang == LANGUAGE]
+    return example.captions_in(LANGUAGE, LANGUAGE)
 
 
 @torch.no_grad()

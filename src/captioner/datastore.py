@@ -146,8 +146,7 @@ def datastore_command(action: str, model_dir, data, images=None, format=None, sp
         held_out = split_examples(read_dataset(data, images, format), tune_split)
         if held_out:
             language = model.vocab.default_language
-            refs = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
-                    for e in held_out]
+            refs = [e.captions_in(language, language) for e in held_out]
             paths = [e.image_ref for e in held_out]
             tune_rerank(model, [model.encode_images(paths[i : i + batch_size])
                                 for i in range(0, len(paths), batch_size)], refs, language, log=log)

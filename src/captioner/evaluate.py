@@ -148,8 +148,7 @@ def caption_and_score(model, examples, rows, pairs, cache, batch_size, options: 
         captions = caption_signals(model, features, options)[0]  # as `caption` does (reranked when it does)
         for i, text in enumerate(c.text for c in captions):
             example = examples[offset + i]
-            in_language = [c for c, lang in zip(example.captions, example.caption_languages(vocab.default_language))
-                           if lang == language]
+            in_language = example.captions_in(language, vocab.default_language)
             if in_language:  # an image without a reference in this language is not scored
                 predictions[example.image_id] = text
                 references[example.image_id] = in_language

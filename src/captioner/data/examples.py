@@ -53,6 +53,10 @@ class Example:
             return [default] * len(self.captions)
         return [language or default for language in self.languages]
 
+    def captions_in(self, language: str, default: str) -> list[str]:
+        """The captions in ``language`` (``default``: the language of captions the dataset does not tag)."""
+        return [c for c, lang in zip(self.captions, self.caption_languages(default)) if lang == language]
+
     @property
     def image_ref(self) -> str:
         """What names the image in training's image lists: its file, or ``SHARD#KEY``."""

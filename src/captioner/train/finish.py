@@ -50,8 +50,7 @@ def finish_model(out: Path, device, train_examples: list, val_examples: list, co
 
     val_rows = range(train_count, len(examples))
     language = model.vocab.default_language
-    references = [[c for c, lang in zip(e.captions, e.caption_languages(language)) if lang == language]
-                  for e in val_examples]
+    references = [e.captions_in(language, language) for e in val_examples]
     if config.retrieval.datastore:
         model.datastore = build_datastore(model, train_examples, features(range(train_count)), config.retrieval.dims,
                                           RerankConfig(neighbours=config.retrieval.neighbours))
