@@ -289,14 +289,14 @@ def create_app(
         """Options come as form fields or query parameters (a form field wins).
         ``beam_size`` 1..10 and ``n_best`` 1..beam_size (defaults from ``DecodeOptions``), ``attention``
         adds per-word attention weights when the model's decoder has attention, ``language`` picks one
-        of a multilingual model's languages (``/v1/models`` lists them; default: the first)."""
+        of the model's languages (``/v1/models`` lists them; default: the first)."""
         started = time.perf_counter()
         defaults = DecodeOptions()
         try:
             options = DecodeOptions.of(beam_size=_pick(beam_size, beam_size_query, defaults.beam_size),
                                        n_best=_pick(n_best, n_best_query, defaults.n_best),
                                        language=_pick(language, language_query, defaults.language))
-            check_language(model, options.language)  # a language the model does not know: 400, before any decoding
+            written_in = check_language(model, options.language)  # one it does not know: 400, before any decoding
         except InvalidInputError as e:
             raise HTTPException(400, str(e)) from None
         want_attention = _pick(attention, attention_query, False)
@@ -316,7 +316,7 @@ def create_app(
             "results": [
                 caption_to_json(caption, name, want_attention) for caption, (name, _) in zip(results, uploads)
             ],
-            "language": check_language(model, options.language),
+            "language": written_in,
             "model": model_id,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }
