@@ -7,11 +7,19 @@ validation images captioned as ``caption`` does (reranked by the model's datasto
 one), both read from the dataset it was trained on (only its ``--sources``):
 
     python scripts/confidence_stats.py --data data/emoji/dataset.json \\
-        --sources google,noto,openmoji --domain "emoji art" [--model DIR] [--train-stride 3]
+        --sources google,noto,openmoji --domain "emoji art" [--model DIR] [--train-stride 3] \\
+        [--leave-out artist]
+
+``--leave-out FIELD`` (a per-image field of the dataset) captions each val image with the
+datastore rows of its own FIELD left out, as images of a new artist will find none of theirs
+(the datastore must hold the dataset's training images of those sources, in order: ``captioner
+datastore build --data DATA --split train``).
 """
 import argparse
 import time
 from pathlib import Path
+
+import numpy as np
 
 from captioner import Captioner, DecodeOptions
 from captioner.confidence import DEFAULT_DOMAIN, DEFAULT_THRESHOLD, features_from_images, fit_confidence
@@ -30,22 +38,32 @@ def main() -> None:
     parser.add_argument("--train-stride", type=int, default=1,
                         help="use every Nth training image for the feature statistics (faster on a CPU)")
     parser.add_argument("--beam-size", type=int, default=3, help="decoding used for the calibration captions")
+    parser.add_argument("--leave-out", metavar="FIELD",
+                        help="caption each val image without the datastore rows of its own FIELD (e.g. artist)")
     args = parser.parse_args()
 
     sources = set(args.sources.split(",")) if args.sources else None
     train = split_image_paths(args.data, "train", sources)[:: args.train_stride]
-    held_out = [e for e in split_examples(read_dataset(args.data), "val")
-                if sources is None or e.metadata.get("artist") in sources]
+    examples = read_dataset(args.data)
+    held_out = [e for e in split_examples(examples, "val") if sources is None or e.metadata.get("artist") in sources]
     if not train or not held_out:
         raise SystemExit(f"{args.data}: {len(train)} train and {len(held_out)} val images of sources {args.sources}")
     model = Captioner.from_pretrained(args.model)
     directory = Path(args.model) if args.model else default_model_dir()
     language = model.vocab.default_language  # calibrated on the captions the decoder writes
     references = [e.captions_in(language, language) for e in held_out]
+    labels = {}
+    if args.leave_out:
+        stored = [e for e in split_examples(examples, "train") if sources is None or e.metadata.get("artist") in sources]
+        if model.datastore is None or len(model.datastore) != len(stored):
+            raise SystemExit(f"--leave-out: the model's datastore must hold the {len(stored)} training images of "
+                             f"{args.data} in order (it holds {0 if model.datastore is None else len(model.datastore)})")
+        field = lambda found: np.array([str(e.metadata.get(args.leave_out)) for e in found])  # noqa: E731
+        labels = {"held_out_labels": field(held_out), "store_labels": field(stored)}
     started = time.perf_counter()
     model.confidence = fit_confidence(
         model, features_from_images(model, train), features_from_images(model, [str(e.path) for e in held_out]),
-        references, DecodeOptions(beam_size=args.beam_size), threshold=args.threshold, domain=args.domain,
+        references, DecodeOptions(beam_size=args.beam_size), threshold=args.threshold, domain=args.domain, **labels,
     )
     path = model.confidence.save(directory)
     print(f"wrote {path} ({path.stat().st_size} bytes): statistics of {len(train)} training images, "

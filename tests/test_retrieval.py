@@ -169,7 +169,7 @@ def test_training_images_read_their_nearest_others_captions_leaving_out_themselv
 
 
 def test_training_a_retrieval_decoder_refuses_what_it_cannot_learn_from():
-    with pytest.raises(ConfigError, match=r"retrieval.leave_out: 1 training images have no 'artist' field "
+    with pytest.raises(ConfigError, match=r"retrieval.leave_out: 1 images have no 'artist' field "
                                           r"\(e.g. 'img5'\)"):
         _train_retrieval("artist", artists=("a", "a", "a", "b", "b", None))
     with pytest.raises(ConfigError, match="retrieval.datastore must stay true"):
@@ -206,6 +206,28 @@ def test_a_retrieval_decoder_trains_validates_and_captions_with_its_training_ima
     assert (out / "last" / DATASTORE_FILE).is_file()  # every checkpoint carries it (--resume, the best model)
     val = [str(TINY / e["filename"]) for e in entries if e["split"] == "val"]
     assert all(c.text for c in model.caption(val, beam_size=2))
+
+
+def test_training_calibrates_the_confidence_without_each_val_images_own_artist(tmp_path, capsys):
+    """With ``retrieval.leave_out: artist`` the val images the confidence is fitted on are
+    captioned without their artist's datastore rows (each image twice, by two artists, so that
+    31 of them are val)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    entries = []
+    for row in csv.DictReader(open(TINY / "captions.csv")):
+        for copy, artist in enumerate("ab"):
+            name = f"{artist}-{Path(row['image']).name}"
+            if not (folder / name).exists():
+                (folder / name).symlink_to(TINY / row["image"])
+                entries.append({"filepath": str(folder), "filename": name, "split": ("train", "val")[copy],
+                                "artist": artist, "sentences": [{"raw": row["caption"]}]})
+    data = tmp_path / "dataset.json"
+    data.write_text(json.dumps({"images": entries}), encoding="utf-8")
+    out = train_tiny(data, tmp_path / "run", "show-tell", 2, ["--set", "retrieval.leave_out=artist"])
+    assert "each captioned without its own artist's datastore rows" in capsys.readouterr().out
+    fitted = ConfidenceModel.load(out, Captioner.from_pretrained(out).encoder.pooled_dim)
+    assert "log_probability" in fitted.signals and len(fitted.held_out_scores) == 31
 
 
 # --- with a real trained model ---------------------------------------------------------------
@@ -333,6 +355,56 @@ def test_confidence_ranks_right_captions_above_wrong_ones():
     assert familiar > 0.5 and unfamiliar < 1e-6 * familiar  # 50 spreads out: e^-50 and less
 
 
+def test_a_datastore_without_some_rows_never_finds_them():
+    store, pooled = _store()
+    gone = np.arange(len(store)) % 3 == 0
+    rest = store.without(gone)
+    assert len(rest) == int((~gone).sum()) and len(store) == 40 and rest.captions is store.captions
+    found = rest.search(pooled, k=5)
+    assert set(np.flatnonzero(~gone)[found.rows].ravel()) <= set(np.flatnonzero(~gone))
+    assert rest.neighbour_captions(rest.search(pooled[:1], k=1), "en")[0][0][0] != "thing 0"  # row 0 is gone
+
+
+def test_confidence_is_calibrated_leaving_out_each_images_own_artist(model):
+    """Held-out images whose artist the datastore holds find that artist's drawings (here: the
+    very images); calibrated with their artist left out, they find only other artists' — as a
+    new artist's drawings will — and the neighbours' signals are measured so."""
+    from captioner.captions import caption_signals
+    from captioner.confidence import fit_confidence
+
+    paths = sorted((TINY / "images").glob("*.png"))[:6]
+    features = model.encode_images(paths)
+    pooled = features.pooled.numpy()
+    far = pooled[[0]] + np.random.default_rng(0).normal(scale=3.0, size=(10, pooled.shape[1]))
+    store = Datastore.build(np.concatenate([pooled, far]).astype(np.float32),
+                            [{"en": ["cat face"]}] * 6 + [{"en": ["rocket"]}] * 10, model.encoder_identity(), dims=8)
+    artists = ["a", "a", "a", "b", "b", "b"]
+    held_out = Features(torch.cat([features.pooled] * 4), None if features.grid is None else torch.cat([features.grid] * 4),
+                        features.grid_shape)
+    references = [["cat face"]] * 24
+    model.datastore, saved, confidence = store, model.datastore, model.confidence
+    try:
+        _, own = caption_signals(model, features, DecodeOptions())
+        kept = fit_confidence(model, [features], [held_out], references)
+        left_out = fit_confidence(model, [features], [held_out], references, held_out_labels=artists * 4,
+                                  store_labels=artists + ["c"] * 10)
+        nothing_left_out = fit_confidence(model, [features], [held_out], references, held_out_labels=["x"] * 24,
+                                          store_labels=artists + ["c"] * 10)
+        with pytest.raises(ValueError, match="3 datastore labels for a datastore of 16 rows"):
+            fit_confidence(model, [features], [held_out], references, held_out_labels=artists * 4,
+                           store_labels=["a"] * 3)
+    finally:
+        model.datastore, model.confidence = saved, confidence
+    similarity = lambda fitted: fitted.signal_mean[fitted.signals.index("similarity")]  # noqa: E731
+    assert own["similarity"] == pytest.approx([1.0] * 6, abs=1e-2) and similarity(kept) == pytest.approx(1.0, abs=1e-2)
+    rows = np.array(artists + ["c"] * 10)
+    elsewhere = [store.search(pooled[i : i + 1], 1, exclude=(rows == artist)[None]).similarity[0, 0]
+                 for i, artist in enumerate(artists)]  # each image's nearest row of another artist
+    assert similarity(left_out) == pytest.approx(np.mean(elsewhere), abs=1e-4) and max(elsewhere) < 0.999
+    np.testing.assert_array_equal(nothing_left_out.signal_mean, kept.signal_mean)
+    assert "log_probability" in kept.signals
+
+
 def test_the_datastore_translates_captions_its_groups_hold_in_two_languages():
     """Each group holds one image's captions in several languages: a caption in one language
     finds the groups that hold it, and their captions in another, those of the most groups first."""
@@ -371,7 +443,8 @@ def test_captions_in_another_language_translate_the_first_languages_through_the_
 
     _, english_signals = caption_signals(model, features, DecodeOptions(beam_size=1))
     _, german_signals = caption_signals(model, features, DecodeOptions(beam_size=1, language="de"))
-    assert set(german_signals) == {"consensus", "agreement", "similarity", "margin", "word_probability"}
+    assert set(german_signals) == {"consensus", "agreement", "similarity", "margin", "word_probability",
+                                   "log_probability"}
     assert german_signals == english_signals  # what the confidence reads: the translated caption's
     own_german = model.caption(paths, beam_size=1, language="de", retrieval=False)
     assert [c.text for c in own_german] == [model.vocab.decode(model.vocab.encode(german[i], language="de"))
@@ -435,6 +508,7 @@ def test_a_one_language_model_captions_in_the_languages_its_datastore_translates
         _, signals = caption_signals(model, features, DecodeOptions(beam_size=1, language="ja"))
         _, pivot = caption_signals(model, features, DecodeOptions(beam_size=1))
         assert signals["word_probability"][0] == 0.0 and signals["margin"][0] == 0.0 < pivot["word_probability"][0]
+        assert signals["log_probability"][0] == -math.inf < pivot["log_probability"][0]
         assert {k: v[1:] for k, v in signals.items()} == {k: v[1:] for k, v in pivot.items()}
         with pytest.raises(InvalidInputError, match=r"'ja' is not one .* knows en \(ar, ja only through its datastore"):
             model.caption(paths[0], language="ja", retrieval=False)

@@ -134,7 +134,8 @@ def caption_signals(model: "CaptionModel", features: Features,
     """Captions of encoded images and what the confidence reads of each: decode (the beam's
     whole n-best), rerank with the model's datastore when it has one and ``options.retrieval``
     (:func:`captioner.retrieval.rerank`), keep ``options.n_best``. The signals: word probability,
-    margin to the second candidate and, with a datastore, consensus, agreement and similarity."""
+    log probability, margin to the second candidate and, with a datastore, consensus, agreement
+    and similarity."""
     language = check_language(model, options.language, options.retrieval)
     if language not in model.vocab.languages:
         return _translated(model, features, options, language)
@@ -155,6 +156,7 @@ def caption_signals(model: "CaptionModel", features: Features,
     else:
         values["margin"] = [h[0].score - h[1].score if len(h) > 1 else 0.0 for h in results]
     values["word_probability"] = [mean_word_probability(h[0].token_log_probs, len(h[0].tokens)) for h in results]
+    values["log_probability"] = [float(h[0].log_prob) for h in results]
     if pivot is not None:
         # A translated caption is as likely right as the caption it translates: its signals stand.
         for name, measured in values.items():
@@ -224,8 +226,8 @@ def _translated(model: "CaptionModel", features: Features, options: DecodeOption
     stored images that carry that caption, the most often stored first; the n-best are the
     other translations). The signals are the first-language caption's. Where no stored image
     carries the caption (the decoder wrote a new one), the caption in ``language`` of the
-    nearest image that has one stands, with word probability and margin 0 — the decoder wrote
-    none of it — so the confidence is low."""
+    nearest image that has one stands, with word probability and margin 0 and log probability
+    -inf — the decoder wrote none of it — so the confidence is low."""
     store = model.datastore
     pivots, values, translated = _first_language_captions(model, features, options, language)
     missing = [i for i, texts in enumerate(translated) if not texts]
@@ -235,6 +237,7 @@ def _translated(model: "CaptionModel", features: Features, options: DecodeOption
             translated[i] = [found[0][0]] if found else [pivots[i].text]  # (a store with no caption in reach)
             values["word_probability"][i] = 0.0
             values["margin"][i] = 0.0
+            values["log_probability"][i] = -math.inf
     captions = [Caption(texts[0], pivot.score, [Alternative(t, pivot.score) for t in texts[: options.n_best]])
                 for pivot, texts in zip(pivots, translated)]
     return captions, values

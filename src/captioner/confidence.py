@@ -8,15 +8,17 @@ Signals, each measured on the model's own features, words and datastore:
   encoder's pooled feature from the training images' features (their per-dimension mean and
   standard deviation are stored, 2 × ``pooled_dim`` numbers);
 - **word probability** — the mean probability of the caption's words (``<end>`` left out);
+- **log probability** — the caption's log-probability under the decoder (every token, ``<end>``
+  included): unlike the mean it falls with every doubtful word, and a longer name has more;
 - **margin** — how far the caption's ranking score is ahead of the second candidate's;
 - with a datastore (:mod:`captioner.retrieval`): **consensus** — the caption's CIDEr-D against
   the nearest training images' captions; **agreement** — the share of those neighbours that
   have this very caption; **similarity** — the nearest neighbour's cosine similarity.
 
-The signals are standardised over the validation images and combined by a logistic regression
-fitted there to say whether each validation caption was right (exact when the dataset names
-its images — emoji, classes — else among the better half by CIDEr-D): the confidence is that
-probability, scaled down for an image the flag marks (by e for every standard deviation of the
+The signals are standardised over the validation images (a value past ±10 standard deviations
+counts as 10: the fit never saw such values) and combined by a logistic regression fitted there to say whether each validation
+caption was right (exact when the dataset names its images — emoji, classes — else among the
+better half by CIDEr-D): the confidence is that probability, scaled down for an image the flag marks (by e for every standard deviation of the
 validation familiarity it lies past the flag: the fit never saw such images, so a photo is not
 "99 % right"). The flag: the image's familiarity is below that of all but
 ``threshold`` (1 %) of the validation images — a false-alarm rate fixed up front, not tuned on
@@ -44,7 +46,8 @@ CONFIDENCE_FILE = "confidence.safetensors"
 CONFIDENCE_FORMAT = 2
 FIRST_FORMAT_SIGNALS = ("familiarity", "word_probability")
 RETRIEVAL_SIGNALS = ("consensus", "agreement", "similarity")  # need the model's datastore
-SIGNALS = ("familiarity", "word_probability", "margin", *RETRIEVAL_SIGNALS)
+SIGNALS = ("familiarity", "word_probability", "log_probability", "margin", *RETRIEVAL_SIGNALS)
+SIGNAL_CLIP = 10.0  # standard deviations: farther out, a signal says no more (a caption the decoder did not write: -inf)
 # Flag the least familiar 1% of held-out in-domain images: a false-alarm rate chosen up front
 # (not tuned on out-of-domain images), stored per model and changeable there.
 DEFAULT_THRESHOLD = 0.01
@@ -94,7 +97,9 @@ class ConfidenceModel:
     def score(self, values: Mapping[str, Sequence[float]]) -> np.ndarray:
         """The signals of a batch (``values[name]``: one number per image) → combined score (batch,)."""
         matrix = np.stack([np.asarray(values[s], dtype=np.float32) for s in self.signals], axis=1)
-        return ((matrix - self.signal_mean) / self.signal_std) @ self.weights + self.bias
+        if self.calibration == "percentile":  # the first format, scored as it always was
+            return ((matrix - self.signal_mean) / self.signal_std) @ self.weights + self.bias
+        return _standardised(matrix, self.signal_mean, self.signal_std) @ self.weights + self.bias
 
     def confidence(self, values: Mapping[str, Sequence[float]]) -> np.ndarray:
         """(batch,) confidences in (0, 1] from the batch's signals."""
@@ -159,9 +164,10 @@ class ConfidenceModel:
         familiarity = model.familiarity(held_out_pooled)
         values = {**values, "familiarity": familiarity}
         matrix = np.stack([np.asarray(values[s], dtype=np.float64) for s in names], axis=1)  # (held-out, signals)
-        model.signal_mean = matrix.mean(0).astype(np.float32)
-        model.signal_std = np.maximum(matrix.std(0, ddof=1), 1e-6).astype(np.float32)
-        weights, bias = _logistic_regression((matrix - model.signal_mean) / model.signal_std,
+        finite = np.where(np.isfinite(matrix), matrix, np.nan)
+        model.signal_mean = np.nan_to_num(np.nanmean(finite, 0)).astype(np.float32)
+        model.signal_std = np.maximum(np.nan_to_num(np.nanstd(finite, 0, ddof=1)), 1e-6).astype(np.float32)
+        weights, bias = _logistic_regression(_standardised(matrix, model.signal_mean, model.signal_std),
                                              np.asarray(correct, dtype=np.float64))
         model.weights, model.bias = weights.astype(np.float32), float(bias)
         model.held_out_scores = np.sort(familiarity).astype(np.float32)
@@ -232,6 +238,13 @@ class ConfidenceModel:
                 "signals": list(self.signals), "predicts": self.target or "the caption's standing among held-out ones"}
 
 
+def _standardised(matrix: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Signals in standard deviations from the validation mean, within ±``SIGNAL_CLIP`` (-inf: the
+    low end; NaN: the mean)."""
+    standard = np.nan_to_num((matrix - mean) / std, nan=0.0, posinf=SIGNAL_CLIP, neginf=-SIGNAL_CLIP)
+    return np.clip(standard, -SIGNAL_CLIP, SIGNAL_CLIP)
+
+
 def _logistic_regression(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, steps: int = 50) -> tuple[np.ndarray, float]:
     """Weights and bias maximising the ridge-penalised log-likelihood of ``y`` (0/1) given ``x``
     (rows: examples), by Newton's method (IRLS); the bias is not penalised."""
@@ -275,17 +288,32 @@ def fit_confidence(
     options: DecodeOptions | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     domain: str = DEFAULT_DOMAIN,
+    held_out_labels: Optional[Sequence[str]] = None,
+    store_labels: Optional[Sequence[str]] = None,
 ) -> ConfidenceModel:
     """Fit ``model``'s confidence: feature statistics over ``train_features``; the signals of the
     held-out images captioned the way ``caption`` does (``options``; with the model's datastore
     when it has one), and whether each caption was right against its ``references`` (one list per
-    held-out image, in ``options.language``)."""
+    held-out image, in ``options.language``).
+
+    ``held_out_labels`` and ``store_labels`` (one per held-out image and one per datastore row:
+    each image's artist, say) calibrate for images unlike any stored: each held-out image is
+    captioned with the rows of its own label left out of the datastore. A drawing whose artist
+    the datastore holds finds that artist's other drawings — neighbours that agree, right or
+    wrong — and a fit on those images weighs the neighbours' agreement as captions of a new
+    artist's drawings will not earn."""
     options = options or DecodeOptions()
     pooled, values, texts = [], {}, []
     model.confidence = None  # the signals are measured without a previous fit
+    labels = None if held_out_labels is None else np.asarray(held_out_labels)
     for features in held_out_features:
-        pooled.append(host_array(features.pooled))
-        captions, signals = caption_signals(model, features, options)
+        batch = host_array(features.pooled)
+        if labels is None:
+            captions, signals = caption_signals(model, features, options)
+        else:
+            own = labels[sum(len(p) for p in pooled) :][: len(batch)]
+            captions, signals = _signals_leaving_out(model, features, options, own, np.asarray(store_labels))
+        pooled.append(batch)
         texts += [c.text for c in captions]
         for name, column in signals.items():
             values.setdefault(name, []).extend(column)
@@ -294,6 +322,32 @@ def fit_confidence(
     correct, target = _rightness(model, texts, references, options.language)
     return ConfidenceModel.fit((f.pooled for f in train_features), np.concatenate(pooled), values, correct, target,
                                threshold, domain)
+
+
+def _signals_leaving_out(model, features: Features, options: DecodeOptions, labels: np.ndarray,
+                         store_labels: np.ndarray):
+    """:func:`caption_signals` of a batch, each image captioned with the datastore rows of its
+    own label left out (``Datastore.without``)."""
+    store = model.datastore
+    if store is None or len(store_labels) != len(store):
+        raise ValueError(f"{len(store_labels)} datastore labels for a datastore of "
+                         f"{0 if store is None else len(store)} rows")
+    captions, values = [None] * len(labels), {}
+    for label in dict.fromkeys(labels.tolist()):
+        rows = np.flatnonzero(labels == label)
+        part = Features(*(x[rows] if hasattr(x, "shape") else x for x in features))
+        model.datastore = store.without(store_labels == label)
+        try:
+            found, signals = caption_signals(model, part, options)
+        finally:
+            model.datastore = store
+        for j, i in enumerate(rows):
+            captions[i] = found[j]
+        for name, column in signals.items():
+            values.setdefault(name, [0.0] * len(labels))
+            for j, i in enumerate(rows):
+                values[name][i] = column[j]
+    return captions, values
 
 
 def _rightness(model, texts: Sequence[str], references: Sequence[Sequence[str]], language) -> tuple[list[bool], str]:

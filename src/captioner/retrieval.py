@@ -139,6 +139,14 @@ class Datastore:
         self._memories.clear()
         self._languages = None
 
+    def without(self, rows: np.ndarray) -> "Datastore":
+        """This datastore less the ``rows`` (bool, one per row) — searched as if they had never
+        been added (same projection, same caption groups): what a new artist's drawings find when
+        the datastore holds none of theirs."""
+        keep = ~np.asarray(rows, dtype=bool)
+        return Datastore(self.keys[keep], self.groups[keep], self.captions, self.mean, self.projection,
+                         self.identity, self.rerank)
+
     def _project(self, pooled: np.ndarray) -> np.ndarray:
         keys = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.projection  # (images, dims)
         return keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)

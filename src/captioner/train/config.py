@@ -127,9 +127,10 @@ class RetrievalConfig:
     datastore: bool = True  # false: no datastore (the confidence then reads the model alone)
     dims: int = 128  # the keys' dimensions (principal axes of the training features)
     neighbours: int = 15  # how many nearest images vote when reranking
-    # A decoder that reads retrieved captions: what a training image may not retrieve besides
-    # itself — "image" (nothing more, as SmallCap) or a per-image field of the dataset ("artist":
-    # no image of its own artist, as a new artist's drawings find none of theirs when captioned)
+    # What an image may not retrieve besides itself — "image" (nothing more, as SmallCap) or a
+    # per-image field of the dataset ("artist": no image of its own artist, as a new artist's
+    # drawings find none of theirs when captioned): for a decoder that reads retrieved captions,
+    # each training image; for the confidence, each val image it is calibrated on
     leave_out: str = "image"
 
 

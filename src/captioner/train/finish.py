@@ -17,6 +17,7 @@ from ..model import Captioner
 from ..datastore import build_datastore, tune_rerank
 from ..retrieval import RerankConfig
 from .config import TrainConfig
+from .retrieval import leave_out_labels
 
 DATASTORE_BATCH = 64  # images encoded at once when a fine-tuned encoder's features are not cached
 
@@ -61,8 +62,12 @@ def finish_model(out: Path, device, train_examples: list, val_examples: list, co
     if len(val_examples) < MIN_HELD_OUT:
         log(f"confidence: not fitted ({len(val_examples)} val images; its calibration needs at least {MIN_HELD_OUT})")
         return
+    labels = leave_out_labels(config, examples) if model.datastore is not None else None
     model.confidence = fit_confidence(model, features(range(train_count)), features(val_rows), references,
-                                      DecodeOptions(language=language))
+                                      DecodeOptions(language=language),
+                                      held_out_labels=None if labels is None else labels[train_count:],
+                                      store_labels=None if labels is None else labels[:train_count])
     path = model.confidence.save(out)
-    log(f"confidence: {path} (predicts {model.confidence.target} on {len(val_examples)} val images; flags the "
-        f"{model.confidence.threshold:.0%} least familiar)")
+    log(f"confidence: {path} (predicts {model.confidence.target} on {len(val_examples)} val images"
+        + ("" if labels is None else f", each captioned without its own {config.retrieval.leave_out}'s datastore rows")
+        + f"; flags the {model.confidence.threshold:.0%} least familiar)")

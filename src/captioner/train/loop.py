@@ -40,7 +40,7 @@ from .config import TrainConfig, save_config
 from .finish import finish_model
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .logs import MetricsLog, epoch_summary, plot_curves
-from .retrieval import check_training_retrieval, training_retrieval
+from .retrieval import check_leave_out, check_training_retrieval, training_retrieval
 from .state import Progress, RunFolder, save_training_state, start_run
 from .validation import validate
 
@@ -230,6 +230,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if model is None:
             model = build_model(config, vocab)
         model.to(device)
+        if config.retrieval.datastore:  # the field the datastore's users leave out, before any extraction
+            check_leave_out(config, train_examples + val_examples)
         if model.decoder.retrieved_shape is not None:  # what it cannot train with, before any extraction
             check_training_retrieval(model, config, train_examples)
         if info.is_main:

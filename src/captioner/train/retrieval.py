@@ -4,7 +4,7 @@ captions with it as captioning will, and each training pair's retrieved captions
 of its image's nearest other training images, in the pair's language."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -49,11 +49,22 @@ def check_training_retrieval(model, config: TrainConfig, train_examples: list) -
                                 "(trainable_blocks: 0)")
     if not config.retrieval.datastore:
         raise ConfigError(f"decoder {name!r} reads the captions of its datastore: retrieval.datastore must stay true")
+    check_leave_out(config, train_examples)
+
+
+def check_leave_out(config: TrainConfig, examples: list) -> None:
+    """Refuse a ``retrieval.leave_out`` field some of ``examples`` lack (before any extraction)."""
     leave_out = config.retrieval.leave_out
-    missing = [e.image_id for e in train_examples if leave_out != IMAGE and leave_out not in e.metadata]
+    missing = [e.image_id for e in examples if leave_out != IMAGE and leave_out not in e.metadata]
     if missing:
-        raise ConfigError(f"retrieval.leave_out: {len(missing)} training images have no {leave_out!r} field "
+        raise ConfigError(f"retrieval.leave_out: {len(missing)} images have no {leave_out!r} field "
                           f"(e.g. {missing[0]!r}); name a per-image field of the dataset, or 'image'")
+
+
+def leave_out_labels(config: TrainConfig, examples: list) -> Optional[np.ndarray]:
+    """Each example's ``retrieval.leave_out`` field, or ``None`` for "image" (leave out only itself)."""
+    leave_out = config.retrieval.leave_out
+    return None if leave_out == IMAGE else np.array([str(e.metadata[leave_out]) for e in examples])
 
 
 def training_retrieval(model, config: TrainConfig, cache, train_examples: list, pairs,
@@ -66,7 +77,7 @@ def training_retrieval(model, config: TrainConfig, cache, train_examples: list, 
     the dataset (``artist``), every image of the same value."""
     check_training_retrieval(model, config, train_examples)
     shape, leave_out = model.decoder.retrieved_shape, config.retrieval.leave_out
-    labels = None if leave_out == IMAGE else np.array([str(e.metadata[leave_out]) for e in train_examples])
+    labels = leave_out_labels(config, train_examples)
     pooled = np.concatenate([host_array(f.pooled) for f in features_from_cache(cache, range(len(train_examples)))])
     model.datastore = build_datastore(model, train_examples, [Features(pooled)], config.retrieval.dims,
                                       RerankConfig(neighbours=config.retrieval.neighbours))
@@ -80,4 +91,4 @@ def training_retrieval(model, config: TrainConfig, cache, train_examples: list, 
     return PairRetrieved(tables, pairs.image_rows, languages)
 
 
-__all__ = ["PairRetrieved", "check_training_retrieval", "training_retrieval"]
+__all__ = ["PairRetrieved", "check_leave_out", "check_training_retrieval", "leave_out_labels", "training_retrieval"]
