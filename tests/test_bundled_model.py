@@ -58,10 +58,10 @@ def test_bundled_model_flags_the_photo_examples(bundled):
     assert len(captions) == 3 and all(c.low_confidence for c in captions), [c.confidence for c in captions]
     emoji = bundled.caption(sorted(EXAMPLES.glob("emoji-*.png")))
     assert not any(c.low_confidence for c in emoji), [(c.text, c.confidence) for c in emoji]
-    # Without the datastore there is no confidence (it reads the neighbours), but the flag stands.
+    # Without the datastore the confidence comes from its fit on the decoder's own signals; the flag stands.
     alone = bundled.caption(sorted(EXAMPLES.glob("*.*g")), retrieval=False)
     assert [c.low_confidence for c in alone] == [c.low_confidence for c in [*emoji, *captions]]
-    assert all(c.confidence is None for c in alone)
+    assert max(c.confidence for c in alone[len(emoji):]) < min(c.confidence for c in alone[: len(emoji)])
 
 
 def test_caption_examples_from_the_command_line_offline(tmp_path):

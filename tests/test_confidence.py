@@ -110,6 +110,36 @@ def test_confidence_file_round_trip_and_errors(tmp_path):
         ConfidenceModel.load(tmp_path, pooled_dim=16)
 
 
+def test_a_fit_without_the_datastore_scores_captions_decoded_with_retrieval_off(tmp_path):
+    """A model with a datastore carries a second fit on the decoder's own signals: captions
+    decoded without the datastore (no neighbour signals) get their confidence from it, and it
+    survives the file's round trip; a tampered one is refused in one line."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    train, held_out = rng.normal(size=(500, 8)), rng.normal(size=(300, 8))
+    words = rng.uniform(0.5, 1.0, 300)
+    right = rng.random(300) < words - 0.3
+    alone_values = {"word_probability": words, "margin": rng.normal(size=300)}
+    full = ConfidenceModel.fit([train], held_out, {**alone_values, "agreement": right + rng.normal(size=300)}, right,
+                               "exact match")
+    full.alone = ConfidenceModel.fit([train], held_out, alone_values, right, "exact match")
+    measured = {"familiarity": full.familiarity(held_out[:5]), "word_probability": words[:5], "margin": np.zeros(5)}
+    assert full.fit_for(measured) is full.alone and full.fit_for({**measured, "agreement": [0.5] * 5}) is full
+    assert full.fit_for({"familiarity": [0.0]}) is None
+    full.save(tmp_path)
+    again = ConfidenceModel.load(tmp_path, pooled_dim=8)
+    np.testing.assert_allclose(again.fit_for(measured).confidence(measured), full.alone.confidence(measured), rtol=1e-6)
+    assert again.alone.signals == ("familiarity", "word_probability", "margin") and again.alone.alone is None
+    path = tmp_path / CONFIDENCE_FILE
+    with safe_open(str(path), framework="numpy") as f:
+        metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(arrays, str(path), metadata={**metadata, "alone_signals": "familiarity,consensus,margin"})
+    with pytest.raises(ConfidenceFileError, match="fit without the datastore .* does not fit together"):
+        ConfidenceModel.load(tmp_path, pooled_dim=8)
+
+
 def test_too_few_held_out_images_is_an_error():
     with pytest.raises(ValueError, match="at least 20 held-out images"):
         ConfidenceModel.fit([np.ones((50, 4))], np.ones((5, 4)), {"word_probability": [0.5] * 5}, [True] * 5, "")

@@ -226,8 +226,14 @@ def test_training_calibrates_the_confidence_without_each_val_images_own_artist(t
     data.write_text(json.dumps({"images": entries}), encoding="utf-8")
     out = train_tiny(data, tmp_path / "run", "show-tell", 2, ["--set", "retrieval.leave_out=artist"])
     assert "each captioned without its own artist's datastore rows" in capsys.readouterr().out
-    fitted = ConfidenceModel.load(out, Captioner.from_pretrained(out).encoder.pooled_dim)
+    model = Captioner.from_pretrained(out)
+    fitted = model.confidence
     assert "log_probability" in fitted.signals and len(fitted.held_out_scores) == 31
+    # and fitted again on the decoder alone, for captions decoded with retrieval off
+    assert fitted.alone.signals == ("familiarity", "word_probability", "log_probability", "margin")
+    val = [str(folder / e["filename"]) for e in entries if e["split"] == "val"][:4]
+    assert all(c.confidence is not None for c in model.caption(val, retrieval=False))
+    assert [c.low_confidence for c in model.caption(val, retrieval=False)] == [c.low_confidence for c in model.caption(val)]
 
 
 # --- with a real trained model ---------------------------------------------------------------

@@ -11,7 +11,7 @@ saw (test split), reported on its own line.
     python -m benchmarks.experiments.confidence_auroc --data data/emoji/dataset.json \\
         --sources google,noto,openmoji \\
         --other-sources fluent-color,fluent-flat,fluent-high-contrast,emojione-1,emojione-2,noto-v1 \\
-        [--extra-photos china.jpg flower.jpg] [--json out.json]
+        [--extra-photos china.jpg flower.jpg] [--no-retrieval] [--json out.json]
 
 (about 10 minutes on one busy CPU core for the 2,134 images; ``--device cuda`` where there is one).
 
@@ -64,11 +64,12 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def measure(model: Captioner, paths: list[str], beam_size: int,
-            batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[str]]:
+def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int = 64,
+            retrieval: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
     """Each signal the confidence reads (higher = more in-domain), the shipped confidence and its
-    flag, per image, captioned as ``captioner caption`` does; and the captions."""
-    options = DecodeOptions(beam_size=beam_size)
+    flag, per image, captioned as ``captioner caption`` does (``--no-retrieval`` when not
+    ``retrieval``); and the captions."""
+    options = DecodeOptions(beam_size=beam_size, retrieval=retrieval)
     columns: dict[str, list[float]] = {}
     texts: list[str] = []
     for start in range(0, len(paths), batch_size):
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: the bundled model)")
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-retrieval", action="store_true",
+                        help="caption without the model's datastore (its confidence's fit for the decoder alone)")
     parser.add_argument("--extra-photos", nargs="*", default=[],
                         help="more photographs (e.g. scikit-learn's china.jpg and flower.jpg copied from its wheel)")
     parser.add_argument("--json", type=Path, help="write the numbers here as JSON")
@@ -113,7 +116,8 @@ def main() -> None:
     sets = {name: [str(e.path) for e in found] for name, found in examples.items()}
     sets["photos"] = photo_paths() + [str(p) for p in args.extra_photos]
     started = time.perf_counter()
-    measured = {name: measure(model, paths, args.beam_size) for name, paths in sets.items()}
+    measured = {name: measure(model, paths, args.beam_size, retrieval=not args.no_retrieval)
+                for name, paths in sets.items()}
     scores = {name: columns for name, (columns, _) in measured.items()}
     seconds = time.perf_counter() - started
     photos = scores["photos"]

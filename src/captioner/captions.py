@@ -246,19 +246,21 @@ def _translated(model: "CaptionModel", features: Features, options: DecodeOption
 def caption_features(model: "CaptionModel", features: Features, options: DecodeOptions) -> list[Caption]:
     """What both engines do with encoded images: :func:`caption_signals`, then each caption's
     confidence and flag from the model's :class:`~captioner.confidence.ConfidenceModel` (when it
-    has one, and the signals it needs were measured; without the datastore's, the flag alone)."""
+    has one: the fit that reads the signals measured — with or without the datastore's — or,
+    where there is none, the flag alone)."""
     captions, values = caption_signals(model, features, options)
     scorer = model.confidence
     if scorer is None:
         return captions
     familiarity = scorer.familiarity(features.pooled)
-    if all(s == "familiarity" or s in values for s in scorer.signals):
-        for caption, value, known in zip(captions, scorer.confidence({**values, "familiarity": familiarity}),
+    fitted = scorer.fit_for(values)
+    if fitted is not None:
+        for caption, value, known in zip(captions, fitted.confidence({**values, "familiarity": familiarity}),
                                          familiarity):
             caption.confidence, caption.low_confidence = float(value), scorer.is_low(float(value), float(known))
     elif scorer.calibration == "logistic":
-        # Without the datastore's signals (retrieval off) there is no confidence, but the flag reads
-        # the image's familiarity alone: a photo is still marked.
+        # Without the datastore's signals (retrieval off) and no fit without them, there is no
+        # confidence, but the flag reads the image's familiarity alone: a photo is still marked.
         for caption, known in zip(captions, familiarity):
             caption.low_confidence = scorer.is_low(math.nan, float(known))
     return captions

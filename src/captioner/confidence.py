@@ -22,7 +22,9 @@ better half by CIDEr-D): the confidence is that probability, scaled down for an 
 validation familiarity it lies past the flag: the fit never saw such images, so a photo is not
 "99 % right"). The flag: the image's familiarity is below that of all but
 ``threshold`` (1 %) of the validation images — a false-alarm rate fixed up front, not tuned on
-out-of-domain images, so no photos are needed to fit it.
+out-of-domain images, so no photos are needed to fit it. A model with a datastore has a second
+fit, on its validation captions decoded without the datastore (the decoder's own signals), for
+captions decoded with retrieval off.
 
 Everything lives in ``confidence.safetensors`` in the model directory (a few KB). Files of the
 first format (two signals added and turned into a validation percentile; the flag below its
@@ -31,6 +33,7 @@ threshold) still load and score as they did. Torch-free: the torch model and the
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
@@ -83,10 +86,21 @@ class ConfidenceModel:
     bias: float = 0.0
     calibration: str = "percentile"  # "percentile" (the first format) or "logistic"
     target: str = ""  # what "right" meant when fitted (logistic): "exact match" or "CIDEr-D above the median"
+    # A model with a datastore: the fit for captions decoded without it (retrieval off), on the
+    # decoder's own signals; same feature statistics, flag and held-out images.
+    alone: Optional["ConfidenceModel"] = None
 
     @property
     def needs_datastore(self) -> bool:
         return any(s in RETRIEVAL_SIGNALS for s in self.signals)
+
+    def fit_for(self, values: Mapping[str, Sequence[float]]) -> Optional["ConfidenceModel"]:
+        """The fit that reads what was measured (``values``, familiarity aside): this one, or —
+        captions decoded without the datastore — the decoder-alone one; ``None`` if neither."""
+        for fitted in (self, self.alone):
+            if fitted is not None and all(s == "familiarity" or s in values for s in fitted.signals):
+                return fitted
+        return None
 
     # --- scoring ------------------------------------------------------------------------
     def familiarity(self, pooled) -> np.ndarray:
@@ -158,10 +172,17 @@ class ConfidenceModel:
             raise ValueError(
                 f"confidence calibration needs at least {MIN_HELD_OUT} held-out images, got {len(held_out_pooled)}"
             )
+        model = cls(mean, std, np.zeros(0), np.zeros(0), np.zeros(0), float(threshold), domain)
+        return model._fitted(model.familiarity(held_out_pooled), values, correct, target)
+
+    def _fitted(self, familiarity: np.ndarray, values: Mapping[str, Sequence[float]], correct: Sequence[bool],
+                target: str) -> "ConfidenceModel":
+        """A logistic fit of ``values`` (+ ``familiarity``) to ``correct`` with this one's feature
+        statistics, threshold and domain."""
         names = tuple(s for s in SIGNALS if s == "familiarity" or s in values)
-        model = cls(mean, std, np.zeros(len(names), np.float32), np.ones(len(names), np.float32), np.zeros(0),
-                    float(threshold), domain, names, np.zeros(len(names), np.float32), 0.0, "logistic", target)
-        familiarity = model.familiarity(held_out_pooled)
+        model = ConfidenceModel(self.feature_mean, self.feature_std, np.zeros(len(names), np.float32),
+                                np.ones(len(names), np.float32), np.zeros(0), self.threshold, self.domain, names,
+                                np.zeros(len(names), np.float32), 0.0, "logistic", target)
         values = {**values, "familiarity": familiarity}
         matrix = np.stack([np.asarray(values[s], dtype=np.float64) for s in names], axis=1)  # (held-out, signals)
         finite = np.where(np.isfinite(matrix), matrix, np.nan)
@@ -183,10 +204,16 @@ class ConfidenceModel:
             "signal_mean": self.signal_mean, "signal_std": self.signal_std,
             "held_out_scores": self.held_out_scores, "weights": self.weights,
         }
-        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
         metadata = {"format": str(CONFIDENCE_FORMAT), "signals": ",".join(self.signals),
                     "threshold": repr(float(self.threshold)), "domain": self.domain, "bias": repr(self.bias),
                     "calibration": self.calibration, "target": self.target}
+        if self.alone is not None:
+            alone = self.alone
+            arrays |= {"alone_signal_mean": alone.signal_mean, "alone_signal_std": alone.signal_std,
+                       "alone_weights": alone.weights}
+            metadata |= {"alone_signals": ",".join(alone.signals), "alone_bias": repr(alone.bias),
+                         "alone_target": alone.target}
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
         atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
         return path
 
@@ -230,6 +257,20 @@ class ConfidenceModel:
             )
         if any(a.shape != (len(signals),) for a in (model.signal_mean, model.signal_std, model.weights)):
             raise ConfidenceFileError(f"{path}: the signals' statistics do not match its {len(signals)} signals; {fix}")
+        if "alone_signals" in metadata:  # the fit for captions decoded without the datastore
+            alone = tuple(metadata["alone_signals"].split(","))
+            try:
+                model.alone = dataclasses.replace(
+                    model, signals=alone, signal_mean=arrays["alone_signal_mean"],
+                    signal_std=arrays["alone_signal_std"], weights=arrays["alone_weights"],
+                    bias=float(metadata["alone_bias"]), target=metadata.get("alone_target", ""), alone=None)
+            except (KeyError, ValueError) as e:
+                raise ConfidenceFileError(f"{path}: missing or invalid entry {e}; {fix}") from None
+            if not set(alone) <= set(SIGNALS) - set(RETRIEVAL_SIGNALS) or model.calibration != "logistic" or any(
+                    a.shape != (len(alone),) for a in (model.alone.signal_mean, model.alone.signal_std,
+                                                       model.alone.weights)):
+                raise ConfidenceFileError(f"{path}: its fit without the datastore (signals {metadata['alone_signals']!r}) "
+                                          f"does not fit together; {fix}")
         return model
 
     def describe(self) -> dict:
@@ -301,27 +342,42 @@ def fit_confidence(
     captioned with the rows of its own label left out of the datastore. A drawing whose artist
     the datastore holds finds that artist's other drawings — neighbours that agree, right or
     wrong — and a fit on those images weighs the neighbours' agreement as captions of a new
-    artist's drawings will not earn."""
+    artist's drawings will not earn.
+
+    A model with a datastore gets a second fit (``ConfidenceModel.alone``) on the same images
+    captioned without it, so that captions decoded with retrieval off (``--no-retrieval``) have
+    a confidence too."""
     options = options or DecodeOptions()
-    pooled, values, texts = [], {}, []
+    alone_options = DecodeOptions.of(options, retrieval=False) if model.datastore is not None and options.retrieval \
+        else None  # with a datastore, a second fit for captions decoded without it
+    pooled, measured = [], {"": ([], {}), "alone": ([], {})}  # fit → (texts, signals)
     model.confidence = None  # the signals are measured without a previous fit
     labels = None if held_out_labels is None else np.asarray(held_out_labels)
     for features in held_out_features:
         batch = host_array(features.pooled)
         if labels is None:
-            captions, signals = caption_signals(model, features, options)
+            found = {"": caption_signals(model, features, options)}
         else:
             own = labels[sum(len(p) for p in pooled) :][: len(batch)]
-            captions, signals = _signals_leaving_out(model, features, options, own, np.asarray(store_labels))
+            found = {"": _signals_leaving_out(model, features, options, own, np.asarray(store_labels))}
+        if alone_options is not None:
+            found["alone"] = caption_signals(model, features, alone_options)
         pooled.append(batch)
-        texts += [c.text for c in captions]
-        for name, column in signals.items():
-            values.setdefault(name, []).extend(column)
+        for fit, (captions, signals) in found.items():
+            texts, values = measured[fit]
+            texts += [c.text for c in captions]
+            for name, column in signals.items():
+                values.setdefault(name, []).extend(column)
     if not pooled:
         raise ValueError("confidence calibration needs held-out images, got none")
-    correct, target = _rightness(model, texts, references, options.language)
-    return ConfidenceModel.fit((f.pooled for f in train_features), np.concatenate(pooled), values, correct, target,
-                               threshold, domain)
+    texts, values = measured[""]
+    fitted = ConfidenceModel.fit((f.pooled for f in train_features), np.concatenate(pooled), values,
+                                 *_rightness(model, texts, references, options.language), threshold, domain)
+    if alone_options is not None:
+        texts, values = measured["alone"]
+        fitted.alone = fitted._fitted(fitted.familiarity(np.concatenate(pooled)), values,
+                                      *_rightness(model, texts, references, options.language))
+    return fitted
 
 
 def _signals_leaving_out(model, features: Features, options: DecodeOptions, labels: np.ndarray,
