@@ -16,15 +16,18 @@ Signals, each measured on the model's own features, words and datastore:
   have this very caption; **similarity** — the nearest neighbour's cosine similarity.
 
 The signals are standardised over the validation images (a value past ±10 standard deviations
-counts as 10: the fit never saw such values) and combined by a logistic regression fitted there to say whether each validation
-caption was right (exact when the dataset names its images — emoji, classes — else among the
-better half by CIDEr-D): the confidence is that probability, scaled down for an image the flag marks (by e for every standard deviation of the
-validation familiarity it lies past the flag: the fit never saw such images, so a photo is not
-"99 % right"). The flag: the image's familiarity is below that of all but
-``threshold`` (1 %) of the validation images — a false-alarm rate fixed up front, not tuned on
-out-of-domain images, so no photos are needed to fit it. A model with a datastore has a second
-fit, on its validation captions decoded without the datastore (the decoder's own signals), for
-captions decoded with retrieval off.
+counts as 10: the fit never saw such values) and combined by a logistic regression fitted there
+to say whether each validation caption was right (exact when the dataset names its images —
+emoji, classes — else among the better half by CIDEr-D): the confidence is that probability,
+scaled down for an image the flag marks (by e for every standard deviation of the validation
+familiarity it lies past the flag: the fit never saw such images, so a photo is not "99 %
+right"). The flag: the image's familiarity is below that of all but ``threshold`` (1 %) of the
+validation images — a false-alarm rate fixed up front, not tuned on out-of-domain images, so no
+photos are needed to fit it. With per-image labels (``fit_confidence``'s ``held_out_labels``:
+each drawing's artist) each validation image is captioned without its own label's datastore
+rows, as a new artist's drawings are. A model with a datastore has a second fit, on its
+validation captions decoded without the datastore (the decoder's own signals), for captions
+decoded with retrieval off.
 
 Everything lives in ``confidence.safetensors`` in the model directory (a few KB). Files of the
 first format (two signals added and turned into a validation percentile; the flag below its
@@ -353,13 +356,15 @@ def fit_confidence(
     pooled, measured = [], {"": ([], {}), "alone": ([], {})}  # fit → (texts, signals)
     model.confidence = None  # the signals are measured without a previous fit
     labels = None if held_out_labels is None else np.asarray(held_out_labels)
+    start = 0  # the batch's first held-out image
     for features in held_out_features:
         batch = host_array(features.pooled)
         if labels is None:
             found = {"": caption_signals(model, features, options)}
         else:
-            own = labels[sum(len(p) for p in pooled) :][: len(batch)]
+            own = labels[start : start + len(batch)]
             found = {"": _signals_leaving_out(model, features, options, own, np.asarray(store_labels))}
+        start += len(batch)
         if alone_options is not None:
             found["alone"] = caption_signals(model, features, alone_options)
         pooled.append(batch)
