@@ -23,7 +23,7 @@ import numpy as np
 
 from captioner import Captioner, DecodeOptions
 from captioner.confidence import DEFAULT_DOMAIN, DEFAULT_THRESHOLD, features_from_images, fit_confidence
-from captioner.data.sources import read_dataset, split_examples, split_image_paths
+from captioner.data.sources import read_dataset, split_examples
 from captioner.model import default_model_dir
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sources = set(args.sources.split(",")) if args.sources else None
-    train = split_image_paths(args.data, "train", sources)[:: args.train_stride]
-    examples = read_dataset(args.data)
-    held_out = [e for e in split_examples(examples, "val") if sources is None or e.metadata.get("artist") in sources]
+    examples = read_dataset(args.data)  # read once: train, val and (--leave-out) the datastore's rows
+    stored, held_out = split_examples(examples, "train", sources), split_examples(examples, "val", sources)
+    train = [str(e.path) for e in stored][:: args.train_stride]
     if not train or not held_out:
         raise SystemExit(f"{args.data}: {len(train)} train and {len(held_out)} val images of sources {args.sources}")
     model = Captioner.from_pretrained(args.model)
@@ -54,11 +54,14 @@ def main() -> None:
     references = [e.captions_in(language, language) for e in held_out]
     labels = {}
     if args.leave_out:
-        stored = [e for e in split_examples(examples, "train") if sources is None or e.metadata.get("artist") in sources]
         if model.datastore is None or len(model.datastore) != len(stored):
             raise SystemExit(f"--leave-out: the model's datastore must hold the {len(stored)} training images of "
                              f"{args.data} in order (it holds {0 if model.datastore is None else len(model.datastore)})")
-        field = lambda found: np.array([str(e.metadata.get(args.leave_out)) for e in found])  # noqa: E731
+        missing = [e.image_id for e in stored + held_out if args.leave_out not in e.metadata]
+        if missing:  # as training refuses it: an image without the field is no artist's
+            raise SystemExit(f"--leave-out {args.leave_out}: {len(missing)} images have no {args.leave_out!r} field "
+                             f"(e.g. {missing[0]!r})")
+        field = lambda found: np.array([str(e.metadata[args.leave_out]) for e in found])  # noqa: E731
         labels = {"held_out_labels": field(held_out), "store_labels": field(stored)}
     started = time.perf_counter()
     model.confidence = fit_confidence(

@@ -348,13 +348,8 @@ def select_languages(examples: list[Example], default: str, languages=None) -> l
     return selected
 
 
-def split_examples(examples: list[Example], split: str) -> list[Example]:
-    return [e for e in examples if e.split == split]
-
-
-def split_image_paths(path: str | Path, split: str, artists: Iterable[str] | None = None) -> list[str]:
-    """The image paths of one split of the dataset at ``path`` — only the images of ``artists``
-    when given (their ``artist`` field, as ``captioner data emoji`` writes it)."""
+def split_examples(examples: list[Example], split: str, artists: Iterable[str] | None = None) -> list[Example]:
+    """The examples of one split — only the images of ``artists`` when given (their ``artist``
+    field, as ``captioner data emoji`` writes it)."""
     wanted = None if artists is None else set(artists)
-    return [str(e.path) for e in split_examples(read_dataset(path), split)
-            if wanted is None or e.metadata.get("artist") in wanted]
+    return [e for e in examples if e.split == split and (wanted is None or e.metadata.get("artist") in wanted)]
