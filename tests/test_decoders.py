@@ -486,7 +486,8 @@ def test_one_shot_has_no_word_embedding():
 def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
     """Fine-tuning (from the cached activations of the frozen stages) changes the last stage's
     weights, not its BatchNorm statistics; the model folder then holds a frozen encoder with those
-    weights, which captions in ONNX Runtime as in torch."""
+    weights, which captions in ONNX Runtime as in torch; rebased on the pretrained source, a
+    folder stores that stage alone."""
     from safetensors.torch import load_file
 
     from captioner import create_encoder
@@ -506,3 +507,19 @@ def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
     assert model.encoder.frozen
     by_onnx = [c.text for c in model.use_runtime("onnx").caption(images)]
     assert by_onnx == [c.text for c in model.use_runtime("torch").caption(images)]
+
+    # Rebased on its source, the folder stores the tuned stage alone (in fp32 beside an fp16
+    # decoder) and rebuilds the same encoder from the pretrained weights and it.
+    assert model.encoder.rebase_on_source() == 1
+    small = model.save_pretrained(tmp_path / "rebased", weights_dtype=torch.float16)
+    config = json.loads((small / "config.json").read_text())
+    assert config["encoder"]["options"]["tuned_blocks"] == 1 and config["encoder"]["options"]["pretrained"]
+    assert config["encoder_weights_saved"] is False
+    stored = load_file(str(small / "model.safetensors"))
+    assert {k for k in stored if k.startswith("encoder.")} == {f"encoder.{k}" for k in original if k.startswith("head.")}
+    assert all(stored[k].dtype == (torch.float16 if k.startswith("decoder.") else torch.float32)
+               for k in stored if stored[k].is_floating_point())
+    rebuilt = Captioner.from_pretrained(small)
+    assert rebuilt.encoder_identity() == model.encoder_identity()
+    mine = model.encoder.state_dict()
+    assert all(torch.equal(tensor, mine[name]) for name, tensor in rebuilt.encoder.state_dict().items())

@@ -180,3 +180,32 @@ def test_onnx_runtime_extracts_the_activations_torch_does(tmp_path):
     rows = np.arange(len(paths))
     torch.testing.assert_close(by_onnx.rows(rows), by_torch.rows(rows), rtol=1e-2, atol=1e-2)
     assert not any(m.training for m in split.bottom_module.modules())  # the export left them in eval mode
+
+
+def test_rebase_on_source_finds_the_stages_that_differ(tmp_path):
+    """``rebase_on_source`` counts the top stages whose weights are no longer the pretrained
+    source's (what a saved model then stores); it refuses an encoder still training, one whose
+    weights outside the stages moved, and one whose source is a user's file."""
+    from captioner.errors import InvalidInputError
+
+    encoder = create_encoder("efficientnet_lite0")
+    assert encoder.rebase_on_source() == 0 and encoder.tuned_state() == {}
+    with torch.no_grad():
+        encoder.blocks[5][0].conv_pwl.weight.add_(1e-3)  # the third stage from the top (blocks 5, 6, head)
+    assert encoder.rebase_on_source() == 3
+    assert encoder.config.pretrained and encoder.config.tuned_blocks == 3
+    assert {name.split(".")[0] + "." + name.split(".")[1] for name in encoder.tuned_state()} == {
+        "blocks.5", "blocks.6", "head.0", "head.1"}
+    with torch.no_grad():
+        encoder.stem[1].running_mean.add_(1.0)  # a buffer of the first stage
+    assert encoder.rebase_on_source() == 9
+    with torch.no_grad():
+        encoder.classifier.bias.add_(1.0)  # in no stage
+    with pytest.raises(InvalidInputError, match="classifier.bias is not in a stage"):
+        encoder.rebase_on_source()
+    with pytest.raises(InvalidInputError, match="freeze the encoder"):
+        create_encoder("efficientnet_lite0", trainable_blocks=1).rebase_on_source()
+    from captioner.encoders.efficientnet import lite_weights_path
+
+    with pytest.raises(InvalidInputError, match="weights_file"):
+        create_encoder("efficientnet_lite0", weights_file=lite_weights_path("efficientnet_lite0")).rebase_on_source()

@@ -244,6 +244,11 @@ TORCH = {
                               ["model.safetensors", "symlink", "outside the model folder"]),
     "encoder_weights_saved a string": (_config(lambda c: c.update(encoder_weights_saved="yes")),
                                        ["encoder_weights_saved"]),
+    "a tuned stage the weights lack": (_config(lambda c: c["encoder"]["options"].update(
+        tuned_blocks=c["encoder"]["options"].get("tuned_blocks", 0) + 1)),
+        ["model.safetensors does not match config.json", "holds nothing, config.json makes shape"]),
+    "tuned_blocks past the encoder": (_config(lambda c: c["encoder"]["options"].update(tuned_blocks=99)),
+                                      ["config.json", "tuned_blocks must be 0..9, got 99"]),
 }
 
 

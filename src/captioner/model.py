@@ -292,7 +292,7 @@ class Captioner(nn.Module):
         return {
             "format_version": FORMAT_VERSION,
             "captioner_version": __version__,
-            "encoder": {"name": self.encoder.name, "options": asdict(self.encoder.config)},
+            "encoder": {"name": self.encoder.name, "options": self._encoder_options()},
             "decoder": self.decoder.describe(),
             "preprocess": self.preprocess.to_dict(),
             "vocab_size": len(self.vocab),
@@ -301,16 +301,23 @@ class Captioner(nn.Module):
             "encoder_weights_saved": self._saves_encoder_weights(),
         }
 
+    def _encoder_options(self) -> dict:
+        options = asdict(self.encoder.config)
+        if not options.get("tuned_blocks"):  # a folder of an untuned encoder stays readable by earlier versions
+            del options["tuned_blocks"]
+        return options
+
     def _saves_encoder_weights(self) -> bool:
-        # Frozen pretrained weights are rebuilt from their source; anything else is saved — weights
-        # read from a user's weights_file too, so the folder never names a file outside itself.
+        """Whether the whole encoder is saved. Frozen pretrained weights are rebuilt from their
+        source (but for its ``tuned_blocks`` top stages, which are saved); anything else is saved —
+        weights read from a user's weights_file too, so the folder never names a file outside itself."""
         config = self.encoder.config
         return not (config.pretrained and self.encoder.frozen) or config.weights_file is not None
 
     def state_to_save(self) -> dict[str, torch.Tensor]:
         state = {f"decoder.{k}": v for k, v in stored_state(self.decoder).items()}
-        if self._saves_encoder_weights():
-            state.update({f"encoder.{k}": v for k, v in stored_state(self.encoder).items()})
+        encoder = stored_state(self.encoder) if self._saves_encoder_weights() else self.encoder.tuned_state()
+        state.update({f"encoder.{k}": v for k, v in encoder.items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_pretrained(
@@ -320,8 +327,9 @@ class Captioner(nn.Module):
         confidence statistics and datastore (each file atomically; a stale confidence or datastore
         file of earlier weights is removed).
 
-        ``weights_dtype=torch.float16`` halves the file (the bundled model); weights are
-        cast back to the model's dtype on load.
+        ``weights_dtype=torch.float16`` halves the decoder's weights (the bundled model); they are
+        cast back to the model's dtype on load. Encoder weights are saved as they are: a datastore
+        and the feature caches are keyed by their exact digest.
         """
         from safetensors.torch import save_file
 
@@ -329,7 +337,8 @@ class Captioner(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_to_save()
         if weights_dtype is not None:
-            state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
+            state = {k: v.to(weights_dtype) if v.is_floating_point() and k.startswith("decoder.") else v
+                     for k, v in state.items()}
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         self.vocab.save(directory / VOCAB_FILE)
         for name, text in (extra_files or {}).items():
@@ -420,14 +429,21 @@ class Captioner(nn.Module):
         return model.to(device).eval()
 
     def _load_weights(self, state: dict[str, torch.Tensor], directory: Path, with_encoder: bool) -> None:
-        parts = {"decoder": self.decoder}
-        if with_encoder:  # as the folder says (config.json's encoder_weights_saved)
-            parts["encoder"] = self.encoder
-        for prefix, module in parts.items():
+        """The weights file's tensors into the decoder and, as the folder says (config.json's
+        ``encoder_weights_saved``, the encoder's ``tuned_blocks``), the whole encoder or its tuned
+        stages over the source's weights (``_build_encoder`` matched their names and shapes)."""
+        parts = {"decoder": (self.decoder, set())}
+        if with_encoder:
+            parts["encoder"] = (self.encoder, set())
+        elif self.encoder.config.tuned_blocks:
+            parts["encoder"] = (self.encoder, set(self.encoder.state_dict()) - set(self.encoder.tuned_state()))
+        for prefix, (module, from_source) in parts.items():
             sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
             sub.update({k: sub[source] for k, source in getattr(module, "tied_weights", {}).items() if source in sub})
             try:
-                module.load_state_dict(sub, strict=True)
+                missing, unexpected = module.load_state_dict(sub, strict=not from_source)
+                if not set(missing) <= from_source or unexpected:
+                    raise RuntimeError(f"missing {sorted(set(missing) - from_source)[:3]}, unexpected {unexpected[:3]}")
             except RuntimeError as e:
                 first = str(e).splitlines()[0:3]
                 raise ModelDirectoryError(
@@ -503,15 +519,15 @@ def _build_encoder(folder: ModelFolder, parts: dict, header: dict[str, tuple[int
             probe = _built(folder, "encoder", lambda: create_encoder(name, **{**options, "pretrained": False,
                                                                                 "weights_file": None}))
         if saved:
-            _match(folder, "encoder", probe, header)
+            _match(folder, "encoder", stored_state(probe), header)
         else:
             needed = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
             if needed > available_memory():
                 raise ModelDirectoryError(f"{folder.where(CONFIG_FILE)}: encoder {name!r} with these model_options "
                                           f"needs {needed / 2**30:.1f} GiB, more than the memory available")
     encoder = create_encoder(name, **options)
-    if saved:
-        _match(folder, "encoder", encoder, header)
+    if saved or encoder.config.tuned_blocks:  # the whole encoder, or its tuned stages over the source's
+        _match(folder, "encoder", stored_state(encoder) if saved else encoder.tuned_state(), header)
     return encoder
 
 
@@ -524,8 +540,8 @@ def _build_decoder(folder: ModelFolder, parts: dict, encoder: Encoder, vocab_siz
     with torch.device("meta"):
         probe = _built(folder, "decoder", lambda: create_decoder(name, vocab_size, encoder.pooled_dim,
                                                                  encoder.grid_dim, **options))
-    _match(folder, "decoder", probe, header)
-    stored = ("decoder.", "encoder.") if parts["encoder"]["saved"] else ("decoder.",)
+    _match(folder, "decoder", stored_state(probe), header)
+    stored = ("decoder.", "encoder.") if parts["encoder"]["saved"] or encoder.config.tuned_blocks else ("decoder.",)
     extra = sorted(name for name in header if not name.startswith(stored))
     if extra:
         raise ModelDirectoryError(f"{folder.where(WEIGHTS_FILE)} does not match config.json: for {extra[0]} it "
@@ -545,9 +561,10 @@ def _built(folder: ModelFolder, part: str, build):
                                   f"({' '.join(str(e).split())[:300]})") from None
 
 
-def _match(folder: ModelFolder, part: str, module: nn.Module, header: dict[str, tuple[int, ...]]) -> None:
-    """``module``'s tensors are exactly the weights file's ``part.*`` tensors, shape for shape."""
-    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in stored_state(module).items()}
+def _match(folder: ModelFolder, part: str, state: dict[str, torch.Tensor], header: dict[str, tuple[int, ...]]) -> None:
+    """``state`` (what config.json makes of ``part`` to be stored) is exactly the weights file's
+    ``part.*`` tensors, shape for shape."""
+    made = {f"{part}.{name}": tuple(tensor.shape) for name, tensor in state.items()}
     held = {name: shape for name, shape in header.items() if name.startswith(part + ".")}
     for name in sorted(set(made) | set(held)):
         if made.get(name) != held.get(name):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
@@ -31,11 +31,14 @@ class EncoderConfig:
     false in a fine-tuned model's folder, whose own encoder weights replace them (``freeze``).
     ``trainable_blocks``: unfreeze the last N stages for fine-tuning (0 = frozen encoder).
     ``weights_file``: a local copy of the pretrained weights, used instead of a download.
+    ``tuned_blocks``: with ``pretrained``, the last N stages were fine-tuned and a saved model
+    stores their weights only; the stages below are the pretrained source's (``rebase_on_source``).
     """
 
     pretrained: bool = True
     trainable_blocks: int = 0
     weights_file: Optional[str] = None
+    tuned_blocks: int = 0
 
 
 class EncoderOutput(NamedTuple):
@@ -123,16 +126,57 @@ class Encoder(nn.Module):
     def frozen(self) -> bool:
         return self.config.trainable_blocks == 0
 
-    def _trainable_modules(self) -> list[nn.Module]:
+    def _top_modules(self, n: int) -> list[nn.Module]:
+        """The modules of the last ``n`` stages."""
         groups = self.stage_members()
-        n = self.config.trainable_blocks
         return [module for group in groups[len(groups) - n :] for module in group] if n else []
+
+    def _trainable_modules(self) -> list[nn.Module]:
+        return self._top_modules(self.config.trainable_blocks)
+
+    def _top_state_names(self, n: int) -> set[str]:
+        """The ``state_dict`` names of the last ``n`` stages' tensors."""
+        members = {id(module) for module in self._top_modules(n)}
+        owners = {name for name, module in self.named_modules() if id(module) in members}
+        return {name for name in self.state_dict() if name.rpartition(".")[0] in owners}
+
+    def tuned_state(self) -> dict[str, torch.Tensor]:
+        """The state of the last ``tuned_blocks`` stages: what a saved model stores of an encoder
+        whose other weights are its pretrained source's."""
+        names = self._top_state_names(self.config.tuned_blocks)
+        return {name: tensor for name, tensor in self.state_dict().items() if name in names}
+
+    def rebase_on_source(self) -> int:
+        """Describe this frozen encoder as its pretrained source plus the top stages whose weights
+        differ from it (``tuned_blocks``), so that a saved model stores those stages only: a
+        fine-tuned EfficientNet-Lite0's last two stages are 1.0 M of its 4.7 M parameters. Returns
+        their count; the weights stay as they are. Raises ``PretrainedWeightsUnavailable`` where
+        the source cannot be had, ``InvalidInputError`` where it is a user's file or weights
+        outside the stages differ from it."""
+        if not self.frozen:
+            raise InvalidInputError(f"{self.name}: freeze the encoder before rebasing it on its source")
+        if self.config.weights_file is not None:
+            raise InvalidInputError(f"{self.name}: its source is a weights_file ({self.config.weights_file}); "
+                                    "a model that names one stores its whole encoder")
+        source = create_encoder(self.name, **{**asdict(self.config), "pretrained": True, "tuned_blocks": 0})
+        theirs = source.state_dict()
+        differs = {name for name, tensor in self.state_dict().items()
+                   if not (tensor.shape == theirs[name].shape and torch.equal(tensor.cpu(), theirs[name]))}
+        count = len(self.stage_members())
+        tuned = next((n for n in range(count + 1) if differs <= self._top_state_names(n)), None)
+        if tuned is None:
+            outside = sorted(differs - self._top_state_names(count))[0]
+            raise InvalidInputError(f"{self.name}: {outside} is not in a stage and differs from the pretrained source")
+        self.config = replace(self.config, pretrained=True, tuned_blocks=tuned)
+        return tuned
 
     def apply_trainable_blocks(self) -> None:
         """Freeze everything but the last ``trainable_blocks`` stages."""
-        n, count = self.config.trainable_blocks, len(self.stage_members())
-        if n < 0 or n > count:
-            raise InvalidInputError(f"{self.name}: trainable_blocks must be 0..{count}, got {n}")
+        count = len(self.stage_members())
+        for field in ("trainable_blocks", "tuned_blocks"):
+            n = getattr(self.config, field)
+            if n < 0 or n > count:
+                raise InvalidInputError(f"{self.name}: {field} must be 0..{count}, got {n}")
         self.requires_grad_(False)
         for module in self._trainable_modules():
             for parameter in module.parameters(recurse=False):
@@ -142,7 +186,8 @@ class Encoder(nn.Module):
         """Freeze every stage for inference after fine-tuning. The weights stay as trained; the
         config says ``trainable_blocks`` 0 and ``pretrained`` false, so a saved model keeps these
         weights (they are no longer the pretrained source's) and is rebuilt from them without
-        the source, and captioning may run the encoder in ONNX Runtime (a frozen encoder's)."""
+        the source, and captioning may run the encoder in ONNX Runtime (a frozen encoder's).
+        ``rebase_on_source`` then makes a saved model store only the stages that were tuned."""
         self.config = replace(self.config, trainable_blocks=0, pretrained=False)
         self.apply_trainable_blocks()
         return self.train(self.training)
