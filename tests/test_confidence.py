@@ -221,3 +221,42 @@ def test_a_trained_model_gets_its_datastore_and_confidence(tiny_one_caption, tmp
     (run / "datastore.safetensors").unlink()
     with pytest.raises(CaptionerError, match="reads the model's datastore"):
         Captioner.from_pretrained(run)
+
+
+def test_familiarity_sees_what_breaks_the_features_correlations(tmp_path):
+    """Familiarity measures along the training features' principal axes: an image whose every
+    dimension lies in the training range but whose dimensions disagree as training's never do
+    (a photo through an encoder fine-tuned on drawings) is less familiar than one as far out
+    along them; the axes survive the file (format 3), a format-2 file (no axes) still loads and
+    measures per dimension, and axes of the wrong shape are refused."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=(3000, 1))
+    train = np.concatenate([common + 0.1 * rng.normal(size=(3000, 8)), rng.normal(size=(3000, 8))], axis=1)
+    held_out = train[:300] + 0.01 * rng.normal(size=(300, 16))
+    words = rng.uniform(0.5, 1.0, 300)
+    model = ConfidenceModel.fit(np.array_split(train, 3), held_out, {"word_probability": words},
+                                rng.random(300) < words - 0.3, "exact match")
+    assert model.feature_axes.shape == (16, 15) and model.axis_std.shape == (15,)
+    along, across = np.zeros((1, 16)), np.zeros((1, 16))
+    along[0, :8] = 1.5  # the eight correlated dimensions together, 1.5 standard deviations out
+    across[0, :8] = [1.5, -1.5] * 4  # as far out, each, but against their correlation
+    assert model.familiarity(across)[0] < model.familiarity(along)[0] - 1.0
+    per_dimension = ConfidenceModel(model.feature_mean, model.feature_std, *([np.zeros(1)] * 3))
+    assert per_dimension.familiarity(across)[0] == pytest.approx(per_dimension.familiarity(along)[0], rel=0.05)
+
+    path = model.save(tmp_path)
+    again = ConfidenceModel.load(tmp_path, pooled_dim=16)
+    np.testing.assert_array_equal(again.familiarity(across), model.familiarity(across))
+    with safe_open(str(path), framework="numpy") as f:
+        metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert metadata["format"] == "3"
+    del arrays["feature_axes"], arrays["axis_std"]
+    save_file(arrays, str(path), metadata={**metadata, "format": "2"})
+    assert ConfidenceModel.load(tmp_path, pooled_dim=16).feature_axes is None
+    save_file({**arrays, "feature_axes": np.zeros((16, 16), np.float32), "axis_std": np.ones(16, np.float32)},
+              str(path), metadata=metadata)
+    with pytest.raises(ConfidenceFileError, match="format 3 needs feature_axes"):
+        ConfidenceModel.load(tmp_path, pooled_dim=16)

@@ -75,7 +75,8 @@ def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int 
     for start in range(0, len(paths), batch_size):
         features = model.encode_images(paths[start : start + batch_size])
         _, values = caption_signals(model, features, options)
-        values["familiarity (diagonal Mahalanobis)"] = model.confidence.familiarity(features.pooled).tolist()
+        kind = "per dimension" if model.confidence.feature_axes is None else "principal axes"
+        values[f"familiarity ({kind})"] = model.confidence.familiarity(features.pooled).tolist()
         captions = caption_features(model, features, options)
         values["confidence (shipped)"] = [c.confidence for c in captions]
         values["flagged"] = [float(c.low_confidence) for c in captions]
