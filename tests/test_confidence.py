@@ -147,8 +147,11 @@ def test_too_few_held_out_images_is_an_error():
 
 # --- the bundled model -------------------------------------------------------------------
 def test_bundled_model_ships_its_confidence(bundled):
-    assert (default_model_dir() / CONFIDENCE_FILE).stat().st_size < 20_000
+    # Its encoder's top two stages are fine-tuned: familiarity reads what the stages below make
+    # of an image (192 numbers; the statistics and 128 principal axes, ~100 KB).
+    assert (default_model_dir() / CONFIDENCE_FILE).stat().st_size < 200_000
     assert bundled.confidence is not None and bundled.confidence.domain == "emoji art"
+    assert bundled.confidence.reads == "untuned" and bundled.confidence.feature_mean.shape == (192,)
     assert 0 < bundled.confidence.threshold < 0.5
 
 
@@ -223,6 +226,21 @@ def test_a_trained_model_gets_its_datastore_and_confidence(tiny_one_caption, tmp
         Captioner.from_pretrained(run)
 
 
+def test_a_fine_tuned_run_measures_familiarity_where_its_encoder_was_not_tuned(tiny_one_caption, tmp_path):
+    """A run that fine-tunes the encoder's last stage (on cached activations) fits its confidence
+    on what the stages below it make of each image — read from the activation cache at the end
+    of training, from pixels when captioning — not on the pooled feature that fine-tuning moved."""
+    from conftest import train_tiny
+
+    run = train_tiny(tiny_one_caption, tmp_path / "run", epochs=1,
+                     extra=["--val-fraction", "0.65", "--trainable-blocks", "1"])
+    model = Captioner.from_pretrained(run)
+    assert model.encoder.config.tuned_blocks == 1
+    assert model.confidence.reads == "untuned" and model.confidence.feature_mean.shape == (320,)
+    caption = model.caption(sorted(TINY_IMAGES.glob("*.jpg"))[0])
+    assert 0 < caption.confidence < 1 and caption.low_confidence in (True, False)
+
+
 def test_familiarity_sees_what_breaks_the_features_correlations(tmp_path):
     """Familiarity measures along the training features' principal axes: an image whose every
     dimension lies in the training range but whose dimensions disagree as training's never do
@@ -260,3 +278,31 @@ def test_familiarity_sees_what_breaks_the_features_correlations(tmp_path):
               str(path), metadata=metadata)
     with pytest.raises(ConfidenceFileError, match="format 3 needs feature_axes"):
         ConfidenceModel.load(tmp_path, pooled_dim=16)
+
+
+def test_familiarity_of_the_untuned_stages_is_format_4(tmp_path):
+    """A fit on an encoder with tuned stages reads their input (``Features.untuned``), not the
+    pooled feature: the file says so (format 4) and loads only beside an encoder that gives
+    features of that width; features without them are one line, not a shape error."""
+    from safetensors import safe_open
+
+    rng = np.random.default_rng(0)
+    train, held_out = rng.normal(size=(400, 12)), rng.normal(size=(60, 12))
+    words = rng.uniform(0.5, 1.0, 60)
+    model = ConfidenceModel.fit(np.array_split(train, 2), held_out, {"word_probability": words},
+                                rng.random(60) < words - 0.3, "exact match", reads="untuned")
+    pooled, untuned = rng.normal(size=(3, 16)), held_out[:3]
+    np.testing.assert_array_equal(model.familiarity_of(Features(pooled, untuned=untuned)), model.familiarity(untuned))
+    with pytest.raises(ValueError, match="reads the encoder's untuned features"):
+        model.familiarity_of(Features(pooled))
+    path = model.save(tmp_path)
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["format"] == "4" and f.metadata()["familiarity_of"] == "untuned"
+    again = ConfidenceModel.load(tmp_path, pooled_dim=16, untuned_dim=12)
+    assert again.reads == "untuned"
+    np.testing.assert_array_equal(again.familiarity_of(Features(pooled, untuned=untuned)),
+                                  model.familiarity(untuned))
+    with pytest.raises(ConfidenceFileError, match="has no tuned stages"):
+        ConfidenceModel.load(tmp_path, pooled_dim=16)
+    with pytest.raises(ConfidenceFileError, match="do not fit the encoder's untuned features"):
+        ConfidenceModel.load(tmp_path, pooled_dim=12, untuned_dim=16)

@@ -495,6 +495,7 @@ def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
     model_dir = train_tiny(tiny_one_caption, tmp_path / "fine-tuned", "show-tell", 1, ["--trainable-blocks", "1"])
     config = json.loads((model_dir / "config.json").read_text())
     assert config["encoder"]["options"]["trainable_blocks"] == 0 and not config["encoder"]["options"]["pretrained"]
+    assert config["encoder"]["options"]["tuned_blocks"] == 1  # what the untuned stages see: the head's input
     assert config["encoder_weights_saved"]
     saved = load_file(str(model_dir / "model.safetensors"))
     original = create_encoder("efficientnet_lite0").state_dict()
@@ -504,7 +505,7 @@ def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
     with open(tiny_one_caption) as f:
         images = [row["image"] for row in csv.DictReader(f)][:4]
     model = Captioner.from_pretrained(model_dir)
-    assert model.encoder.frozen
+    assert model.encoder.frozen and model.encode_images(images).untuned.shape == (4, 320)
     by_onnx = [c.text for c in model.use_runtime("onnx").caption(images)]
     assert by_onnx == [c.text for c in model.use_runtime("torch").caption(images)]
 

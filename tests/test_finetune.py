@@ -182,6 +182,28 @@ def test_onnx_runtime_extracts_the_activations_torch_does(tmp_path):
     assert not any(m.training for m in split.bottom_module.modules())  # the export left them in eval mode
 
 
+def test_a_tuned_encoder_also_gives_what_its_untuned_stages_make_of_an_image(tmp_path):
+    """An encoder rebased on its source with tuned top stages gives, beside its pooled feature,
+    the mean of the activations those stages read (``untuned``: what the confidence's
+    familiarity reads), in torch and in ONNX Runtime alike; an untuned encoder gives none."""
+    from captioner.encoders.onnx_runtime import OnnxEncoder
+
+    encoder = create_encoder("efficientnet_lite0").eval()
+    pixels = torch.stack([build_transform(SMALL)(load_image(p)) for p in TINY_IMAGES[:3]])
+    assert encoder(pixels).untuned is None and encoder.untuned_dim(96) is None
+    with torch.no_grad():
+        encoder.blocks[6][0].conv_pwl.weight.mul_(1.1)  # the second stage from the top
+        assert encoder.rebase_on_source() == 2
+        out = encoder(pixels)
+        below = encoder.blocks[:6](encoder.stem(pixels)).mean((2, 3))  # blocks 0-5: the pretrained stages
+    torch.testing.assert_close(out.untuned, below)
+    assert encoder.untuned_dim(96) == 192
+    onnx = OnnxEncoder(encoder, 96, cache_dir=tmp_path)
+    by_onnx = onnx(pixels)
+    torch.testing.assert_close(by_onnx.untuned, below, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(by_onnx.pooled, out.pooled, rtol=1e-4, atol=1e-4)
+
+
 def test_rebase_on_source_finds_the_stages_that_differ(tmp_path):
     """``rebase_on_source`` counts the top stages whose weights are no longer the pretrained
     source's (what a saved model then stores); it refuses an encoder still training, one whose

@@ -128,6 +128,11 @@ EXPORTED = {
     "state not a list": (_manifest(lambda m: m.update(state="x")), ["manifest.json", "state"]),
     "pooled dim a string": (_manifest(lambda m: m["encoder"].update(pooled_shape=["batch", "x"])),
                             ["encoder.pooled_shape"]),
+    "untuned dim a string": (_manifest(lambda m: m["encoder"].update(untuned_shape=["batch", "x"])),
+                             ["encoder.untuned_shape"]),
+    "no untuned_shape": (_manifest(lambda m: m["encoder"].pop("untuned_shape")), ["encoder.untuned_shape"]),
+    "a fourth encoder output": (_manifest(lambda m: m["encoder"]["outputs"].append("extra")),
+                                ["encoder", "two outputs (pooled, grid), or three"]),
     "step reads no state": (_manifest(lambda m: m["step"]["inputs"].append("state.bogus")), ["step.inputs"]),
     "state names not the graphs'": (_manifest(_rename_state), ["init_state.onnx", "not the inputs"]),
     # paths out of the folder

@@ -76,7 +76,8 @@ def measure(model: Captioner, paths: list[str], beam_size: int, batch_size: int 
         features = model.encode_images(paths[start : start + batch_size])
         _, values = caption_signals(model, features, options)
         kind = "per dimension" if model.confidence.feature_axes is None else "principal axes"
-        values[f"familiarity ({kind})"] = model.confidence.familiarity(features.pooled).tolist()
+        kind += ", untuned stages" if model.confidence.reads == "untuned" else ""
+        values[f"familiarity ({kind})"] = model.confidence.familiarity_of(features).tolist()
         captions = caption_features(model, features, options)
         values["confidence (shipped)"] = [c.confidence for c in captions]
         values["flagged"] = [float(c.low_confidence) for c in captions]
@@ -127,11 +128,11 @@ def main() -> None:
     in_domain = [name for name in sets if name != "photos"]
     print(f"{len(sets['photos'])} photos vs " + ", ".join(f"{len(sets[n])} {n}" for n in in_domain)
           + f" ({seconds:.0f} s)")
-    print(f"{'signal':38s}" + "".join(f"{'AUROC ' + n:>30s}" for n in in_domain))
+    print(f"{'signal':46s}" + "".join(f"{'AUROC ' + n:>30s}" for n in in_domain))
     for signal in (s for s in photos if s != "flagged"):
         values = {n: auroc(scores[n][signal], photos[signal]) for n in in_domain}
         report["auroc"][signal] = values
-        print(f"{signal:38s}" + "".join(f"{values[n]:>30.4f}" for n in in_domain))
+        print(f"{signal:46s}" + "".join(f"{values[n]:>30.4f}" for n in in_domain))
     for name in sets:
         flagged = scores[name]["flagged"] > 0
         report["flagged"][name] = float(flagged.mean())

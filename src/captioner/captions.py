@@ -252,7 +252,7 @@ def caption_features(model: "CaptionModel", features: Features, options: DecodeO
     scorer = model.confidence
     if scorer is None:
         return captions
-    familiarity = scorer.familiarity(features.pooled)
+    familiarity = scorer.familiarity_of(features)
     fitted = scorer.fit_for(values)
     if fitted is not None:
         for caption, value, known in zip(captions, fitted.confidence({**values, "familiarity": familiarity}),

@@ -11,7 +11,11 @@ Signals, each measured on the model's own features, words and datastore:
   what a spread per dimension cannot: an encoder fine-tuned on drawings maps a photo into the
   drawings' range dimension by dimension, not into their correlations (21 photos vs 724
   drawings: AUROC 0.90 per dimension, 0.997 with the axes; the frozen encoder: 0.9989 and
-  0.9995). Files of format 2 (no axes) score per dimension, as they did;
+  0.9995). Files of format 2 (no axes) score per dimension, as they did. An encoder whose top
+  stages were tuned (``tuned_blocks``) gives, beside its pooled feature, the mean of what its
+  untuned stages make of the image (``Features.untuned``); a fit on such an encoder measures
+  familiarity there (format 4, ``familiarity_of: untuned``): those stages were never taught
+  that drawings and photos are alike;
 - **word probability** — the mean probability of the caption's words (``<end>`` left out);
 - **log probability** — the caption's log-probability under the decoder (every token, ``<end>``
   included): unlike the mean it falls with every doubtful word, and a longer name has more;
@@ -54,7 +58,8 @@ from .errors import CaptionerError
 from .io import atomic_write
 
 CONFIDENCE_FILE = "confidence.safetensors"
-CONFIDENCE_FORMAT = 3  # 3: familiarity along principal axes (format 2, without them, still loads)
+CONFIDENCE_FORMAT = 4  # 4: familiarity of the untuned stages' features; 3: along principal axes; 2: per dimension
+FAMILIARITY_INPUTS = ("pooled", "untuned")  # the Features field familiarity reads (format 4: untuned)
 FAMILIARITY_AXES = 128  # principal axes of the training features that familiarity measures along
 FIRST_FORMAT_SIGNALS = ("familiarity", "word_probability")
 RETRIEVAL_SIGNALS = ("consensus", "agreement", "similarity")  # need the model's datastore
@@ -102,6 +107,9 @@ class ConfidenceModel:
     # familiarity measures along them, and off them by ``feature_std``. None: per dimension (format 2).
     feature_axes: Optional[np.ndarray] = None
     axis_std: Optional[np.ndarray] = None
+    # Which features familiarity reads: the encoder's pooled feature, or (format 4) its untuned
+    # stages' (``Features.untuned``) — the feature statistics above are theirs.
+    reads: str = "pooled"
 
     @property
     def needs_datastore(self) -> bool:
@@ -116,8 +124,12 @@ class ConfidenceModel:
         return None
 
     # --- scoring ------------------------------------------------------------------------
+    def familiarity_of(self, features: Features) -> np.ndarray:
+        """The familiarity of encoded images: of the features this fit reads (``reads``)."""
+        return self.familiarity(_familiarity_input(features, self.reads))
+
     def familiarity(self, pooled) -> np.ndarray:
-        """(batch, pooled_dim) → (batch,): minus the Mahalanobis distance (RMS over dimensions) to
+        """(batch, feature dim) → (batch,): minus the Mahalanobis distance (RMS over dimensions) to
         the training features: along the principal axes, and per dimension off them."""
         centred = host_array(pooled).astype(np.float32) - self.feature_mean  # (batch, pooled_dim)
         along = np.zeros(len(centred), np.float32)
@@ -186,11 +198,14 @@ class ConfidenceModel:
     @classmethod
     def fit(cls, train_pooled: Iterable, held_out_pooled, values: Mapping[str, Sequence[float]],
             correct: Sequence[bool], target: str, threshold: float = DEFAULT_THRESHOLD,
-            domain: str = DEFAULT_DOMAIN) -> "ConfidenceModel":
+            domain: str = DEFAULT_DOMAIN, reads: str = "pooled") -> "ConfidenceModel":
         """Feature statistics from batches of training features; on the held-out images (their
-        pooled features, their captions' signals ``values`` — familiarity is computed here — and
+        features, their captions' signals ``values`` — familiarity is computed here — and
         whether each caption was ``correct``), the standardisation, a ridge logistic regression
-        and the familiarities that place the out-of-domain flag."""
+        and the familiarities that place the out-of-domain flag. ``reads`` names the features
+        given (``Features.pooled``, or ``untuned``)."""
+        if reads not in FAMILIARITY_INPUTS:
+            raise ValueError(f"familiarity reads one of {', '.join(FAMILIARITY_INPUTS)}, not {reads!r}")
         mean, std, axes, axis_std = cls.feature_statistics(train_pooled)
         held_out_pooled = host_array(held_out_pooled)
         if len(held_out_pooled) < MIN_HELD_OUT:
@@ -198,7 +213,8 @@ class ConfidenceModel:
                 f"confidence calibration needs at least {MIN_HELD_OUT} held-out images, got {len(held_out_pooled)}"
             )
         model = cls(mean, std, np.zeros(0), np.zeros(0), np.zeros(0), float(threshold), domain,
-                    feature_axes=axes if axes.shape[1] else None, axis_std=axis_std if axes.shape[1] else None)
+                    feature_axes=axes if axes.shape[1] else None, axis_std=axis_std if axes.shape[1] else None,
+                    reads=reads)
         return model._fitted(model.familiarity(held_out_pooled), values, correct, target)
 
     def _fitted(self, familiarity: np.ndarray, values: Mapping[str, Sequence[float]], correct: Sequence[bool],
@@ -209,7 +225,7 @@ class ConfidenceModel:
         model = ConfidenceModel(self.feature_mean, self.feature_std, np.zeros(len(names), np.float32),
                                 np.ones(len(names), np.float32), np.zeros(0), self.threshold, self.domain, names,
                                 np.zeros(len(names), np.float32), 0.0, "logistic", target,
-                                feature_axes=self.feature_axes, axis_std=self.axis_std)
+                                feature_axes=self.feature_axes, axis_std=self.axis_std, reads=self.reads)
         values = {**values, "familiarity": familiarity}
         matrix = np.stack([np.asarray(values[s], dtype=np.float64) for s in names], axis=1)  # (held-out, signals)
         finite = np.where(np.isfinite(matrix), matrix, np.nan)
@@ -233,10 +249,13 @@ class ConfidenceModel:
         }
         if self.feature_axes is not None:
             arrays |= {"feature_axes": self.feature_axes, "axis_std": self.axis_std}
-        file_format = CONFIDENCE_FORMAT if self.feature_axes is not None else 2  # 2: no axes
+        file_format = 4 if self.reads != "pooled" else 3 if self.feature_axes is not None else 2
+        if file_format == 4 and self.feature_axes is None:
+            raise ValueError("a fit that reads the untuned features measures along principal axes")
         metadata = {"format": str(file_format), "signals": ",".join(self.signals),
                     "threshold": repr(float(self.threshold)), "domain": self.domain, "bias": repr(self.bias),
-                    "calibration": self.calibration, "target": self.target}
+                    "calibration": self.calibration, "target": self.target,
+                    **({"familiarity_of": self.reads} if file_format == 4 else {})}
         if self.alone is not None:
             alone = self.alone
             arrays |= {"alone_signal_mean": alone.signal_mean, "alone_signal_std": alone.signal_std,
@@ -248,8 +267,10 @@ class ConfidenceModel:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, pooled_dim: int, name: str = CONFIDENCE_FILE) -> Optional["ConfidenceModel"]:
-        """The model directory's confidence file (``name``), or ``None`` when it has none."""
+    def load(cls, directory: str | Path, pooled_dim: int, name: str = CONFIDENCE_FILE,
+             untuned_dim: Optional[int] = None) -> Optional["ConfidenceModel"]:
+        """The model directory's confidence file (``name``), or ``None`` when it has none;
+        ``untuned_dim``: the width of the encoder's ``untuned`` features (``None``: it gives none)."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(directory) / name
@@ -264,7 +285,7 @@ class ConfidenceModel:
             raise ConfidenceFileError(f"{path} is corrupt or truncated ({e}); {fix}") from None
         signals = tuple(metadata.get("signals", "").split(","))
         first_format = metadata.get("format") == "1" and signals == FIRST_FORMAT_SIGNALS
-        if not first_format and (metadata.get("format") not in ("2", str(CONFIDENCE_FORMAT))
+        if not first_format and (metadata.get("format") not in ("2", "3", str(CONFIDENCE_FORMAT))
                                  or not set(signals) <= set(SIGNALS)
                                  or metadata.get("calibration") not in ("percentile", "logistic")):
             raise ConfidenceFileError(
@@ -281,19 +302,28 @@ class ConfidenceModel:
             )
         except (KeyError, ValueError) as e:
             raise ConfidenceFileError(f"{path}: missing or invalid entry {e}; {fix}") from None
-        if model.feature_mean.shape != (pooled_dim,) or model.feature_std.shape != (pooled_dim,):
+        if metadata.get("format") == "4":
+            model.reads = metadata.get("familiarity_of", "")
+            if model.reads not in FAMILIARITY_INPUTS:
+                raise ConfidenceFileError(f"{path}: familiarity_of {model.reads!r} is not one of "
+                                          f"{', '.join(FAMILIARITY_INPUTS)}; {fix}")
+        dim = pooled_dim if model.reads == "pooled" else untuned_dim
+        if dim is None:
+            raise ConfidenceFileError(f"{path}: its familiarity reads the features of an encoder's untuned stages, "
+                                      f"and this model's encoder has no tuned stages; {fix}")
+        if model.feature_mean.shape != (dim,) or model.feature_std.shape != (dim,):
             raise ConfidenceFileError(
                 f"{path}: feature statistics of size {tuple(model.feature_mean.shape)} do not fit the encoder's "
-                f"pooled features ({pooled_dim}); {fix}"
+                f"{model.reads} features ({dim}); {fix}"
             )
         if any(a.shape != (len(signals),) for a in (model.signal_mean, model.signal_std, model.weights)):
             raise ConfidenceFileError(f"{path}: the signals' statistics do not match its {len(signals)} signals; {fix}")
-        if metadata.get("format") == str(CONFIDENCE_FORMAT):  # familiarity along principal axes
+        if metadata.get("format") in ("3", "4"):  # familiarity along principal axes
             axes, along = arrays.get("feature_axes"), arrays.get("axis_std")
-            if axes is None or along is None or axes.ndim != 2 or axes.shape[0] != pooled_dim \
-                    or along.shape != (axes.shape[1],) or not 0 < axes.shape[1] < pooled_dim:
-                raise ConfidenceFileError(f"{path}: format {CONFIDENCE_FORMAT} needs feature_axes (pooled_dim "
-                                          f"{pooled_dim} × k < {pooled_dim}) and axis_std (k); {fix}")
+            if axes is None or along is None or axes.ndim != 2 or axes.shape[0] != dim \
+                    or along.shape != (axes.shape[1],) or not 0 < axes.shape[1] < dim:
+                raise ConfidenceFileError(f"{path}: format {metadata['format']} needs feature_axes (feature dim "
+                                          f"{dim} × k < {dim}) and axis_std (k); {fix}")
             model.feature_axes, model.axis_std = axes, along
         if "alone_signals" in metadata:  # the fit for captions decoded without the datastore
             alone = tuple(metadata["alone_signals"].split(","))
@@ -315,6 +345,15 @@ class ConfidenceModel:
         """What the API and the page need: the threshold and the domain to name."""
         return {"threshold": self.threshold, "domain": self.domain, "held_out_images": len(self.held_out_scores),
                 "signals": list(self.signals), "predicts": self.target or "the caption's standing among held-out ones"}
+
+
+def _familiarity_input(features: Features, reads: str):
+    """The features familiarity reads (``reads``: a ``Features`` field) — there, or one line."""
+    value = getattr(features, reads)
+    if value is None:
+        raise ValueError(f"the confidence's familiarity reads the encoder's {reads} features, and these "
+                         f"features have none (an encoder without tuned stages, or features from a cache)")
+    return value
 
 
 def _floored(spread: np.ndarray) -> np.ndarray:
@@ -361,11 +400,12 @@ def features_from_images(model, paths: Sequence[str | Path], batch_size: int = 3
 
 
 def features_from_cache(cache, rows: Sequence[int], batch_size: int = 256) -> Iterator[Features]:
-    """Rows of a built ``FeatureCache`` as batches of features (the frozen-encoder path)."""
+    """Rows of a built ``FeatureCache`` (or ``TopFeatures``: with what the untuned stages make of
+    each image, where it knows) as batches of features."""
     rows = list(rows)
     for start in range(0, len(rows), batch_size):
         pooled, grid = cache.rows(np.asarray(rows[start : start + batch_size]))
-        yield Features(pooled, grid, cache.grid_shape)
+        yield Features(pooled, grid, cache.grid_shape, untuned=getattr(cache, "untuned", None))
 
 
 def fit_confidence(
@@ -397,12 +437,15 @@ def fit_confidence(
     options = options or DecodeOptions()
     alone_options = DecodeOptions.of(options, retrieval=False) if model.datastore is not None and options.retrieval \
         else None  # with a datastore, a second fit for captions decoded without it
-    pooled, measured = [], {"": ([], {}), "alone": ([], {})}  # fit → (texts, signals)
+    familiar, reads, measured = [], None, {"": ([], {}), "alone": ([], {})}  # fit → (texts, signals)
     model.confidence = None  # the signals are measured without a previous fit
     labels = None if held_out_labels is None else np.asarray(held_out_labels)
     start = 0  # the batch's first held-out image
     for features in held_out_features:
         batch = host_array(features.pooled)
+        # Familiarity reads the untuned stages' features where the encoder gives them.
+        reads = reads or ("untuned" if features.untuned is not None else "pooled")
+        familiar.append(host_array(_familiarity_input(features, reads)))
         if labels is None:
             found = {"": caption_signals(model, features, options)}
         else:
@@ -411,20 +454,20 @@ def fit_confidence(
         start += len(batch)
         if alone_options is not None:
             found["alone"] = caption_signals(model, features, alone_options)
-        pooled.append(batch)
         for fit, (captions, signals) in found.items():
             texts, values = measured[fit]
             texts += [c.text for c in captions]
             for name, column in signals.items():
                 values.setdefault(name, []).extend(column)
-    if not pooled:
+    if not familiar:
         raise ValueError("confidence calibration needs held-out images, got none")
     texts, values = measured[""]
-    fitted = ConfidenceModel.fit((f.pooled for f in train_features), np.concatenate(pooled), values,
-                                 *_rightness(model, texts, references, options.language), threshold, domain)
+    fitted = ConfidenceModel.fit((_familiarity_input(f, reads) for f in train_features), np.concatenate(familiar),
+                                 values, *_rightness(model, texts, references, options.language), threshold, domain,
+                                 reads)
     if alone_options is not None:
         texts, values = measured["alone"]
-        fitted.alone = fitted._fitted(fitted.familiarity(np.concatenate(pooled)), values,
+        fitted.alone = fitted._fitted(fitted.familiarity(np.concatenate(familiar)), values,
                                       *_rightness(model, texts, references, options.language))
     return fitted
 

@@ -45,6 +45,7 @@ class Features(NamedTuple):
     grid: Any = None  # (batch, regions, grid_dim), when the decoder needs it
     grid_shape: Optional[tuple[int, int]] = None  # (h, w) with h * w == regions, when known
     retrieved: Any = None  # (batch, neighbours, length) int64 token ids, <pad> after each caption's <end>
+    untuned: Any = None  # (batch, untuned_dim): for the confidence, not decoders (``EncoderOutput.untuned``)
 
 
 State = dict  # name → array with the batch on dim 0 (or a list of them, or a non-array constant)

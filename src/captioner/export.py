@@ -34,7 +34,7 @@ from .cache import weights_digest
 from .confidence import CONFIDENCE_FILE
 from .retrieval import DATASTORE_FILE
 from .decoders import Decoder, Features
-from .encoders.onnx_runtime import INPUT, INSTALL_HINT, OPSET, OUTPUTS, export_onnx
+from .encoders.onnx_runtime import INPUT, INSTALL_HINT, OPSET, encoder_outputs, export_onnx
 from .errors import CaptionerError
 from .io import atomic_write_text
 from .model import Captioner
@@ -303,13 +303,15 @@ class _DecoderExport:
         return described
 
 
-def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder graph against torch; returns torch's (pooled, grid) of ``pixels``."""
-    pooled, grid = model.encoder(pixels)[:2]  # (pooled, grid, grid_shape): the graph gives the first two
+def _encoder_check(model: Captioner, graph: bytes, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The encoder graph against torch; returns torch's outputs of ``pixels`` by name (pooled,
+    grid[, untuned])."""
+    names = list(encoder_outputs(model.encoder, model.preprocess.crop_size))
+    out = model.encoder(pixels)._asdict()
     what = f"encoder {model.encoder.name!r} cannot be exported"
     session = _session(graph)
-    _check(what, _run(session, what, {INPUT: pixels.numpy()}, list(OUTPUTS)), [pooled, grid], list(OUTPUTS))
-    return pooled, grid
+    _check(what, _run(session, what, {INPUT: pixels.numpy()}, names), [out[n] for n in names], names)
+    return {n: out[n] for n in names}
 
 
 def _quantize_int8(folder: Path) -> None:
@@ -378,7 +380,8 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(TRACE_BATCH + CHECK_BATCH, 3, size, size, generator=g)
     encoder_graph = export_onnx(model.encoder, size)
-    pooled, grid = _encoder_check(model, encoder_graph, pixels)
+    outputs = _encoder_check(model, encoder_graph, pixels)
+    pooled, grid = outputs["pooled"], outputs["grid"]
 
     shape = model.decoder.retrieved_shape
     retrieved = None if shape is None else _retrieved_example(len(pixels), shape, len(model.vocab), g)
@@ -405,10 +408,11 @@ def _export_parts(model: Captioner, quantize: str | None) -> tuple[dict[str, byt
             "name": model.encoder.name,
             "weights_digest": weights_digest(model.encoder),  # what a datastore checks it was built with
             "inputs": [INPUT],
-            "outputs": list(OUTPUTS),
+            "outputs": list(outputs),
             "pixels_shape": ["batch", 3, size, size],
             "pooled_shape": ["batch", int(pooled.shape[1])],
             "grid_shape": ["batch", int(grid.shape[1]), int(grid.shape[2])],
+            **({"untuned_shape": ["batch", int(outputs["untuned"].shape[1])]} if "untuned" in outputs else {}),
         },
         "decoder": {
             "name": model.decoder.name,

@@ -132,8 +132,8 @@ class Captioner(nn.Module):
 
     def _decoder_features(self, out) -> Features:
         if not self.decoder.needs_grid:
-            return Features(out.pooled)
-        return Features(out.pooled, out.grid, out.grid_shape)
+            return Features(out.pooled, untuned=out.untuned)
+        return Features(out.pooled, out.grid, out.grid_shape, untuned=out.untuned)
 
     def encoder_split(self, stage: int) -> EncoderSplit:
         """The encoder cut before ``stage`` for this model's input size (``Encoder.split``), made
@@ -415,7 +415,8 @@ class Captioner(nn.Module):
             path = folder.path(name, required=False)
             if path is not None:
                 folder.check_size(path, getattr(folder.limits, limit), limit)
-        model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim)
+        model.confidence = ConfidenceModel.load(directory, model.encoder.pooled_dim,
+                                                untuned_dim=model.encoder.untuned_dim(model.preprocess.crop_size))
         if with_datastore and (directory / DATASTORE_FILE).is_file():
             model.datastore = Datastore.load(directory, model.encoder_identity())
         if with_datastore and model.confidence is not None and model.confidence.needs_datastore \

@@ -25,6 +25,7 @@ import torch
 
 from ..cache import weights_digest
 from ..errors import InvalidInputError
+from ..encoders.base import pooled_activations
 from .augment import AugmentConfig
 from .feature_cache import FeatureCache, read_rows
 from .images import PreprocessConfig
@@ -123,12 +124,19 @@ class TopFeatures:
         self.cache = cache
         self.model = model
         self.grid_shape: tuple[int, int] | None = None
+        # The last rows' ``EncoderOutput.untuned`` — the cached activations averaged — where the
+        # cache was cut where the model's tuned stages begin (a frozen fine-tuned encoder's).
+        self.untuned: torch.Tensor | None = None
 
     def rows(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         split = self.model.encoder_split(self.cache.split.stage)
+        activations = self.cache.rows(indices).to(self.model.device)
         with torch.no_grad():
-            out = split.top(self.cache.rows(indices).to(self.model.device))
+            out = split.top(activations)
         self.grid_shape = out.grid_shape
+        tuned = self.model.encoder.config.tuned_blocks
+        self.untuned = pooled_activations(activations.float()) if tuned and split.stage == split.stages - tuned \
+            else None
         return out.pooled, out.grid
 
 

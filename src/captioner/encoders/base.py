@@ -31,8 +31,9 @@ class EncoderConfig:
     false in a fine-tuned model's folder, whose own encoder weights replace them (``freeze``).
     ``trainable_blocks``: unfreeze the last N stages for fine-tuning (0 = frozen encoder).
     ``weights_file``: a local copy of the pretrained weights, used instead of a download.
-    ``tuned_blocks``: with ``pretrained``, the last N stages were fine-tuned and a saved model
-    stores their weights only; the stages below are the pretrained source's (``rebase_on_source``).
+    ``tuned_blocks``: the last N stages were fine-tuned (``freeze`` records it); the stages below
+    are the pretrained source's. With ``pretrained``, a saved model stores the N stages' weights
+    only (``rebase_on_source``); without, it stores the whole encoder.
     """
 
     pretrained: bool = True
@@ -45,6 +46,10 @@ class EncoderOutput(NamedTuple):
     pooled: torch.Tensor  # (batch, pooled_dim)
     grid: torch.Tensor  # (batch, regions, grid_dim), regions = h * w in row-major order
     grid_shape: Optional[tuple[int, int]] = None  # (h, w) of the region grid
+    # An encoder with ``tuned_blocks``: the mean of the activations its tuned stages read — what
+    # the stages still the pretrained source's make of the image (the confidence's familiarity
+    # reads it: fine-tuning on drawings teaches the top stages to map a photo among drawings).
+    untuned: Optional[torch.Tensor] = None  # (batch, untuned_dim)
 
 
 class EncoderActivations(NamedTuple):
@@ -103,7 +108,34 @@ class Encoder(nn.Module):
         return split_encoder(self, image_size, stage)
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
-        return self.output(*self.features(images))
+        if not self.config.tuned_blocks:
+            return self.output(*self.features(images))
+        read = []  # the input of the first tuned stage, caught on its way in
+        stages = self.stages()
+        hook = stages[len(stages) - self.config.tuned_blocks].register_forward_pre_hook(
+            lambda module, args: read.append(args[0]))
+        try:
+            out = self.output(*self.features(images))
+        finally:
+            hook.remove()
+        return out._replace(untuned=pooled_activations(read[0]) if read else None)
+
+    def untuned_dim(self, image_size: int) -> Optional[int]:
+        """The width of ``EncoderOutput.untuned`` for images of ``image_size`` pixels a side (one
+        probe forward), or ``None`` where this encoder has no tuned stages or they read no map
+        or token sequence."""
+        if not self.config.tuned_blocks:
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            parameter = next(self.parameters())
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+                untuned = self(probe).untuned
+        finally:
+            self.train(was_training)
+        return None if untuned is None else int(untuned.shape[1])
 
     def output(self, pooled: torch.Tensor, feature_map: torch.Tensor) -> EncoderOutput:
         """``features``' (pooled, feature map) as the ``EncoderOutput``: the map as a grid of regions."""
@@ -187,8 +219,10 @@ class Encoder(nn.Module):
         config says ``trainable_blocks`` 0 and ``pretrained`` false, so a saved model keeps these
         weights (they are no longer the pretrained source's) and is rebuilt from them without
         the source, and captioning may run the encoder in ONNX Runtime (a frozen encoder's).
-        ``rebase_on_source`` then makes a saved model store only the stages that were tuned."""
-        self.config = replace(self.config, trainable_blocks=0, pretrained=False)
+        ``tuned_blocks`` records the stages that were trained (what ``EncoderOutput.untuned``
+        reads below); ``rebase_on_source`` then makes a saved model store only those stages."""
+        tuned = max(self.config.tuned_blocks, self.config.trainable_blocks)
+        self.config = replace(self.config, trainable_blocks=0, pretrained=False, tuned_blocks=tuned)
         self.apply_trainable_blocks()
         return self.train(self.training)
 
@@ -205,6 +239,14 @@ class Encoder(nn.Module):
                 if not isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.training = True
         return self
+
+
+def pooled_activations(value) -> Optional[torch.Tensor]:
+    """A stage's input averaged over its positions: (batch, channels, h, w) or (batch, tokens,
+    channels) → (batch, channels); ``None`` for anything else (a tuple, a flat vector)."""
+    if not isinstance(value, torch.Tensor) or value.dim() not in (3, 4):
+        return None
+    return value.mean((2, 3)) if value.dim() == 4 else value.mean(1)
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")

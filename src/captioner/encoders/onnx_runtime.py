@@ -6,7 +6,7 @@ The encoder is exported once to ONNX (dynamic batch, fixed spatial size) and cac
 and the grid's (h, w) travels in the file's metadata, so opening it runs no torch forward.
 
     encoder = OnnxEncoder(model.encoder, model.preprocess.crop_size)
-    pooled, grid, grid_shape = encoder(pixels)   # as model.encoder(pixels)
+    pooled, grid, grid_shape, untuned = encoder(pixels)   # as model.encoder(pixels)
 
 ``runtime`` names the engine that runs a frozen encoder: ``torch``, ``onnx`` (ONNX Runtime,
 CPU only) or ``auto`` (the default): ONNX Runtime on the CPU when onnxruntime and onnx are
@@ -35,6 +35,7 @@ from .base import Encoder, EncoderOutput
 INSTALL_HINT = "pip install onnxruntime onnx"
 OPSET = 17
 INPUT, OUTPUTS = "pixels", ("pooled", "grid")
+UNTUNED = "untuned"  # a third output, for an encoder with tuned stages (``EncoderOutput.untuned``)
 GRID_SHAPE_KEY = "captioner.grid_shape"  # ONNX metadata: the encoder's (h, w) grid at the exported size
 RUNTIMES = ("auto", "torch", "onnx")
 # Below this many images a one-off run (``captioner caption``, a feature extraction) keeps torch
@@ -72,38 +73,47 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class _Tuple(nn.Module):
-    """Export wrapper: the encoder's (pooled, grid) as a plain tuple."""
+def encoder_outputs(encoder: Encoder, size: int) -> tuple[str, ...]:
+    """The exported graph's outputs for inputs of ``size``: (pooled, grid), and ``untuned`` for an
+    encoder with tuned stages that gives them (``Encoder.untuned_dim``)."""
+    return (*OUTPUTS, UNTUNED) if encoder.untuned_dim(size) is not None else OUTPUTS
 
-    def __init__(self, encoder: Encoder):
+
+class _Tuple(nn.Module):
+    """Export wrapper: the encoder's (pooled, grid[, untuned]) as a plain tuple."""
+
+    def __init__(self, encoder: Encoder, outputs: tuple[str, ...]):
         super().__init__()
         self.encoder = encoder
+        self.outputs = outputs
 
     def forward(self, pixels):
-        out = self.encoder(pixels)
-        return out.pooled, out.grid
+        out = self.encoder(pixels)._asdict()
+        return tuple(out[name] for name in self.outputs)
 
 
 def export_onnx(encoder: Encoder, size: int) -> bytes:
     """The encoder as an ONNX model: input ``pixels`` (batch, 3, size, size) float32,
-    outputs ``pooled`` (batch, pooled_dim) and ``grid`` (batch, regions, grid_dim); the grid's
-    (h, w) is stored as metadata (``captioner.grid_shape`` = "h,w")."""
+    outputs ``pooled`` (batch, pooled_dim), ``grid`` (batch, regions, grid_dim) and, for an encoder
+    with tuned stages, ``untuned`` (batch, untuned_dim); the grid's (h, w) is stored as metadata
+    (``captioner.grid_shape`` = "h,w")."""
     was_training = encoder.training
     buffer = io.BytesIO()
     try:
         encoder.eval()
         grid_h, grid_w = encoder.grid_shape_at(size, size)
+        outputs = encoder_outputs(encoder, size)
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter (no onnxscript dependency) warns that it is legacy.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                _Tuple(encoder),
+                _Tuple(encoder, outputs),
                 (torch.zeros(1, 3, size, size),),
                 buffer,
                 input_names=[INPUT],
-                output_names=list(OUTPUTS),
-                dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)},
+                output_names=list(outputs),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT, *outputs)},
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -152,6 +162,7 @@ class OnnxEncoder:
         self.size = int(size)
         self.threads = int(threads or torch.get_num_threads())
         self.exported = False  # True when this instance exported the file (not reused it)
+        self.outputs = encoder_outputs(encoder, self.size)
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in encoder.parameters()):
             import copy
 
@@ -182,6 +193,9 @@ class OnnxEncoder:
         return self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def _stored_grid_shape(self) -> tuple[int, int]:
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        if outputs != self.outputs:  # (an earlier captioner's export of a tuned encoder: no untuned output)
+            raise ValueError(f"{self.path} gives {outputs}, not {self.outputs}")
         value = self.session.get_modelmeta().custom_metadata_map.get(GRID_SHAPE_KEY)
         if value is None:
             raise ValueError(f"{self.path} has no {GRID_SHAPE_KEY} metadata: not exported by this captioner")
@@ -195,13 +209,10 @@ class OnnxEncoder:
                 f"inputs, got {tuple(images.shape)}"
             )
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        pooled, grid = self.session.run(list(OUTPUTS), {INPUT: x})
+        found = dict(zip(self.outputs, self.session.run(list(self.outputs), {INPUT: x})))
         dtype = images.dtype if images.is_floating_point() else torch.float32
-        return EncoderOutput(
-            torch.from_numpy(pooled).to(images.device, dtype),
-            torch.from_numpy(grid).to(images.device, dtype),
-            self.grid_shape,
-        )
+        tensor = lambda name: torch.from_numpy(found[name]).to(images.device, dtype) if name in found else None  # noqa: E731
+        return EncoderOutput(tensor("pooled"), tensor("grid"), self.grid_shape, tensor(UNTUNED))
 
     # An InferenceSession cannot be pickled or deep-copied: carry the file path, reopen it.
     def __getstate__(self):
@@ -247,4 +258,5 @@ def runtime_encoder(
         return None
 
 
-__all__ = ["AUTO_ONNX_MIN_IMAGES", "OnnxEncoder", "RUNTIMES", "check_runtime", "export_onnx", "onnxruntime_available", "runtime_encoder"]
+__all__ = ["AUTO_ONNX_MIN_IMAGES", "OnnxEncoder", "RUNTIMES", "check_runtime", "encoder_outputs", "export_onnx",
+           "onnxruntime_available", "runtime_encoder"]

@@ -3,7 +3,9 @@
     DIR/manifest.json       format, graph files, their input/output names, the decoder
                             state layout, decoding ids (written last: a folder with a
                             manifest is a complete export)
-    DIR/encoder.onnx        pixels (batch, 3, crop, crop) → pooled, grid
+    DIR/encoder.onnx        pixels (batch, 3, crop, crop) → pooled, grid[, untuned]
+                            (untuned: an encoder with tuned stages, what its untuned stages
+                            make of the image, which the confidence may read; ``untuned_shape``)
     DIR/init_state.onnx     pooled[, grid][, retrieved] → the decoder state, flattened
                             (retrieved: the datastore captions a SmallCap-style decoder reads,
                             (batch, neighbours, length) token ids; the manifest's ``retrieved``
@@ -37,6 +39,7 @@ VOCAB_FILE, PREPROCESS_FILE = "vocab.json", "preprocess.json"
 STATE_PREFIX, NEXT_SUFFIX = "state.", ".next"
 REQUIRED_KEYS = frozenset({"graphs", "encoder", "decoder", "init_state", "step", "state", "decoding", "quantization"})
 FEATURES = ("pooled", "grid", "retrieved")  # what init_state may read
+UNTUNED = "untuned"  # the encoder's optional third output, read by the confidence alone
 MAX_NEIGHBOURS, MAX_RETRIEVED_LENGTH = 1000, 1024  # of the retrieved captions a decoder reads
 TOKENS, LOG_PROBS = "tokens", "log_probs"  # the step's token input and its first output
 
@@ -137,13 +140,16 @@ def _check_entries(entries: _Entries) -> None:
         folder.path(name)
     for field in ("encoder.name", "decoder.name"):
         entries.get(field, str, "a name")
-    if len(entries.names("encoder.inputs")) != 1 or len(entries.names("encoder.outputs")) != 2:
-        raise entries.fail("encoder", "one input (pixels) and two outputs (pooled, grid)",
+    outputs = entries.names("encoder.outputs")
+    if len(entries.names("encoder.inputs")) != 1 or len(outputs) not in (2, 3) \
+            or len(outputs) == 3 and outputs[2] != UNTUNED:
+        raise entries.fail("encoder", f"one input (pixels) and two outputs (pooled, grid), or three (…, {UNTUNED})",
                            {k: entries.manifest["encoder"][k] for k in ("inputs", "outputs")})
-    pooled = entries.get("encoder.pooled_shape", list, "[batch, pooled dim]")
-    if len(pooled) != 2:
-        raise entries.fail("encoder.pooled_shape", "[batch, pooled dim]", pooled)
-    folder.whole(pooled[1], MANIFEST_FILE, "encoder.pooled_shape[1]", 1, folder.limits.max_feature_dim)
+    for field in ("pooled_shape", UNTUNED + "_shape")[: len(outputs) - 1]:
+        shape = entries.get(f"encoder.{field}", list, "[batch, feature dim]")
+        if len(shape) != 2:
+            raise entries.fail(f"encoder.{field}", "[batch, feature dim]", shape)
+        folder.whole(shape[1], MANIFEST_FILE, f"encoder.{field}[1]", 1, folder.limits.max_feature_dim)
     vocab_size = folder.check_vocab_size(entries.get("decoder.vocab_size", object, "a whole number"),
                                          MANIFEST_FILE, "decoder.vocab_size")
     if entries.get("decoder.step_limit", object, "a whole number or null") is not None:

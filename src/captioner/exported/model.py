@@ -136,8 +136,10 @@ class OnnxCaptioner:
             raise ExportedModelError(f"{self.directory / MANIFEST_FILE}: decoding.rules: {e}; export the model again") \
                 from None
         confidence_file = self.manifest.get("confidence")
+        encoder = self.manifest["encoder"]
         self.confidence = None if confidence_file is None else ConfidenceModel.load(
-            self.directory, self.manifest["encoder"]["pooled_shape"][1], confidence_file)
+            self.directory, encoder["pooled_shape"][1], confidence_file,
+            untuned_dim=encoder["untuned_shape"][1] if "untuned_shape" in encoder else None)
         self.datastore = Datastore.load(self.directory, self.encoder_identity()) if self.manifest.get("datastore") \
             else None
 
@@ -163,8 +165,8 @@ class OnnxCaptioner:
     def encode(self, pixels: np.ndarray) -> Features:
         """Preprocessed images (batch, 3, crop, crop) float32 → their features."""
         names = self.manifest["encoder"]["outputs"]
-        pooled, grid = self._encoder.run(names, {self.manifest["encoder"]["inputs"][0]: np.asarray(pixels)})
-        return Features(pooled, grid)
+        found = self._encoder.run(names, {self.manifest["encoder"]["inputs"][0]: np.asarray(pixels)})
+        return Features(found[0], found[1], untuned=found[2] if len(found) > 2 else None)
 
     def decoding_config(self, language: str | None = None) -> DecodingConfig:
         """The vocabulary ids and length limit decoding obeys for this model, in ``language``."""
