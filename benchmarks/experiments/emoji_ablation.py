@@ -54,10 +54,14 @@ def english(example) -> list[str]:
 
 @torch.no_grad()
 def features_of(model: Captioner, examples, cache_root_dir: Path, batch_size: int) -> list:
-    """Batches of the examples' features, from a feature cache of their images."""
-    cache = FeatureCache(cache_root_dir, model.encoder, model.preprocess, [e.image_ref for e in examples],
-                         with_grid=model.decoder.needs_grid)
-    cache.build(progress=False)
+    """Batches of the examples' features, from a feature cache of their images — or, for a
+    confidence that reads what a fine-tuned encoder's untuned stages see (which a feature cache
+    does not keep), encoded from the images."""
+    cache = None
+    if model.confidence is None or model.confidence.reads == "pooled":
+        cache = FeatureCache(cache_root_dir, model.encoder, model.preprocess, [e.image_ref for e in examples],
+                             with_grid=model.decoder.needs_grid)
+        cache.build(progress=False)
     return [f for _, f in iter_val_features(model, examples, list(range(len(examples))), cache, batch_size, "cpu")]
 
 
