@@ -193,6 +193,8 @@ class OnnxEncoder:
         return self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def _stored_grid_shape(self) -> tuple[int, int]:
+        """The (h, w) grid the opened graph was exported with, once it is known to give this
+        encoder's outputs (``ValueError`` otherwise: the caller exports it again)."""
         outputs = tuple(o.name for o in self.session.get_outputs())
         if outputs != self.outputs:  # (an earlier captioner's export of a tuned encoder: no untuned output)
             raise ValueError(f"{self.path} gives {outputs}, not {self.outputs}")
