@@ -186,7 +186,10 @@ def test_a_tuned_encoder_also_gives_what_its_untuned_stages_make_of_an_image(tmp
     """An encoder rebased on its source with tuned top stages gives, beside its pooled feature,
     the mean of the activations those stages read (``untuned``: what the confidence's
     familiarity reads), in torch and in ONNX Runtime alike; an untuned encoder gives none."""
-    from captioner.encoders.onnx_runtime import OnnxEncoder
+    import copy
+    import dataclasses
+
+    from captioner.encoders.onnx_runtime import OnnxEncoder, export_onnx
 
     encoder = create_encoder("efficientnet_lite0").eval()
     pixels = torch.stack([build_transform(SMALL)(load_image(p)) for p in TINY_IMAGES[:3]])
@@ -202,6 +205,13 @@ def test_a_tuned_encoder_also_gives_what_its_untuned_stages_make_of_an_image(tmp
     by_onnx = onnx(pixels)
     torch.testing.assert_close(by_onnx.untuned, below, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(by_onnx.pooled, out.pooled, rtol=1e-4, atol=1e-4)
+    # A graph an earlier captioner cached for this encoder (no untuned output) is exported again.
+    earlier = copy.deepcopy(encoder)
+    earlier.config = dataclasses.replace(earlier.config, tuned_blocks=0)
+    onnx.path.write_bytes(export_onnx(earlier, 96))
+    again = OnnxEncoder(encoder, 96, cache_dir=tmp_path)
+    assert again.exported
+    torch.testing.assert_close(again(pixels).untuned, below, rtol=1e-4, atol=1e-4)
 
 
 def test_rebase_on_source_finds_the_stages_that_differ(tmp_path):
