@@ -442,16 +442,16 @@ def fit_confidence(
     labels = None if held_out_labels is None else np.asarray(held_out_labels)
     start = 0  # the batch's first held-out image
     for features in held_out_features:
-        batch = host_array(features.pooled)
         # Familiarity reads the untuned stages' features where the encoder gives them.
         reads = reads or ("untuned" if features.untuned is not None else "pooled")
         familiar.append(host_array(_familiarity_input(features, reads)))
+        count = len(familiar[-1])
         if labels is None:
             found = {"": caption_signals(model, features, options)}
         else:
-            own = labels[start : start + len(batch)]
+            own = labels[start : start + count]
             found = {"": _signals_leaving_out(model, features, options, own, np.asarray(store_labels))}
-        start += len(batch)
+        start += count
         if alone_options is not None:
             found["alone"] = caption_signals(model, features, alone_options)
         for fit, (captions, signals) in found.items():
