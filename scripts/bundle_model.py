@@ -7,7 +7,11 @@ in fp32, as the datastore was built with them. (A run fine-tuned before its enco
 ``tuned_blocks`` has a confidence on the pooled feature: the script says to fit the bundled
 folder's again, ``scripts/confidence_stats.py --model`` it, so that it reads the untuned stages.)
 
-    python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"]
+``--tuned-fp16`` rounds the tuned stages to fp16 and stores them so (three stages: 10.7 →
+5.3 MB). That changes the encoder, so the run's datastore and confidence are left behind; the
+script prints the two commands that build them again on the bundled folder.
+
+    python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"] [--tuned-fp16]
 
 ``--domain`` names what the model knows in its confidence file (the web page's "low
 confidence — this model knows emoji art"); a training run writes a generic name.
@@ -28,6 +32,8 @@ def main() -> None:
     parser.add_argument("run", help="a trained model directory")
     parser.add_argument("--card", help="model card to ship beside it")
     parser.add_argument("--domain", default="emoji art", help="what the model knows, as the web page names it")
+    parser.add_argument("--tuned-fp16", action="store_true",
+                        help="store the tuned encoder stages in fp16 (then build datastore and confidence again)")
     args = parser.parse_args()
     model = Captioner.from_pretrained(args.run)
     if model._saves_encoder_weights():
@@ -37,6 +43,8 @@ def main() -> None:
             raise SystemExit(f"the bundled model's encoder must be the pretrained one, but for top stages: {e}")
         print(f"encoder: the {tuned} top stages that differ from the pretrained weights are stored "
               f"({sum(t.numel() for t in model.encoder.tuned_state().values()) / 1e6:.2f} M parameters)")
+        if args.tuned_fp16 and tuned:
+            model.round_tuned_stages(torch.float16)
     target = default_model_dir()
     if target.exists():
         shutil.rmtree(target)
@@ -48,6 +56,11 @@ def main() -> None:
         raise SystemExit(f"{target}: the bundled encoder's weights differ from {args.run}'s")
     size = sum(p.stat().st_size for p in target.iterdir())
     print(f"bundled {args.run} → {target} ({size / 1e6:.1f} MB)")
+    if args.tuned_fp16 and model.encoder.config.tuned_blocks:
+        print("its encoder's tuned stages were rounded to fp16: build its datastore and confidence on them —\n"
+              f"  captioner datastore build --model {target} --data DATA --split train --dims DIMS\n"
+              f"  python scripts/confidence_stats.py --model {target} --data DATA --domain {args.domain!r} "
+              "--train-stride 2 --leave-out artist")
     if model.encoder.config.tuned_blocks and model.confidence is not None and model.confidence.reads == "pooled":
         print("its confidence measures familiarity on the pooled feature, which fine-tuning taught to place photos "
               "among drawings; fit it on what the untuned stages see: python scripts/confidence_stats.py "

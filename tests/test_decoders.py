@@ -524,3 +524,17 @@ def test_fine_tuning_changes_only_the_last_stage(tiny_one_caption, tmp_path):
     assert rebuilt.encoder_identity() == model.encoder_identity()
     mine = model.encoder.state_dict()
     assert all(torch.equal(tensor, mine[name]) for name, tensor in rebuilt.encoder.state_dict().items())
+
+    # Its tuned stage rounded to fp16 (the bundled model's), the folder stores it in fp16 and
+    # rebuilds it exactly; the datastore (and confidence) of the fp32 weights are left behind.
+    assert model.datastore is not None
+    model.round_tuned_stages(torch.float16)
+    assert model.datastore is None and model.confidence is None
+    assert model.encoder_identity() != rebuilt.encoder_identity()
+    half = model.save_pretrained(tmp_path / "half", weights_dtype=torch.float16)
+    stored = load_file(str(half / "model.safetensors"))
+    assert all(stored[k].dtype == torch.float16 for k in stored if stored[k].is_floating_point())
+    assert not {"datastore.safetensors", "confidence.safetensors"} & {p.name for p in half.iterdir()}
+    again = Captioner.from_pretrained(half)
+    assert again.encoder_identity() == model.encoder_identity()
+    assert again.caption(images[:1])[0].text == model.caption(images[:1])[0].text

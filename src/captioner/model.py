@@ -320,6 +320,14 @@ class Captioner(nn.Module):
         state.update({f"encoder.{k}": v for k, v in encoder.items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
+    def round_tuned_stages(self, dtype: torch.dtype) -> None:
+        """Round the encoder's tuned stages to ``dtype``'s precision (``save_pretrained(...,
+        weights_dtype=dtype)`` then stores them so: the bundled model's fp16 stages). The encoder
+        is no longer the one the datastore and confidence were built on: both are dropped, to be
+        built again (``captioner datastore build``, ``scripts/confidence_stats.py``)."""
+        self.encoder.round_tuned(dtype)
+        self.datastore = self.confidence = None
+
     def save_pretrained(
         self, directory: str | Path, extra_files: dict[str, str] | None = None, weights_dtype: torch.dtype | None = None
     ) -> Path:
@@ -328,8 +336,9 @@ class Captioner(nn.Module):
         file of earlier weights is removed).
 
         ``weights_dtype=torch.float16`` halves the decoder's weights (the bundled model); they are
-        cast back to the model's dtype on load. Encoder weights are saved as they are: a datastore
-        and the feature caches are keyed by their exact digest.
+        cast back to the model's dtype on load. An encoder tensor is cast only where that loses
+        nothing (its values are already ``weights_dtype`` numbers, ``Encoder.round_tuned``): a
+        datastore and the feature caches are keyed by the encoder's exact digest.
         """
         from safetensors.torch import save_file
 
@@ -337,8 +346,9 @@ class Captioner(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_to_save()
         if weights_dtype is not None:
-            state = {k: v.to(weights_dtype) if v.is_floating_point() and k.startswith("decoder.") else v
-                     for k, v in state.items()}
+            state = {k: v.to(weights_dtype) if v.is_floating_point() and (
+                k.startswith("decoder.") or torch.equal(v.to(weights_dtype).to(v.dtype), v)) else v
+                for k, v in state.items()}
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         self.vocab.save(directory / VOCAB_FILE)
         for name, text in (extra_files or {}).items():

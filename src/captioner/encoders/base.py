@@ -202,6 +202,15 @@ class Encoder(nn.Module):
         self.config = replace(self.config, pretrained=True, tuned_blocks=tuned)
         return tuned
 
+    def round_tuned(self, dtype: torch.dtype) -> None:
+        """Round the tuned stages' weights to ``dtype``'s precision, in place (the bundled model
+        stores them in fp16: half the bytes). The encoder's digest changes: a datastore or
+        confidence of the weights before must be built again."""
+        with torch.no_grad():
+            for tensor in self.tuned_state().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(dtype))
+
     def apply_trainable_blocks(self) -> None:
         """Freeze everything but the last ``trainable_blocks`` stages."""
         count = len(self.stage_members())
