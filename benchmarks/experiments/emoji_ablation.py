@@ -10,7 +10,10 @@ English captions like ``captioner evaluate --by artist``: exact match, coco-capt
 CIDEr-D, with the held-out artists' images also split into emoji seen in training (drawn by
 other artists) and unseen. A model with a datastore is scored twice: the decoder alone
 (``--no-retrieval``'s captions) and with retrieval. Where the model has a confidence, its
-AUROC for exact vs wrong captions is reported too.
+AUROC for exact vs wrong captions is reported too. The held-out artists' images are also scored by
+the kind of emoji the issue's external evaluation found hardest (a person or gesture with a skin
+tone, a flag, a keycap, the rest), with how many skin-tone captions name the right emoji in the
+wrong tone; ``--predictions FILE`` keeps every caption (JSON lines) for reading the errors.
 
 ``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
 (every other emoji, by a hash of its name) to the datastore — no retraining — does to their
@@ -81,6 +84,37 @@ def auroc(confidence: list, right: list[bool]) -> float | None:
     return float((positive > negative).mean() + 0.5 * (positive == negative).mean())
 
 
+def emoji_kind(name: str) -> str:
+    """The kinds of CLDR name the external evaluation's errors fall into."""
+    if "skin tone" in name.partition(": ")[2]:
+        return "skin tone"
+    return next((kind for kind in ("flag", "keycap") if name.startswith(kind + ":")), "other emoji")
+
+
+TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
+
+
+def without_tone(words: list[str]) -> list[str]:
+    """["man", "golfing", "medium-dark", "skin", "tone"] → ["man", "golfing"]: a caption's words
+    without its skin tones (as tokenized for exact match, so the CLDR name's colon is gone)."""
+    kept, i = [], 0
+    while i < len(words):
+        if words[i] in TONES and words[i + 1:i + 3] == ["skin", "tone"]:
+            i += 3
+        else:
+            kept.append(words[i])
+            i += 1
+    return kept
+
+
+def wrong_tone(predicted: list[str], references: list[str]) -> dict:
+    """Of the skin-tone references: how many captions name the right emoji, tone and all, and how
+    many the right emoji with another tone (or none)."""
+    pairs = [(ptb_tokenize(p), ptb_tokenize(r)) for p, r in zip(predicted, references) if emoji_kind(r) == "skin tone"]
+    return {"images": len(pairs), "exact": sum(p == r for p, r in pairs),
+            "right emoji, wrong tone": sum(p != r and without_tone(p) == without_tone(r) for p, r in pairs)}
+
+
 def scored(split, chosen, predicted, confidence, train_captions) -> dict:
     rows = np.arange(len(chosen))
     references = [english(e)[0] for e in chosen]
@@ -91,6 +125,10 @@ def scored(split, chosen, predicted, confidence, train_captions) -> dict:
         seen = ["seen emoji" if r in train_captions else "unseen emoji" for r in references]
         result |= {g: s for g, s in score(split, rows, predicted, references, seen).items()
                    if g not in ("all", "protocol")}
+        kinds = [emoji_kind(r) for r in references]
+        result["by kind"] = {g: s for g, s in score(split, rows, predicted, references, kinds).items()
+                             if g not in ("all", "protocol")}
+        result["skin tone"] = wrong_tone(predicted, references)
     return result
 
 
@@ -125,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--add-to-datastore", type=float, default=0.0, metavar="SHARE",
                         help="also add this share of the held-out artists' emoji to the datastore and score the rest")
     parser.add_argument("--output", default=None, help="write every score as JSON here")
+    parser.add_argument("--predictions", default=None, metavar="FILE",
+                        help="write every image's caption, reference and confidence here (JSON lines)")
     args = parser.parse_args(argv)
+    predictions = open(args.predictions, "w", encoding="utf-8") if args.predictions else None
 
     examples = read_dataset(args.data)
     train_captions = {c for e in examples if e.split == "train" for c in english(e)}
@@ -149,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                     result = {"run": run, "arm": arm}
                     results.append(result)
                 result[split] = scored(split, chosen, predicted, confidence, train_captions)
+                if predictions:
+                    for e, p, c in zip(chosen, predicted, confidence):
+                        predictions.write(json.dumps({"run": run, "arm": arm, "split": split, "image": str(e.image_ref),
+                                                      "artist": e.metadata.get("artist"), "reference": english(e)[0],
+                                                      "caption": p, "confidence": c}, ensure_ascii=False) + "\n")
                 if split == ARTIST_SPLIT and arm == "+retrieval" and args.add_to_datastore:
                     result["add_to_datastore"] = add_to_datastore(model, chosen, features, args.add_to_datastore,
                                                                   options)
@@ -173,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  adding {d['added_images']} of their drawings to the datastore: the other {d['scored_images']} "
                   f"| {100 * d['before']['exact_match']:.1f}% → {100 * d['after']['exact_match']:.1f}% | | "
                   f"{d['before']['CIDEr']:.3f} → {d['after']['CIDEr']:.3f} | | | | |")
+        if ARTIST_SPLIT in r:
+            kinds = ", ".join(f"{kind} {100 * g['exact_match']:.1f}% ({g['images']})"
+                              for kind, g in r[ARTIST_SPLIT]["by kind"].items())
+            tone = r[ARTIST_SPLIT]["skin tone"]
+            print(f"|  by kind: {kinds}; skin tone: {tone['right emoji, wrong tone']} of {tone['images']} "
+                  "the right emoji in the wrong tone | | | | | | | |")
+    if predictions:
+        predictions.close()
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return 0
