@@ -114,8 +114,13 @@ def _dataset_features(model, data, images, format, split: Optional[str], batch_s
     if problems:
         raise DatasetError(f"{data} has problems:\n{problems.report()}")
     paths = [e.image_ref for e in examples]
-    return examples, [Features(host_array(model.encode_images(paths[i : i + batch_size]).pooled))
-                      for i in range(0, len(paths), batch_size)]
+    pooled = None  # one array, filled batch by batch: a small array kept per batch would sit between the
+    for start in range(0, len(paths), batch_size):  # freed grids and hold the heap (2.9 GB for 6,000 images)
+        batch = host_array(model.encode_images(paths[start : start + batch_size]).pooled)
+        if pooled is None:
+            pooled = np.empty((len(paths), *batch.shape[1:]), dtype=batch.dtype)
+        pooled[start : start + len(batch)] = batch
+    return examples, [Features(pooled)]
 
 
 def datastore_command(action: str, model_dir, data, images=None, format=None, split: Optional[str] = "train",
