@@ -11,8 +11,8 @@ import torch
 
 from ..confidence import features_from_cache
 from ..data.loaders import CaptionPairs
-from ..datastore import build_datastore, own_rows_neighbours
-from ..decoding import Features, host_array
+from ..datastore import build_datastore, own_rows_neighbours, pooled_rows
+from ..decoding import Features
 from ..errors import InvalidInputError
 from ..retrieval import RerankConfig, retrieved_tokens
 from .config import ConfigError, TrainConfig
@@ -78,7 +78,7 @@ def training_retrieval(model, config: TrainConfig, cache, train_examples: list, 
     check_training_retrieval(model, config, train_examples)
     shape, leave_out = model.decoder.retrieved_shape, config.retrieval.leave_out
     labels = leave_out_labels(config, train_examples)
-    pooled = np.concatenate([host_array(f.pooled) for f in features_from_cache(cache, range(len(train_examples)))])
+    pooled = pooled_rows(features_from_cache(cache, range(len(train_examples))), len(train_examples))
     model.datastore = build_datastore(model, train_examples, [Features(pooled)], config.retrieval.dims,
                                       RerankConfig(neighbours=config.retrieval.neighbours))
     neighbours = own_rows_neighbours(model.datastore, pooled, shape[0], labels)
