@@ -7,8 +7,8 @@ in fp32, as the datastore was built with them. (A run fine-tuned before its enco
 ``tuned_blocks`` has a confidence on the pooled feature: the script says to fit the bundled
 folder's again, ``scripts/confidence_stats.py --model`` it, so that it reads the untuned stages.)
 
-``--tuned-fp16`` rounds the tuned stages to fp16 and stores them so (three stages: 10.7 →
-5.4 MB). That changes the encoder, so the run's datastore and confidence are left behind; the
+``--tuned-fp16`` rounds the tuned stages to fp16 and stores them so (four stages: 12.6 →
+6.3 MB). That changes the encoder, so the run's datastore and confidence are left behind; the
 script prints the two commands that build them again on the bundled folder.
 
     python scripts/bundle_model.py runs/emoji-sat [--card MODEL_CARD.md] [--domain "emoji art"] [--tuned-fp16]

@@ -147,11 +147,11 @@ def test_too_few_held_out_images_is_an_error():
 
 # --- the bundled model -------------------------------------------------------------------
 def test_bundled_model_ships_its_confidence(bundled):
-    # Its encoder's top three stages are fine-tuned: familiarity reads what the stages below make
-    # of an image (112 numbers; the statistics and 111 principal axes, ~57 KB).
+    # Its encoder's top four stages are fine-tuned: familiarity reads what the stages below make
+    # of an image (blocks 0–3: 80 numbers; the statistics and 79 principal axes, ~32 KB).
     assert (default_model_dir() / CONFIDENCE_FILE).stat().st_size < 200_000
     assert bundled.confidence is not None and bundled.confidence.domain == "emoji art"
-    assert bundled.confidence.reads == "untuned" and bundled.confidence.feature_mean.shape == (112,)
+    assert bundled.confidence.reads == "untuned" and bundled.confidence.feature_mean.shape == (80,)
     assert 0 < bundled.confidence.threshold < 0.5
 
 
