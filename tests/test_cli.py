@@ -101,7 +101,7 @@ def test_bad_model_dir_and_bad_config_key_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "unknown config key 'optim.lrr'" in result.stderr
 
 
-def test_evaluate_model_on_data(trained_show_tell, tiny_one_caption, tmp_path, capsys):
+def test_evaluate_model_on_data(trained_show_tell, tiny_one_caption, tmp_path, capsys, monkeypatch):
     out = tmp_path / "preds.json"
     code = main(["evaluate", "--model", str(trained_show_tell), "--data", str(tiny_one_caption),
                  "--split", "train", "--beam-size", "2", "--json", "--output", str(out)])
@@ -110,6 +110,13 @@ def test_evaluate_model_on_data(trained_show_tell, tiny_one_caption, tmp_path, c
     assert scores["exact_match"] >= 0.9 and scores["CIDEr"] > 5 and scores["Bleu_4"] > 0.8
     predictions = json.loads(out.read_text())
     assert len(predictions) == 31 and {"image_id", "caption"} <= set(predictions[0])
+
+    here = tmp_path / "cwd"  # without --output it writes nothing (it used to leave predictions-<split>.json here)
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["evaluate", "--model", str(trained_show_tell), "--data", str(tiny_one_caption),
+                 "--split", "train", "--beam-size", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == scores and list(here.iterdir()) == []
 
 
 def test_evaluate_predictions_file_against_references(tmp_path, capsys):

@@ -227,7 +227,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--split", default="test")
     _add_decoding(p)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--output", help="write the generated captions as a COCO results file")
+    p.add_argument("--output", help="also write the generated captions here, as a COCO results file (default: none)")
     p.add_argument("--predictions", help="COCO results file [{image_id, caption}] to score")
     p.add_argument("--references", help="COCO captions file with the references")
     p.add_argument("--by", metavar="FIELD", help="also score each value of a per-image dataset field, e.g. artist")
@@ -254,10 +254,10 @@ def run_evaluate(args) -> int:
         scores = evaluation.scores
         if evaluation.by_group is not None:
             scores = {**scores, f"by_{args.by}": evaluation.by_group}
-        output = args.output or f"predictions-{args.split}.json"
-        results = evaluation.coco_results()
-        atomic_write_text(output, json.dumps(results, ensure_ascii=False))
-        print(f"wrote {len(results)} captions to {output}", file=sys.stderr)
+        if args.output:  # only where asked: a default file in the working directory was overwritten by the next run
+            results = evaluation.coco_results()
+            atomic_write_text(args.output, json.dumps(results, ensure_ascii=False))
+            print(f"wrote {len(results)} captions to {args.output}", file=sys.stderr)
     summary = {k: v for k, v in scores.items() if k not in ("per_image", "skipped")}
     for metric, reason in scores.get("skipped", {}).items():
         print(f"{metric} skipped: {reason}", file=sys.stderr)
