@@ -265,6 +265,29 @@ def test_noto_renders_from_emoji_test(built):
         assert len(image.getcolors(maxcolors=32 * 32)) > 20  # a real colour glyph, not a blank square
 
 
+@needs_cairosvg
+def test_a_gradient_sheared_by_a_right_angle_paints_nothing_and_the_drawing_renders():
+    """Fluent colour's two umbrellas shade with `skewY(-90)`: cairo refused them whole (out of memory), a
+    browser paints the unbounded gradient's far, transparent stop. The drawing renders without that paint."""
+    import cairosvg
+    import numpy as np
+
+    from captioner.data.emoji.rendering import render_svg
+
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><defs><radialGradient id="shade" cx="0" '
+           'cy="0" r="1" gradientTransform="translate(16 20)skewY(-90)" gradientUnits="userSpaceOnUse"><stop '
+           'stop-color="#504573"/><stop offset="1" stop-color="#504573" stop-opacity="0"/></radialGradient>'
+           '<linearGradient id="ok" gradientTransform="skewX(30)"><stop stop-color="#00f"/></linearGradient></defs>'
+           '<rect x="4" y="4" width="24" height="24" fill="#e33"/>{}</svg>')
+    shaded = svg.format('<path d="M8 8h16v16H8z" fill="url(#shade)"/><path d="M0 0h4v4H0z" fill="url(#ok)"/>')
+    with pytest.raises(MemoryError):  # what the build logged for those two drawings
+        cairosvg.svg2png(bytestring=shaded.encode(), output_width=32, output_height=32)
+    drawing = np.asarray(render_svg(32, markup=shaded))
+    unshaded = np.asarray(render_svg(32, markup=svg.format('<path d="M0 0h4v4H0z" fill="url(#ok)"/>')))
+    assert np.array_equal(drawing, unshaded)
+    assert tuple(drawing[16, 16]) == (238, 51, 51) and tuple(drawing[1, 1]) == (0, 0, 255)  # a sane skew still paints
+
+
 def test_cli_arguments_and_run(tmp_path, capsys):
     assert cli.main([
         "data", "emoji", "--out", str(tmp_path / "out"), "--sources", "google", "--google-dir", str(GOOGLE),

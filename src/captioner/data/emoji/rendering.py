@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
@@ -56,15 +57,35 @@ def render_noto(text: str, font_path: str, size: int):
     return flatten(canvas, size)
 
 
+# A gradient sheared by a right angle (Fluent colour's umbrellas shade with `skewY(-90)`) is stretched
+# without bound: browsers paint it as its last stop far away (there, transparent); cairo refuses the
+# whole drawing with CAIRO_STATUS_NO_MEMORY. Such a gradient paints nothing here.
+_GRADIENT_TAG = re.compile(r"<(?:linear|radial)Gradient\b[^>]*>")
+_RIGHT_ANGLE_SKEW = re.compile(r"skew[XY]\(\s*[-+]?(?:90|270)(?:\.0*)?\s*\)")
+_ID = re.compile(r"""\bid\s*=\s*["']([^"']+)["']""")
+
+
+def without_right_angle_gradients(markup: str) -> str:
+    """``markup`` with every fill or stroke painted by a right-angle-sheared gradient set to ``none``."""
+    for tag in _GRADIENT_TAG.findall(markup):
+        transform = re.search(r"""gradientTransform\s*=\s*["']([^"']*)["']""", tag)
+        name = _ID.search(tag)
+        if transform and name and _RIGHT_ANGLE_SKEW.search(transform.group(1)):
+            markup = re.sub(rf"url\(\s*#{re.escape(name.group(1))}\s*\)", "none", markup)
+    return markup
+
+
 def render_svg(size: int, *, path: str | None = None, markup: str | None = None):
     """An SVG file (``path``) or SVG text (``markup``) → RGB image."""
     import cairosvg
     from PIL import Image
 
     if path is not None:
-        png = cairosvg.svg2png(url=str(path), output_width=size, output_height=size)
-    else:
-        png = cairosvg.svg2png(bytestring=markup.encode("utf-8"), output_width=size, output_height=size)
+        with open(path, "rb") as f:
+            markup = f.read().decode("utf-8", "surrogateescape")
+    data = without_right_angle_gradients(markup).encode("utf-8", "surrogateescape")
+    png = cairosvg.svg2png(bytestring=data, url=None if path is None else str(path), output_width=size,
+                           output_height=size)
     return flatten(Image.open(io.BytesIO(png)), size)
 
 
