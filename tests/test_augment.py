@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from captioner.data.sources import read_dataset, split_examples
 from captioner.data.augment import AugmentConfig, augment_image, background_mask
@@ -69,3 +69,60 @@ def test_training_reads_augmented_views_from_their_own_cache(tiny_one_caption, t
     similarity = unit(first) @ unit(clean).T
     assert (similarity.argmax(axis=1) == np.arange(len(train))).mean() > 0.5
     assert (run / "model.safetensors").is_file()
+
+
+# Google's five skin tones (the median colour of its hands), as a drawing paints them.
+TONES = [(248, 216, 184), (224, 184, 144), (192, 144, 104), (152, 112, 80), (120, 88, 72)]
+
+
+def tone_swatch(colour) -> Image.Image:
+    """A hand-sized patch of one skin colour with a shaded edge and a dark line, on white."""
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((40, 30, 30), (8, 8, 56, 56))
+    image.paste(tuple(max(0, c - 40) for c in colour), (10, 10, 54, 54))
+    image.paste(colour, (14, 14, 50, 50))
+    return image
+
+
+@pytest.mark.parametrize("style", ["saturation", "flatten", "contour"])
+def test_restyled_drawings_keep_their_skin_tone_and_background(style):
+    config = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, background=0.0, outline=0.0, blur=0.0, jpeg=0.0,
+                           **{style: 1.0})
+    palette = np.array(TONES, float)
+    for tone, colour in enumerate(TONES):
+        swatch = tone_swatch(colour)
+        plain = np.asarray(augment_image(swatch, AugmentConfig(**{**config.__dict__, style: 0.0}), 0))
+        for seed in range(6):
+            view = np.asarray(augment_image(swatch, config, seed)).astype(float)
+            middle = view[60:100, 60:100].reshape(-1, 3).mean(axis=0)
+            assert np.linalg.norm(palette - middle, axis=1).argmin() == tone, (style, colour, middle)
+            assert (view[:4, :4] >= 255 - 16).all()  # the background is still background
+    assert not np.array_equal(view, plain)  # the style changed something
+
+
+def test_style_options_change_the_drawing_as_named():
+    dog = Image.open(EXAMPLES / "emoji-dog-face.png")
+    still = dict(scale=(1.0, 1.0), rotate=0.0, background=0.0, outline=0.0, blur=0.0, jpeg=0.0)
+    plain = np.asarray(augment_image(dog, AugmentConfig(**still), 3))
+    colours = lambda a: len(np.unique(a.reshape(-1, 3), axis=0))  # noqa: E731
+    flat = np.asarray(augment_image(dog, AugmentConfig(**still, flatten=1.0, flatten_colours=(6, 6)), 3))
+    assert colours(flat) <= 6 < colours(plain)
+    lined = np.asarray(augment_image(dog, AugmentConfig(**still, contour=1.0), 3)).astype(int)
+    ink = (lined.sum(axis=2) < 200) & (plain.astype(int).sum(axis=2) >= 240)
+    assert ink.sum() > 200  # new dark lines where the dog's colours meet ...
+    far = np.asarray(Image.fromarray(background_mask(Image.fromarray(plain)).astype(np.uint8) * 255)
+                     .filter(ImageFilter.MinFilter(7))) > 0  # background 3 pixels or more from the drawing
+    assert far.sum() > 1000 and not ink[far].any()  # ... and none out in the background
+    grey = np.asarray(augment_image(dog, AugmentConfig(**still, saturation=1.0, saturation_range=(0.0, 0.0)), 3))
+    assert np.abs(grey.astype(int) - grey.astype(int).mean(axis=2, keepdims=True)).max() <= 1  # no colour left
+
+
+def test_without_style_the_views_and_their_cache_key_are_as_before():
+    """The style options draw from a stream of their own: switching them on keeps each view's
+    size, place and tilt; left off, the options the cache key records are the old ones."""
+    dog = Image.open(EXAMPLES / "emoji-dog-face.png")
+    plain, styled = AugmentConfig(background=0.0), AugmentConfig(background=0.0, flatten=1.0)
+    assert "flatten" not in plain.to_dict() and styled.to_dict()["flatten"] == 1.0
+    for seed in range(4):
+        a, b = (background_mask(augment_image(dog, c, seed)) for c in (plain, styled))
+        assert (a != b).mean() < 0.02  # the same drawing in the same place

@@ -2,9 +2,13 @@
 
 An emoji's name survives a change of size, position, a small tilt, a blur, JPEG artefacts,
 a sticker outline and another background colour; it does not survive a mirror image
-("left-facing fist", "arrow pointing right") or a hue shift (a skin tone *is* a colour), so
-neither is done. The background is the near-white region connected to the image border
-(a flood fill from the border), so white *inside* a drawing (eyes, "white circle") stays white.
+("left-facing fist", "arrow pointing right") or a hue or brightness shift (a skin tone *is* a
+colour and a lightness: "medium-dark" is one artist's "dark"), so neither is done. What artists
+do vary that a name survives is the *style*, each change optional (probability 0 by default):
+more or less saturated colour at the same lightness, flat fills instead of gradients (the colours
+quantised to a few), and dark contour lines where colours meet. The background is the near-white
+region connected to the image border (a flood fill from the border), so white *inside* a
+drawing (eyes, "white circle") stays white.
 
 Every augmented image is a pure function of (image, seed): a feature cache of augmented
 views (``data.augment_views``) is deterministic, and an interrupted extraction resumes with
@@ -16,12 +20,18 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 from ..errors import InvalidInputError
 
 # A pixel this close to white (per channel, 0–255) and connected to the border is background.
 BACKGROUND_TOLERANCE = 16
+# A colour step (summed over R, G, B, 0–765) this large across two pixels is an edge a contour traces.
+CONTOUR_STEP = 96
+# Pixels darker than this (R + G + B) are ink: a contour is not drawn beside lines already there.
+INK_LEVEL = 240
+
+STYLE_OPTIONS = ("saturation", "saturation_range", "flatten", "flatten_colours", "contour", "contour_grow")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,13 @@ class AugmentConfig:
     jpeg: float = 0.3  # probability of a JPEG round trip
     jpeg_quality: tuple[int, int] = (25, 85)
     size: int = 160  # working canvas side (pixels); the encoder's preprocessing resizes afterwards
+    # Style, drawn from a stream of its own: with these at 0 every view is the one it was before.
+    saturation: float = 0.0  # probability of scaling the colours' saturation (lightness kept)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    flatten: float = 0.0  # probability of flat fills: the drawing quantised to a few colours
+    flatten_colours: tuple[int, int] = (6, 24)
+    contour: float = 0.0  # probability of dark lines drawn where colours meet (outlined art)
+    contour_grow: tuple[int, int] = (0, 1)  # the line's pixels either side of its middle, at the working size
 
     @classmethod
     def from_dict(cls, options: dict) -> "AugmentConfig":
@@ -49,8 +66,18 @@ class AugmentConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         return cls(**values)
 
+    @property
+    def restyles(self) -> bool:
+        return bool(self.saturation or self.flatten or self.contour)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The options; without style, without its keys — the views are the ones made before the
+        style options existed, and so is a cache's key over them."""
+        options = asdict(self)
+        if not self.restyles:
+            for name in STYLE_OPTIONS:
+                del options[name]
+        return options
 
 
 def background_mask(image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE) -> np.ndarray:
@@ -71,11 +98,43 @@ def background_mask(image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE) -
         mask = grown
 
 
+def restyle(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
+    """The same drawing in another artist's manner (RGB in, RGB out): each of saturation, flat
+    fills and contour lines with its probability. None moves a colour's lightness or hue far —
+    a skin tone stays that tone — and near-white stays near-white, so the background still
+    reads as background."""
+    if rng.random() < config.flatten:
+        colours = int(rng.integers(config.flatten_colours[0], config.flatten_colours[1] + 1))
+        image = image.quantize(colours, Image.Quantize.MEDIANCUT).convert("RGB")
+    if rng.random() < config.saturation:
+        image = ImageEnhance.Color(image).enhance(float(rng.uniform(*config.saturation_range)))
+    if rng.random() < config.contour:
+        # Where the colour steps between two colours that are not ink already — measured two
+        # pixels apart, so an antialiased edge counts and a gradient does not (an outlined
+        # drawing keeps its own lines, not thickened) — a line one pixel wide, grown by
+        # `contour_grow` pixels each side.
+        pixels = np.asarray(image).astype(np.int16)
+        light = pixels.sum(axis=2) >= INK_LEVEL
+        edge = np.zeros(pixels.shape[:2], bool)
+        edge[1:-1] |= (np.abs(pixels[2:] - pixels[:-2]).sum(axis=2) > CONTOUR_STEP) & light[2:] & light[:-2]
+        edge[:, 1:-1] |= ((np.abs(pixels[:, 2:] - pixels[:, :-2]).sum(axis=2) > CONTOUR_STEP)
+                          & light[:, 2:] & light[:, :-2])
+        lines = Image.fromarray(edge.astype(np.uint8) * 255, "L")
+        grow = int(rng.integers(config.contour_grow[0], config.contour_grow[1] + 1))
+        if grow:
+            lines = lines.filter(ImageFilter.MaxFilter(2 * grow + 1))
+        ink = tuple(int(c) for c in rng.integers(0, 64, 3))
+        image = Image.composite(Image.new("RGB", image.size, ink), image, lines)
+    return image
+
+
 def augment_image(image: Image.Image, config: AugmentConfig, seed) -> Image.Image:
     """One augmented RGB view of ``image`` (RGB, drawn on white), a function of ``seed``."""
     rng = np.random.default_rng(seed)
     side = config.size
     image = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+    if config.restyles:
+        image = restyle(image, config, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]))
     alpha = np.where(background_mask(image), 0, 255).astype(np.uint8)
     drawing = image.convert("RGBA")
     drawing.putalpha(Image.fromarray(alpha, "L"))
@@ -110,4 +169,4 @@ def augment_image(image: Image.Image, config: AugmentConfig, seed) -> Image.Imag
     return out
 
 
-__all__ = ["AugmentConfig", "augment_image", "background_mask"]
+__all__ = ["AugmentConfig", "augment_image", "background_mask", "restyle"]
