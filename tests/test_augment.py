@@ -126,3 +126,19 @@ def test_without_style_the_views_and_their_cache_key_are_as_before():
     for seed in range(4):
         a, b = (background_mask(augment_image(dog, c, seed)) for c in (plain, styled))
         assert (a != b).mean() < 0.02  # the same drawing in the same place
+
+
+def test_augment_sheet_shows_the_views_training_caches(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("augment_sheet", EXAMPLES.parent / "scripts" / "augment_sheet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    dog, cat = str(EXAMPLES / "emoji-dog-face.png"), str(EXAMPLES / "emoji-cat-face.png")
+    out = tmp_path / "sheet.png"
+    assert script.main([dog, cat, "--views", "2", "--augment", "{contour: 1.0}", "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (320, 480, 3)
+    config = AugmentConfig(contour=1.0)
+    assert np.array_equal(sheet[160:, 320:], np.asarray(augment_image(Image.open(cat), config, seed=3)))
+    assert script.main([dog, "--augment", "{hue: 0.1}", "--out", str(tmp_path / "no.png")]) == 2
+    assert "unknown option(s) hue" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
