@@ -100,7 +100,7 @@ def background_mask(image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE) -
 
 def restyle(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
     """The same drawing in another artist's manner (RGB in, RGB out): each of saturation, flat
-    fills and contour lines with its probability. None moves a colour's lightness or hue far —
+    fills and contour lines with its probability. None moves a fill's lightness or hue far —
     a skin tone stays that tone — and near-white stays near-white, so the background still
     reads as background."""
     if rng.random() < config.flatten:
