@@ -1,6 +1,7 @@
 """Caption-preserving augmentation and the cache of augmented views training reads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_restyled_drawings_keep_their_skin_tone_and_background(style):
     palette = np.array(TONES, float)
     for tone, colour in enumerate(TONES):
         swatch = tone_swatch(colour)
-        plain = np.asarray(augment_image(swatch, AugmentConfig(**{**config.__dict__, style: 0.0}), 0))
+        plain = np.asarray(augment_image(swatch, dataclasses.replace(config, **{style: 0.0}), 0))
         for seed in range(6):
             view = np.asarray(augment_image(swatch, config, seed)).astype(float)
             middle = view[60:100, 60:100].reshape(-1, 3).mean(axis=0)
