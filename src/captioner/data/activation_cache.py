@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ class ActivationCache(FeatureCache):
         key_source = json.dumps(
             {
                 "encoder": self.encoder.name,
-                "options": asdict(self.encoder.config),
+                "options": self.encoder.config.cache_key(),
                 "bottom_weights": weights_digest(self.split.bottom_module),
                 "cut": self.split.key(),
                 "preprocess": self.preprocess.key(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
@@ -83,7 +82,7 @@ class FeatureCache:
         key_source = json.dumps(
             {
                 "encoder": self.encoder.name,
-                "options": asdict(self.encoder.config),
+                "options": self.encoder.config.cache_key(),
                 "weights": digest,
                 "preprocess": self.preprocess.key(),
                 "grid": with_grid,

@@ -41,6 +41,13 @@ class EncoderConfig:
     weights_file: Optional[str] = None
     tuned_blocks: int = 0
 
+    def cache_key(self) -> dict:
+        """The options that shape what the network computes, for the keys of caches that also
+        name its weights by their digest: where the weights came from (``pretrained``,
+        ``weights_file``) is left out, so a resumed run — its encoder loaded from the run's folder,
+        ``pretrained: false`` — finds the caches the run started with."""
+        return {k: v for k, v in asdict(self).items() if k not in ("pretrained", "weights_file")}
+
 
 class EncoderOutput(NamedTuple):
     pooled: torch.Tensor  # (batch, pooled_dim)

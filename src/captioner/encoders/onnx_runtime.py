@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -169,7 +168,7 @@ class OnnxEncoder:
             encoder = copy.deepcopy(encoder).float().cpu()
         digest = weights_digest(encoder)
         # The options too: one can change the graph while the weights stay (a ResNet's grid_size).
-        options = hashlib.sha256(json.dumps(asdict(encoder.config), sort_keys=True).encode()).hexdigest()[:8]
+        options = hashlib.sha256(json.dumps(encoder.config.cache_key(), sort_keys=True).encode()).hexdigest()[:8]
         name = f"{encoder.name}-{digest[:20]}-{options}-op{OPSET}-{self.size}.onnx"
         self.path = Path(cache_dir or cache_root("onnx")) / name
         if not self.path.is_file():
