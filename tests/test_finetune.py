@@ -152,6 +152,46 @@ def test_cached_activations_train_as_the_whole_encoder(tmp_path):
         assert (g_cached[n] - g_pixels[n]).norm() <= 3e-2 * g_pixels[n].norm(), n
 
 
+def test_channels_last_trains_what_the_default_layout_does(tmp_path):
+    """The fine-tuned encoder in NHWC (``channels_last``, on by default on the CPU): the same loss
+    and gradients as NCHW on the same cached batch, weights that save as plain contiguous tensors,
+    and the layout left alone for a frozen encoder or when switched off."""
+    from captioner.train.config import load_config
+    from captioner.train.loop import trains_channels_last
+
+    paths = [str(p) for p in TINY_IMAGES]
+    pairs, vocab = _pairs(paths, [f"picture number {word}" for word in "one two three four five six".split()])
+    objective, cpu = CaptionCrossEntropy(vocab.pad_id), torch.device("cpu")
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = _fine_tuned_model(vocab)
+        split = model.encoder_split(len(model.encoder.stage_members()) - 1)
+        cache = ActivationCache(tmp_path, model.encoder, split, SMALL, paths).build(progress=False)
+        model.encoder.to(memory_format=layout)
+        sampler = BucketBatchSampler(pairs.lengths, batch_size=6, seed=0)
+        inputs, captions = next(iter(ActivationBatches(cache, pairs, sampler, cpu, split.stage)))
+        loss = objective(model, inputs, captions).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.encoder.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads, model))
+    (loss_nchw, g_nchw, _), (loss_nhwc, g_nhwc, nhwc) = results
+    conv = nhwc.encoder.stem[0].weight  # 3x3 over 3 channels: the layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(loss_nhwc, loss_nchw, rtol=1e-5, atol=1e-5)
+    assert set(g_nhwc) == set(g_nchw)
+    for n in g_nchw:
+        torch.testing.assert_close(g_nhwc[n], g_nchw[n], rtol=1e-4, atol=1e-5)
+    nhwc.save_pretrained(tmp_path / "saved")
+    assert torch.equal(Captioner.from_pretrained(tmp_path / "saved").encoder.stem[0].weight, conv)
+
+    assert trains_channels_last(load_config(None), nhwc, cpu)
+    assert not trains_channels_last(load_config(None), nhwc, torch.device("cuda"))  # not measured there
+    assert trains_channels_last(load_config(None, {"channels_last": True}), nhwc, torch.device("cuda"))
+    assert not trains_channels_last(load_config(None, {"channels_last": False}), nhwc, cpu)
+    frozen = Captioner.build("efficientnet_lite0", "show-tell", vocab, encoder_options={"pretrained": False})
+    assert not trains_channels_last(load_config(None), frozen, cpu)
+
+
 def test_activation_cache_key_names_the_cut_and_the_frozen_weights(tmp_path):
     one = create_encoder("efficientnet_lite0", pretrained=False, trainable_blocks=1)
     paths = [str(p) for p in TINY_IMAGES]

@@ -8,7 +8,10 @@ weights) at each ``--sizes`` input:
 
 - ``frozen``: cached features (pooled + region grid) → decoder;
 - ``cached top N``: cached activations of the frozen stages → the last N stages + decoder;
-- ``pixels top N``: pixels → the whole encoder (last N stages trainable) + decoder.
+- ``pixels top N``: pixels → the whole encoder (last N stages trainable) + decoder;
+
+each of the last two in the encoder's default layout (NCHW) and in NHWC (``channels-last``: its
+weights converted, as training does, ``TrainConfig.channels_last``).
 
 Inputs are random tensors of the right shapes (a step's time does not depend on their values);
 the input pipelines are timed apart, on real images (``--images``): reading a cache row, and
@@ -41,10 +44,12 @@ from captioner.objectives import CaptionCrossEntropy
 DECODER = {"embed_dim": 512, "hidden_dim": 512, "attention_dim": 512}  # configs/emoji-sat.yaml
 
 
-def _model(vocab: Vocabulary, size: int, trainable: int) -> Captioner:
+def _model(vocab: Vocabulary, size: int, trainable: int, channels_last: bool = False) -> Captioner:
     preprocess = PreprocessConfig(crop_size=size, resize_size=size, resize="squash", mean=(0.5,) * 3, std=(0.5,) * 3)
     model = Captioner.build("efficientnet_lite0", "show-attend-tell", vocab, {"trainable_blocks": trainable}, DECODER,
                             preprocess=preprocess, max_length=16)
+    if channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
     return model.train()
 
 
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=8, help="tokens a caption (<start> .. <end>; emoji: ~7)")
     parser.add_argument("--vocab-size", type=int, default=1745, help="the bundled model's vocabulary")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--layouts", default="nchw,channels-last", help="the fine-tuned encoder's layouts to time")
     parser.add_argument("--images", default=None, help="a glob of real images for the input-pipeline rows")
     parser.add_argument("--pipeline-images", type=int, default=48)
     parser.add_argument("--json-out", default=None)
@@ -122,16 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"size": size, "path": "frozen", "seconds_per_step": _median_step(frozen, features, tokens, args.steps),
                      "cache_bytes_per_image": grid_bytes, "grid": list(out.grid_shape)})
         for n in tops:
-            model = _model(vocab, size, n)
-            split = model.encoder_split(len(model.encoder.stage_members()) - n)
-            with torch.no_grad():
-                shape = split.bottom(torch.zeros(1, 3, size, size)).shape[1:]
-            activations = EncoderActivations(torch.randn(b, *shape), split.stage)
-            rows.append({"size": size, "path": f"cached top {n}", "activations": list(shape),
-                         "seconds_per_step": _median_step(model, activations, tokens, args.steps),
-                         "cache_bytes_per_image": 2 * int(np.prod(shape))})
-            rows.append({"size": size, "path": f"pixels top {n}",
-                         "seconds_per_step": _median_step(model, torch.randn(b, 3, size, size), tokens, args.steps)})
+            for layout in args.layouts.split(","):
+                model = _model(vocab, size, n, channels_last=layout == "channels-last")
+                split = model.encoder_split(len(model.encoder.stage_members()) - n)
+                with torch.no_grad():
+                    shape = split.bottom(torch.zeros(1, 3, size, size)).shape[1:]
+                activations = EncoderActivations(torch.randn(b, *shape), split.stage)
+                rows.append({"size": size, "path": f"cached top {n}", "layout": layout, "activations": list(shape),
+                             "seconds_per_step": _median_step(model, activations, tokens, args.steps),
+                             "cache_bytes_per_image": 2 * int(np.prod(shape))})
+                rows.append({"size": size, "path": f"pixels top {n}", "layout": layout,
+                             "seconds_per_step": _median_step(model, torch.randn(b, 3, size, size), tokens, args.steps)})
             if images:
                 rows.append({"size": size, "path": f"input pipeline top {n} (ms per image)",
                              **_pipeline(model, frozen, split, images, size)})

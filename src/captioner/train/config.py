@@ -152,6 +152,10 @@ class TrainConfig:
     cpu_amp: bool = False  # bf16 autocast on the CPU too; it learns as fp32 does (tests/test_precision.py) but
     # pays only where the CPU computes bf16 natively (AMX): on AVX2, show-attend-tell epochs took 4x as long,
     # the transformer's 15x
+    # A fine-tuned encoder's weights, and so its activations, in NHWC layout while it trains. None: on the
+    # CPU, where a step of EfficientNet-Lite0's last four stages + decoder took 1.53 s instead of 2.64
+    # (benchmarks/timing/bench_finetune_step.py, 2 threads); not on CUDA, where it is not measured yet.
+    channels_last: Optional[bool] = None
     val_beam_size: int = 1
     val_max_images: int = 5000
     patience: int = 0  # epochs without improvement before stopping; 0 = never stop early

@@ -230,6 +230,8 @@ def main(config: TrainConfig, resume: bool = False) -> Path:
         if model is None:
             model = build_model(config, vocab)
         model.to(device)
+        if trains_channels_last(config, model, device):
+            model.encoder.to(memory_format=torch.channels_last)  # saved as contiguous tensors all the same
         if config.retrieval.datastore:  # the field the datastore's users leave out, before any extraction
             check_leave_out(config, train_examples + val_examples)
         if model.decoder.retrieved_shape is not None:  # what it cannot train with, before any extraction
@@ -373,6 +375,14 @@ def make_batches(config: TrainConfig, model: Captioner, paths: list[str], pairs:
         return (ActivationBatches(cache, pairs, sampler, device, split.stage, views, count, positions),
                 TopFeatures(cache, model))
     return FeatureBatches(cache, pairs, sampler, device, views, count, positions), cache
+
+
+def trains_channels_last(config: TrainConfig, model: Captioner, device: torch.device) -> bool:
+    """Whether the encoder trains in NHWC layout (``config.channels_last``; unset: a fine-tuned
+    encoder on the CPU). A frozen encoder runs only while features are extracted, in its own mode."""
+    if model.encoder.frozen:
+        return False
+    return config.channels_last if config.channels_last is not None else device.type == "cpu"
 
 
 def encoder_split_for(config: TrainConfig, model: Captioner, log=print):
