@@ -12,6 +12,12 @@ modules and functions kept whole), and the graph is cut before the first node th
 module of the stage. The halves are two ``GraphModule``s over the encoder's own modules, so
 training the top trains the encoder's parameters, and saving the encoder saves them.
 
+In the top, each convolution and the BatchNorm after it run as one convolution (``_ConvNorm``):
+the encoder keeps its BatchNorm layers in eval mode (``Encoder.train``: ImageNet statistics, a
+learnt scale and shift), so the norm is a per-channel affine map that folds into the
+convolution's weights and bias at every call — the same function and gradients, without the
+norm's forward and backward passes over the activations.
+
 A cut is refused (:class:`EncoderSplitError`, naming the encoder and the stage) where the
 trace fails (Python control flow on tensor values) or where more than one value crosses it
 (a DenseNet's concatenated features; VGG's fc stage, which reads the pooled vector beside the
@@ -123,6 +129,54 @@ def _copy(nodes: list[fx.Node], inputs: dict[fx.Node, str], outputs, graph_nodes
     return graph
 
 
+class _ConvNorm(nn.Module):
+    """``norm(conv(x))`` as one convolution while ``norm`` (a BatchNorm, or timm's BatchNormAct,
+    whose dropout and activation follow) uses its running statistics; the modules are the
+    encoder's own, so their parameters train and save as before."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.norm = conv, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm = self.conv, self.norm
+        if norm.training or norm.running_var is None:
+            return norm(conv(x))
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        x = conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
+        return norm.act(norm.drop(x)) if hasattr(norm, "act") else x
+
+
+def _fold_norms(module: fx.GraphModule) -> fx.GraphModule:
+    """Each plain convolution whose one user is a BatchNorm, and that BatchNorm, as one
+    ``_ConvNorm`` call in ``module``'s graph."""
+    graph = module.graph
+    for node in list(graph.nodes):
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        norm, conv = module.get_submodule(node.target), module.get_submodule(source.target)
+        if type(conv) is not nn.Conv2d or not isinstance(norm, nn.BatchNorm2d) or len(node.args) != 1 or node.kwargs:
+            continue
+        name = f"{source.target}_{node.target.rpartition('.')[2]}".replace(".", "_")
+        module.add_submodule(name, _ConvNorm(conv, norm))
+        with graph.inserting_before(node):
+            folded = graph.call_module(name, source.args, source.kwargs)
+        node.replace_all_uses_with(folded)
+        graph.erase_node(node)
+        graph.erase_node(source)
+    graph.lint()
+    module.recompile()
+    return module
+
+
 def _module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     """``graph`` over ``root``'s modules, without the operations its output does not need."""
     module = fx.GraphModule(root, graph, name)
@@ -175,7 +229,7 @@ def split_encoder(encoder: nn.Module, image_size: int, stage: int | None = None)
         )
     activations = crossing[0]
     bottom = _module(root, _copy(nodes[:cut], {}, activations, nodes), "EncoderBottom")
-    top = _module(root, _copy(nodes[cut:], {activations: "activations"}, None, nodes), "EncoderTop")
+    top = _fold_norms(_module(root, _copy(nodes[cut:], {activations: "activations"}, None, nodes), "EncoderTop"))
     return EncoderSplit(encoder, stage, bottom, top, image_size)
 
 
