@@ -220,9 +220,9 @@ def test_activation_cache_key_names_the_cut_and_the_frozen_weights(tmp_path):
     # A resumed run's encoder is loaded from the run's folder (pretrained: false): the same weights,
     # the same cache (it was re-extracted: 13 minutes on the emoji data).
     resumed = dataclasses.replace(one.config, pretrained=not one.config.pretrained, weights_file="elsewhere.pth")
-    one.config, tuned = resumed, one.config
+    one.config, original = resumed, one.config
     assert folder(one) == first
-    one.config = tuned
+    one.config = original
     with torch.no_grad():
         one.blocks[0][0].conv_dw.weight.add_(1.0)  # other frozen weights: other activations
     assert folder(one) != first
