@@ -143,3 +143,27 @@ def test_augment_sheet_shows_the_views_training_caches(tmp_path, capsys):
     assert np.array_equal(sheet[160:, 320:], np.asarray(augment_image(Image.open(cat), config, seed=3)))
     assert script.main([dog, "--augment", "{hue: 0.1}", "--out", str(tmp_path / "no.png")]) == 2
     assert "unknown option(s) hue" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+
+
+def test_skin_palette_change_moves_skin_hues_keeps_their_lightness_and_nothing_else():
+    """A tone painted in another artist's browns: hue and saturation move, luma stays, so the
+    tone's rank among the five stays; a red heart, a yellow (toneless) hand, blue and white do not move."""
+    from captioner.data.augment import LUMA, repaint_skin
+    luma = [float(np.array(c) @ LUMA) for c in TONES]
+    for tone, colour in enumerate(TONES):
+        swatch = tone_swatch(colour)
+        for hue, saturation, moved in [(-20.0, 0.6, 8), (-20.0, 1.2, 8), (8.0, 1.0, 2)]:
+            middle = np.asarray(repaint_skin(swatch, hue, saturation)).astype(float)[20:44, 20:44].reshape(-1, 3)
+            assert np.abs(middle - colour).max() > moved  # another brown ...
+            assert abs(float(middle.mean(axis=0) @ LUMA) - luma[tone]) < 2.5  # ... as light as before
+    others = Image.new("RGB", (40, 10), "white")
+    for x, colour in enumerate([(221, 46, 68), (255, 200, 61), (40, 90, 200), (30, 30, 30)]):
+        others.paste(colour, (10 * x, 0, 10 * x + 10, 10))  # red heart, yellow hand, blue, ink
+    assert np.array_equal(np.asarray(repaint_skin(others, -20.0, 0.6)), np.asarray(others))
+
+    config = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, background=0.0, outline=0.0, blur=0.0, jpeg=0.0, skin=1.0)
+    hand = tone_swatch(TONES[3])
+    views = [np.asarray(augment_image(hand, config, seed)) for seed in range(3)]
+    assert np.array_equal(views[0], np.asarray(augment_image(hand, config, 0)))
+    assert not np.array_equal(views[0], views[1])
+    assert config.to_dict()["skin_hue"] == (-20.0, 8.0) and "skin" not in AugmentConfig(flatten=1.0).to_dict()

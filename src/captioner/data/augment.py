@@ -2,13 +2,16 @@
 
 An emoji's name survives a change of size, position, a small tilt, a blur, JPEG artefacts,
 a sticker outline and another background colour; it does not survive a mirror image
-("left-facing fist", "arrow pointing right") or a hue or brightness shift (a skin tone *is* a
-colour and a lightness: "medium-dark" is one artist's "dark"), so neither is done. What artists
-do vary that a name survives is the *style*, each change optional (probability 0 by default):
-more or less saturated colour at the same lightness, flat fills instead of gradients (the colours
-quantised to a few), and dark contour lines where colours meet. The background is the near-white
-region connected to the image border (a flood fill from the border), so white *inside* a
-drawing (eyes, "white circle") stays white.
+("left-facing fist", "arrow pointing right") or a hue or brightness shift of the whole drawing
+(a "red heart" is a hue, a skin tone a lightness: "medium-dark" is one artist's "dark"), so
+neither is done. What artists do vary that a name survives is the *style*, each change optional
+(probability 0 by default): more or less saturated colour at the same lightness, flat fills
+instead of gradients (the colours quantised to a few), dark contour lines where colours meet, and
+the skin palette — artists paint one skin tone at one lightness in pinker or yellower, greyer or
+richer browns (Fluent's medium-dark has Google's medium-dark's lightness in a pinker, greyer
+brown), so the skin change turns the hue and saturation of skin-coloured pixels and keeps their
+luma. The background is the near-white region connected to the image border (a flood fill from
+the border), so white *inside* a drawing (eyes, "white circle") stays white.
 
 Every augmented image is a pure function of (image, seed): a feature cache of augmented
 views (``data.augment_views``) is deterministic, and an interrupted extraction resumes with
@@ -32,6 +35,16 @@ CONTOUR_STEP = 96
 INK_LEVEL = 240
 
 STYLE_OPTIONS = ("saturation", "saturation_range", "flatten", "flatten_colours", "contour", "contour_grow")
+SKIN_OPTIONS = ("skin", "skin_hue", "skin_saturation")
+# Skin-coloured pixels: hue (degrees) from pink-red to light brown, short of the yellow of the
+# toneless emoji (~43° and up: a yellow hand turned orange would read as a skin tone its name
+# lacks), neither grey nor vivid (a red heart or a tangerine: saturation above SKIN_SATURATION[1]),
+# not black.
+SKIN_HUES = (-20.0, 38.0)
+SKIN_SATURATION = (0.1, 0.75)
+SKIN_MIN_VALUE = 0.15
+# Rec. 601 luma: what the skin change keeps.
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,9 @@ class AugmentConfig:
     flatten_colours: tuple[int, int] = (6, 24)
     contour: float = 0.0  # probability of dark lines drawn where colours meet (outlined art)
     contour_grow: tuple[int, int] = (0, 1)  # the line's pixels either side of its middle, at the working size
+    skin: float = 0.0  # probability of another skin palette: skin-coloured pixels' hue and saturation moved, luma kept
+    skin_hue: tuple[float, float] = (-20.0, 8.0)  # degrees: pinker (as Fluent paints skin) to yellower
+    skin_saturation: tuple[float, float] = (0.6, 1.2)  # the skin pixels' saturation scaled by this
 
     @classmethod
     def from_dict(cls, options: dict) -> "AugmentConfig":
@@ -68,15 +84,16 @@ class AugmentConfig:
 
     @property
     def restyles(self) -> bool:
-        return bool(self.saturation or self.flatten or self.contour)
+        return bool(self.saturation or self.flatten or self.contour or self.skin)
 
     def to_dict(self) -> dict:
         """The options; without style, without its keys — the views are the ones made before the
-        style options existed, and so is a cache's key over them."""
+        style options existed, and so is a cache's key over them (and without the skin change,
+        without its keys: the views are the ones made before it existed)."""
         options = asdict(self)
-        if not self.restyles:
-            for name in STYLE_OPTIONS:
-                del options[name]
+        dropped = (SKIN_OPTIONS if not self.skin else ()) + (STYLE_OPTIONS if not self.restyles else ())
+        for name in dropped:
+            del options[name]
         return options
 
 
@@ -98,11 +115,42 @@ def background_mask(image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE) -
         mask = grown
 
 
+def skin_mask(hsv: np.ndarray) -> np.ndarray:
+    """(h, w) bool over an HSV array (floats, hue in degrees, saturation and value 0–1): the
+    pixels a skin tone could be painted in."""
+    hue = np.where(hsv[..., 0] > 180, hsv[..., 0] - 360, hsv[..., 0])
+    return ((hue >= SKIN_HUES[0]) & (hue <= SKIN_HUES[1]) & (hsv[..., 1] >= SKIN_SATURATION[0])
+            & (hsv[..., 1] <= SKIN_SATURATION[1]) & (hsv[..., 2] >= SKIN_MIN_VALUE))
+
+
+def repaint_skin(image: Image.Image, hue: float, saturation: float) -> Image.Image:
+    """``image`` (RGB) with its skin-coloured pixels' hue turned by ``hue`` degrees and their
+    saturation scaled by ``saturation``, each pixel's luma kept: the same tone in another palette."""
+    pixels = np.asarray(image).astype(np.float64)
+    hsv = np.asarray(image.convert("HSV")).astype(np.float64) * np.array([360 / 255, 1 / 255, 1 / 255])
+    mask = skin_mask(hsv)
+    if not mask.any():
+        return image
+    moved = hsv[mask]
+    moved[:, 0] = (moved[:, 0] + hue) % 360
+    moved[:, 1] = np.clip(moved[:, 1] * saturation, 0.0, 1.0)
+    packed = np.round(moved * np.array([255 / 360, 255, 255])).clip(0, 255).astype(np.uint8)
+    rgb = np.asarray(Image.fromarray(packed[None], "HSV").convert("RGB"))[0].astype(np.float64)
+    target = pixels[mask] @ LUMA
+    rgb = (rgb * (target / np.maximum(rgb @ LUMA, 1.0))[:, None]).clip(0, 255)
+    for _ in range(3):  # what a channel lost at 255 goes to the others, in luma's proportions
+        room = rgb < 255
+        rgb = (rgb + room * ((target - rgb @ LUMA) / np.maximum(room @ LUMA, 1e-6))[:, None]).clip(0, 255)
+    out = pixels.copy()
+    out[mask] = rgb
+    return Image.fromarray(np.round(out).astype(np.uint8), "RGB")
+
+
 def restyle(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
     """The same drawing in another artist's manner (RGB in, RGB out): each of saturation, flat
-    fills and contour lines with its probability. None moves a fill's lightness or hue far —
-    a skin tone stays that tone — and near-white stays near-white, so the background still
-    reads as background."""
+    fills, contour lines and the skin palette with its probability. None moves a fill's lightness
+    or, but for skin colours, its hue far — a skin tone stays that tone — and near-white stays
+    near-white, so the background still reads as background."""
     if rng.random() < config.flatten:
         colours = int(rng.integers(config.flatten_colours[0], config.flatten_colours[1] + 1))
         image = image.quantize(colours, Image.Quantize.MEDIANCUT).convert("RGB")
@@ -125,6 +173,10 @@ def restyle(image: Image.Image, config: AugmentConfig, rng: np.random.Generator)
             lines = lines.filter(ImageFilter.MaxFilter(2 * grow + 1))
         ink = tuple(int(c) for c in rng.integers(0, 64, 3))
         image = Image.composite(Image.new("RGB", image.size, ink), image, lines)
+    # Drawn last, so that the changes above draw as they did before it existed.
+    if rng.random() < config.skin:
+        image = repaint_skin(image, float(rng.uniform(*config.skin_hue)),
+                             float(rng.uniform(*config.skin_saturation)))
     return image
 
 
@@ -169,4 +221,4 @@ def augment_image(image: Image.Image, config: AugmentConfig, seed) -> Image.Imag
     return out
 
 
-__all__ = ["AugmentConfig", "augment_image", "background_mask", "restyle"]
+__all__ = ["AugmentConfig", "augment_image", "background_mask", "repaint_skin", "restyle", "skin_mask"]
