@@ -13,7 +13,8 @@ other artists) and unseen. A model with a datastore is scored twice: the decoder
 AUROC for exact vs wrong captions is reported too. The held-out artists' images are also scored by
 the kind of emoji the issue's external evaluation found hardest (a person or gesture with a skin
 tone, a flag, a keycap, the rest), with how many skin-tone captions name the right emoji in the
-wrong tone; ``--predictions FILE`` keeps every caption (JSON lines) for reading the errors.
+wrong tone, and, tone by tone, how often a rightly named one-person emoji gets its own tone (an
+artist whose palette reads as another tone shows there); ``--predictions FILE`` keeps every caption (JSON lines) for reading the errors.
 
 ``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
 (every other emoji, by a hash of its name) to the datastore — no retraining — does to their
@@ -109,10 +110,19 @@ def without_tone(words: list[str]) -> list[str]:
 
 def wrong_tone(predicted: list[str], references: list[str]) -> dict:
     """Of the skin-tone references: how many captions name the right emoji, tone and all, and how
-    many the right emoji with another tone (or none)."""
+    many the right emoji with another tone (or none); and by tone, of the one-person references
+    whose emoji is named right, how many in their own tone — where an artist's palette reads as
+    another tone."""
     pairs = [(ptb_tokenize(p), ptb_tokenize(r)) for p, r in zip(predicted, references) if emoji_kind(r) == "skin tone"]
+    by_tone = {tone: {"right emoji": 0, "right tone": 0} for tone in TONES}
+    for p, r in pairs:
+        tones = [w for w in r if w in TONES]
+        if len(tones) == 1 and without_tone(p) == without_tone(r):
+            by_tone[tones[0]]["right emoji"] += 1
+            by_tone[tones[0]]["right tone"] += p == r
     return {"images": len(pairs), "exact": sum(p == r for p, r in pairs),
-            "right emoji, wrong tone": sum(p != r and without_tone(p) == without_tone(r) for p, r in pairs)}
+            "right emoji, wrong tone": sum(p != r and without_tone(p) == without_tone(r) for p, r in pairs),
+            "by tone": by_tone}
 
 
 def scored(split, chosen, predicted, confidence, train_captions) -> dict:
@@ -223,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             kinds = ", ".join(f"{kind} {100 * g['exact_match']:.1f}% ({g['images']})"
                               for kind, g in r[ARTIST_SPLIT]["by kind"].items())
             tone = r[ARTIST_SPLIT]["skin tone"]
+            by_tone = ", ".join(f"{name} {t['right tone']}/{t['right emoji']}" for name, t in tone["by tone"].items())
             print(f"|  by kind: {kinds}; skin tone: {tone['right emoji, wrong tone']} of {tone['images']} "
-                  "the right emoji in the wrong tone | | | | | | | |")
+                  f"the right emoji in the wrong tone; one tone, right emoji, right tone: {by_tone} | | | | | | | |")
     if predictions:
         predictions.close()
     if args.output:
