@@ -14,7 +14,8 @@ AUROC for exact vs wrong captions is reported too. The held-out artists' images 
 the kind of emoji the issue's external evaluation found hardest (a person or gesture with a skin
 tone, a flag, a keycap, the rest), with how many skin-tone captions name the right emoji in the
 wrong tone, and, tone by tone, how often a rightly named one-person emoji gets its own tone (an
-artist whose palette reads as another tone shows there); ``--predictions FILE`` keeps every caption (JSON lines) for reading the errors.
+artist whose palette reads as another tone shows there); ``--predictions FILE`` keeps every
+caption (JSON lines) for reading the errors.
 
 ``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
 (every other emoji, by a hash of its name) to the datastore — no retraining — does to their
@@ -114,14 +115,15 @@ def wrong_tone(predicted: list[str], references: list[str]) -> dict:
     whose emoji is named right, how many in their own tone — where an artist's palette reads as
     another tone."""
     pairs = [(ptb_tokenize(p), ptb_tokenize(r)) for p, r in zip(predicted, references) if emoji_kind(r) == "skin tone"]
+    right_emoji = [without_tone(p) == without_tone(r) for p, r in pairs]
     by_tone = {tone: {"right emoji": 0, "right tone": 0} for tone in TONES}
-    for p, r in pairs:
+    for (p, r), named in zip(pairs, right_emoji):
         tones = [w for w in r if w in TONES]
-        if len(tones) == 1 and without_tone(p) == without_tone(r):
+        if named and len(tones) == 1:
             by_tone[tones[0]]["right emoji"] += 1
             by_tone[tones[0]]["right tone"] += p == r
     return {"images": len(pairs), "exact": sum(p == r for p, r in pairs),
-            "right emoji, wrong tone": sum(p != r and without_tone(p) == without_tone(r) for p, r in pairs),
+            "right emoji, wrong tone": sum(p != r and named for (p, r), named in zip(pairs, right_emoji)),
             "by tone": by_tone}
 
 
