@@ -19,7 +19,8 @@ caption (JSON lines) for reading the errors.
 
 ``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
 (every other emoji, by a hash of its name) to the datastore — no retraining — does to their
-other drawings.
+other drawings, skin tones counted as above (an artist's own drawings are what place a tone in
+that artist's palette).
 
     OMP_NUM_THREADS=2 python -m benchmarks.experiments.emoji_ablation \\
         --data data/emoji/dataset-fluent.json --beam-size 3 --output ablation.json \\
@@ -160,8 +161,9 @@ def add_to_datastore(model: Captioner, chosen, features: list, share: float, opt
         finally:
             model.datastore = saved
         rest = [i for i in range(len(chosen)) if not added[i]]
-        split[name] = score(ARTIST_SPLIT, np.arange(len(rest)), [predicted[i] for i in rest],
-                            [emoji[i] for i in rest], ["held out"] * len(rest))["all"]
+        predicted, references = [predicted[i] for i in rest], [emoji[i] for i in rest]
+        split[name] = score(ARTIST_SPLIT, np.arange(len(rest)), predicted, references, ["held out"] * len(rest))["all"]
+        split[name]["skin tone"] = wrong_tone(predicted, references)
     return {"added_images": int(added.sum()), "scored_images": int((~added).sum()), **split}
 
 
@@ -231,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  adding {d['added_images']} of their drawings to the datastore: the other {d['scored_images']} "
                   f"| {100 * d['before']['exact_match']:.1f}% → {100 * d['after']['exact_match']:.1f}% | | "
                   f"{d['before']['CIDEr']:.3f} → {d['after']['CIDEr']:.3f} | | | | |")
+            before, after = d["before"]["skin tone"], d["after"]["skin tone"]
+            fraction = lambda t: f"{t['right tone']}/{t['right emoji']}"  # noqa: E731
+            by_tone = ", ".join(f"{tone} {fraction(before['by tone'][tone])} → {fraction(after['by tone'][tone])}"
+                                for tone in TONES)
+            print(f"|  skin tones: the right emoji in the wrong tone {before['right emoji, wrong tone']} → "
+                  f"{after['right emoji, wrong tone']}; one tone, right emoji, right tone: {by_tone} | | | | | | | |")
         if ARTIST_SPLIT in r:
             kinds = ", ".join(f"{kind} {100 * g['exact_match']:.1f}% ({g['images']})"
                               for kind, g in r[ARTIST_SPLIT]["by kind"].items())
