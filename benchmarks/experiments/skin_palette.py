@@ -12,6 +12,7 @@ training artists still names the tone in a new artist's palette:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.experiments.emoji_ablation import TONES, english
-from captioner.data.augment import LUMA, skin_mask
+from captioner.data.augment import LUMA, repaint_skin, skin_mask
 from captioner.data.emoji import ARTIST_SPLIT
 from captioner.data.sources import read_dataset
 
@@ -52,14 +53,40 @@ def nearest_tone(point: np.ndarray, centres: dict[str, np.ndarray], scale: np.nd
     return min(centres, key=lambda tone: float((((point - centres[tone]) / scale) ** 2).sum()))
 
 
+def probe(model_dir: str, drawn: dict[str, list], palettes: dict[str, dict], per_tone: int, beam_size: int) -> dict:
+    """Palette (the drawings' own, or a held-out artist's) → tone → how many of ``per_tone`` of the
+    training artists' drawings of that tone the model names in that tone."""
+    from captioner import Captioner
+
+    model = Captioner.from_pretrained(model_dir)
+    result = defaultdict(dict)
+    for tone in TONES:
+        chosen = sorted(drawn[tone], key=lambda d: hashlib.sha256(str(d[0]).encode()).hexdigest())[:per_tone]
+        images = [Image.open(path).convert("RGB") for path, _ in chosen]
+        versions = {"own palette": images}
+        for artist, tones in palettes.items():
+            if tone in tones:
+                hue, saturation = tones[tone]["hue"], tones[tone]["saturation"]
+                versions[artist] = [repaint_skin(image, hue - own[1], saturation / own[2])
+                                    for image, (_, own) in zip(images, chosen)]
+        for name, batch in versions.items():
+            captions = model.caption(batch, beam_size=beam_size)
+            result[name][tone] = {"drawings": len(batch), "right tone": sum(one_tone(c.text) == tone for c in captions)}
+    return dict(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True,
                         help="an emoji dataset.json (a leave-artists-out copy for the check)")
-    parser.add_argument("--output", help="write the table and the check as JSON here")
+    parser.add_argument("--model", help="a trained run to probe with the training drawings in the held-out palettes")
+    parser.add_argument("--per-tone", type=int, default=60, help="training drawings probed per tone")
+    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--output", help="write the tables as JSON here")
     args = parser.parse_args(argv)
 
     drawings = defaultdict(list)  # (artist, tone) → palettes
+    drawn = defaultdict(list)  # tone → (path, palette) of the training artists' train split
     held_out, skipped = set(), defaultdict(int)
     for example in read_dataset(args.data):
         tone = one_tone(english(example)[0])
@@ -73,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped[artist] += 1
         else:
             drawings[artist, tone].append(found)
+            if example.split == "train":
+                drawn[tone].append((example.path, found))
 
     artists = sorted({artist for artist, _ in drawings})
     table = {artist: {tone: {"drawings": len(drawings[artist, tone]),
@@ -108,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 check.setdefault(artist, {})[tone] = {"drawings": len(points), **right}
                 print(f"| {artist} | {tone} | {len(points)} | " + " | ".join(str(n) for n in right.values()) + " |")
         result["nearest tone"] = check
+    if args.model and held_out:
+        palettes = {artist: table[artist] for artist in sorted(held_out & set(artists))}
+        found = probe(args.model, drawn, palettes, args.per_tone, args.beam_size)
+        print(f"\n{args.model}: training drawings named in their own tone, as drawn and in each held-out palette")
+        print("| palette | " + " | ".join(TONES) + " |\n|---|" + "---:|" * len(TONES))
+        for name, tones in found.items():
+            print(f"| {name} | " + " | ".join(f"{t['right tone']}/{t['drawings']}" if (t := tones.get(tone)) else ""
+                                             for tone in TONES) + " |")
+        result["probe"] = {"model": args.model, **found}
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
