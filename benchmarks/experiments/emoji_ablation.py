@@ -19,8 +19,7 @@ caption (JSON lines) for reading the errors.
 
 ``--add-to-datastore 0.5`` also measures what adding half of the held-out artists' drawings
 (every other emoji, by a hash of its name) to the datastore — no retraining — does to their
-other drawings, skin tones counted as above (an artist's own drawings are what place a tone in
-that artist's palette).
+other drawings, skin tones counted as above (whether an artist's own drawings place its tones).
 
     OMP_NUM_THREADS=2 python -m benchmarks.experiments.emoji_ablation \\
         --data data/emoji/dataset-fluent.json --beam-size 3 --output ablation.json \\

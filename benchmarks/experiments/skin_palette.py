@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.experiments.emoji_ablation import TONES, english
+from captioner import Captioner
 from captioner.data.augment import LUMA, repaint_skin, skin_mask
 from captioner.data.emoji import ARTIST_SPLIT
 from captioner.data.sources import read_dataset
@@ -56,12 +57,11 @@ def nearest_tone(point: np.ndarray, centres: dict[str, np.ndarray], scale: np.nd
 def probe(model_dir: str, drawn: dict[str, list], palettes: dict[str, dict], per_tone: int, beam_size: int) -> dict:
     """Palette (the drawings' own, or a held-out artist's) → tone → how many of ``per_tone`` of the
     training artists' drawings of that tone the model names in that tone."""
-    from captioner import Captioner
-
     model = Captioner.from_pretrained(model_dir)
     result = defaultdict(dict)
     for tone in TONES:
-        chosen = sorted(drawn[tone], key=lambda d: hashlib.sha256(str(d[0]).encode()).hexdigest())[:per_tone]
+        chosen = sorted(drawn[tone], key=lambda d: hashlib.sha256(f"{d[0].parent.name}/{d[0].name}".encode())
+                        .hexdigest())[:per_tone]  # the same drawings wherever the data lies
         images = [Image.open(path).convert("RGB") for path, _ in chosen]
         versions = {"own palette": images}
         for artist, tones in palettes.items():
@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"palettes": table, "too few skin pixels": dict(skipped)}
     training = [artist for artist in artists if artist not in held_out]
     if held_out and training:
-        pooled = {tone: np.array([p for a in training for p in drawings[a, tone]]) for tone in TONES}
-        centres = {tone: np.median(points, axis=0) for tone, points in pooled.items() if len(points)}
+        pooled = {tone: np.array(points) for tone in TONES
+                  if (points := [p for a in training for p in drawings[a, tone]])}
+        centres = {tone: np.median(points, axis=0) for tone, points in pooled.items()}
         scale = np.concatenate(list(pooled.values())).std(axis=0)
         cues = {"lightness": [0], "hue and saturation": [1, 2]}
         check = {}
