@@ -96,6 +96,17 @@ def emoji_kind(name: str) -> str:
 TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
 
 
+def tones_in(words: list[str]) -> list[str]:
+    """["kiss", "medium-light", "skin", "tone", "dark", "skin", "tone"] → ["medium-light", "dark"]:
+    the skin tones a tokenized caption names."""
+    return [w for i, w in enumerate(words) if w in TONES and words[i + 1:i + 3] == ["skin", "tone"]]
+
+
+def right_tone_share(counts: dict) -> str:
+    """One tone's count from :func:`wrong_tone` as "right tone/right emoji"."""
+    return f"{counts['right tone']}/{counts['right emoji']}"
+
+
 def without_tone(words: list[str]) -> list[str]:
     """["man", "golfing", "medium-dark", "skin", "tone"] → ["man", "golfing"]: a caption's words
     without its skin tones (as tokenized for exact match, so the CLDR name's colon is gone)."""
@@ -118,7 +129,7 @@ def wrong_tone(predicted: list[str], references: list[str]) -> dict:
     right_emoji = [without_tone(p) == without_tone(r) for p, r in pairs]
     by_tone = {tone: {"right emoji": 0, "right tone": 0} for tone in TONES}
     for (p, r), named in zip(pairs, right_emoji):
-        tones = [w for w in r if w in TONES]
+        tones = tones_in(r)
         if named and len(tones) == 1:
             by_tone[tones[0]]["right emoji"] += 1
             by_tone[tones[0]]["right tone"] += p == r
@@ -233,16 +244,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {100 * d['before']['exact_match']:.1f}% → {100 * d['after']['exact_match']:.1f}% | | "
                   f"{d['before']['CIDEr']:.3f} → {d['after']['CIDEr']:.3f} | | | | |")
             before, after = d["before"]["skin tone"], d["after"]["skin tone"]
-            fraction = lambda t: f"{t['right tone']}/{t['right emoji']}"  # noqa: E731
-            by_tone = ", ".join(f"{tone} {fraction(before['by tone'][tone])} → {fraction(after['by tone'][tone])}"
-                                for tone in TONES)
+            by_tone = ", ".join(f"{tone} {right_tone_share(before['by tone'][tone])} → "
+                                f"{right_tone_share(after['by tone'][tone])}" for tone in TONES)
             print(f"|  skin tones: the right emoji in the wrong tone {before['right emoji, wrong tone']} → "
                   f"{after['right emoji, wrong tone']}; one tone, right emoji, right tone: {by_tone} | | | | | | | |")
         if ARTIST_SPLIT in r:
             kinds = ", ".join(f"{kind} {100 * g['exact_match']:.1f}% ({g['images']})"
                               for kind, g in r[ARTIST_SPLIT]["by kind"].items())
             tone = r[ARTIST_SPLIT]["skin tone"]
-            by_tone = ", ".join(f"{name} {t['right tone']}/{t['right emoji']}" for name, t in tone["by tone"].items())
+            by_tone = ", ".join(f"{name} {right_tone_share(t)}" for name, t in tone["by tone"].items())
             print(f"|  by kind: {kinds}; skin tone: {tone['right emoji, wrong tone']} of {tone['images']} "
                   f"the right emoji in the wrong tone; one tone, right emoji, right tone: {by_tone} | | | | | | | |")
     if predictions:

@@ -14,25 +14,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 from collections import defaultdict
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.experiments.emoji_ablation import TONES, english
+from benchmarks.experiments.emoji_ablation import TONES, english, tones_in
 from captioner import Captioner
 from captioner.data.augment import LUMA, repaint_skin, skin_mask
 from captioner.data.emoji import ARTIST_SPLIT
 from captioner.data.sources import read_dataset
+from captioner.data.tokenizer import ptb_tokenize
 
-TONE = re.compile(r"\b(medium-light|medium-dark|light|medium|dark) skin tone\b")
 MIN_PIXELS = 10  # fewer skin-coloured pixels than this (a monochrome artist): no palette to read
 
 
 def one_tone(name: str) -> str | None:
     """The skin tone of a name that has exactly one (a couple in two tones has none)."""
-    tones = set(TONE.findall(name))
+    tones = set(tones_in(ptb_tokenize(name)))
     return tones.pop() if len(tones) == 1 else None
 
 
