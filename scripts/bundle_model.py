@@ -45,10 +45,11 @@ def main() -> None:
               f"({sum(t.numel() for t in model.encoder.tuned_state().values()) / 1e6:.2f} M parameters)")
         if args.tuned_fp16 and tuned:
             model.round_tuned_stages(torch.float16)
+    # Read before the old folder goes: the card may be the bundled one.
+    extra = {"MODEL_CARD.md": Path(args.card).read_text()} if args.card else None
     target = default_model_dir()
     if target.exists():
         shutil.rmtree(target)
-    extra = {"MODEL_CARD.md": Path(args.card).read_text()} if args.card else None
     if model.confidence is not None:
         model.confidence = dataclasses.replace(model.confidence, domain=args.domain)
     model.save_pretrained(target, extra_files=extra, weights_dtype=torch.float16)
