@@ -36,6 +36,8 @@ def main() -> None:
                         help="store the tuned encoder stages in fp16 (then build datastore and confidence again)")
     args = parser.parse_args()
     model = Captioner.from_pretrained(args.run)
+    if not model.encoder.frozen:  # a run stopped before its end, where `captioner train` freezes it
+        model.encoder.freeze()
     if model._saves_encoder_weights():
         try:
             tuned = model.encoder.rebase_on_source()
